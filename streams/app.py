@@ -1,0 +1,45 @@
+"""The Faust application and its settings, nothing else.
+
+Names come from the environment (`RINGBACK_NAMESPACE`) so that test runs and
+environments never share topics or consumer groups. The topology lives in
+`streams/topology.py`; the business rules in `streams/rules/`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import faust
+
+from ringback.clock import Clock
+from ringback.practice_directory import PracticeDirectory
+from ringback.settings import Settings
+from schemas.codec import register_faust_codecs
+
+env = Settings()
+register_faust_codecs()
+
+app = faust.App(
+    f"{env.ringback_namespace}-streams",
+    broker=f"kafka://{env.kafka_bootstrap_servers}",
+    # RocksDB (rocksdict) in production; tests and the demo may use memory://.
+    store=os.environ.get("RINGBACK_STORE", "rocksdb://"),
+    datadir=str(env.ringback_state_dir / "streams"),
+    topic_partitions=env.ringback_partitions,
+    topic_replication_factor=1,
+    topic_allow_declare=True,
+    processing_guarantee="at_least_once",
+    web_enabled=os.environ.get("RINGBACK_WORKER_WEB", "1") == "1",
+    web_port=int(os.environ.get("RINGBACK_WORKER_WEB_PORT", "6066")),
+    web_bind="0.0.0.0",
+    broker_commit_every=1000,
+    broker_commit_interval=1.0,
+    consumer_auto_offset_reset="earliest",
+    key_serializer="raw",
+)
+
+# Every practice's settings, read from the config topic (see ringback/practice_directory.py).
+directory = PracticeDirectory()
+
+# The clock the agents read; tests replace it.
+clock = Clock()

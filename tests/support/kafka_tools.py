@@ -1,0 +1,70 @@
+"""Small readers of a real broker for assertions: end offsets, committed offsets, records."""
+
+from __future__ import annotations
+
+import uuid
+
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from schemas import codec
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    md = admin.list_topics(topic, timeout=10).topics.get(topic)
+    if md is None or md.error is not None:
+        return {}
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}"})
+    try:
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in md.partitions}
+    finally:
+        consumer.close()
+
+
+def total_records(bootstrap: str, topic: str) -> int:
+    return sum(end_offsets(bootstrap, topic).values())
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    parts = [TopicPartition(topic, p) for p in end_offsets(bootstrap, topic)]
+    if not parts:
+        return {}
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        return {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}
+    finally:
+        consumer.close()
+
+
+def caught_up(bootstrap: str, group: str, topic: str) -> bool:
+    """True once the group has committed everything in the topic (and it is not empty)."""
+    ends = end_offsets(bootstrap, topic)
+    committed = committed_offsets(bootstrap, group, topic)
+    return bool(ends) and sum(ends.values()) > 0 and all(
+        ends[p] == 0 or committed.get(p, -1) >= ends[p] for p in ends)
+
+
+def read_all(bootstrap: str, topic: str, schema: str | None = None) -> list[tuple[bytes | None, object]]:
+    """Every record in the topic now (up to the end offsets seen at the start)."""
+    ends = end_offsets(bootstrap, topic)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    out: list[tuple[bytes | None, object]] = []
+    try:
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        remaining = {p: e for p, e in ends.items() if e > 0}
+        while remaining:
+            msg = consumer.poll(5)
+            if msg is None:
+                raise AssertionError(f"could not read {topic} to its end offsets {ends}")
+            if msg.error():
+                continue
+            value = msg.value()
+            out.append((msg.key(), codec.decode(schema, value) if schema and value is not None else value))
+            if msg.offset() + 1 >= remaining.get(msg.partition(), 0):
+                remaining.pop(msg.partition(), None)
+    finally:
+        consumer.close()
+    return out
