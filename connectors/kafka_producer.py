@@ -28,6 +28,9 @@ class AckedProducer:
             "linger.ms": 2,
             "message.timeout.ms": int(timeout_s * 1000),
             "socket.connection.setup.timeout.ms": 3000,
+            # Java's and aiokafka's partitioner (murmur2), so records produced here land in
+            # the same partition as Faust's for the same key: co-partitioning depends on it.
+            "partitioner": "murmur2_random",
             **extra,
         })
         self._stop = threading.Event()

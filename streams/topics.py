@@ -52,6 +52,16 @@ def join_key(practice_id: str, phone_e164: str) -> bytes:
     return f"{practice_id}|{phone_e164}".encode()
 
 
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as in Java, aiokafka and
+    confluent-kafka's `murmur2_random`) gives a key. Producers of records whose key
+    differs from the join key (an appointment keyed by its id) pass this explicitly
+    with the join key, so the record still lands with its caller's partition."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
 def ensure_topics(env: Settings, timeout: float = 30.0) -> None:
     """Create every topic with its partition count and cleanup policy (idempotent),
     and refuse to go on if an existing co-partitioned topic has another count."""
