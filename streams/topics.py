@@ -26,17 +26,25 @@ class TopicSpec:
 
 CALL_EVENTS = TopicSpec("call-events", "practice_id|caller", "call_event", co_partitioned=True)
 PATIENTS = TopicSpec("patients", "practice_id|phone", "patient", compacted=True, co_partitioned=True)
-APPOINTMENTS = TopicSpec("appointments", "practice_id|phone", "appointment", compacted=True, co_partitioned=True)
-FLAGS = TopicSpec("flags", "practice_id|phone", "flag", compacted=True, co_partitioned=True)
+# One record per appointment (or flag) and patient phone: the key carries the record id so
+# compaction keeps every one, and the producer places it in partition_for(practice_id|phone),
+# the partition of the caller it joins with.
+APPOINTMENTS = TopicSpec("appointments", "practice_id|phone|appointment_id", "appointment", compacted=True,
+                         co_partitioned=True)
+FLAGS = TopicSpec("flags", "practice_id|phone|flag_id", "flag", compacted=True, co_partitioned=True)
 # Every process needs every practice: one partition, read whole at start.
 PRACTICE_CONFIG = TopicSpec("practice-config", "practice_id", "practice_config", compacted=True, partitions=1)
 ACTIONS = TopicSpec("actions", "practice_id|caller", "action_command", co_partitioned=True)
 TASK_UPDATES = TopicSpec("task-updates", "practice_id|caller", "task_update", co_partitioned=True)
 OUTCOMES = TopicSpec("outcomes", "case_id", "outcome", co_partitioned=True)
 DEAD_LETTERS = TopicSpec("dead-letters", "source", "dead_letter", partitions=1)
+# Delivery receipts of the SMS we sent, for the sinks (Twilio status callbacks).
+MESSAGE_STATUS = TopicSpec("message-status", "practice_id|recipient", "message_status", co_partitioned=True)
+# Where each CDR file poller has read up to (value: JSON, not Avro: it is private to the poller).
+CDR_CHECKPOINTS = TopicSpec("cdr-checkpoints", "poller_id|file", "-", compacted=True, partitions=1)
 
 ALL = (CALL_EVENTS, PATIENTS, APPOINTMENTS, FLAGS, PRACTICE_CONFIG, ACTIONS, TASK_UPDATES,
-       OUTCOMES, DEAD_LETTERS)
+       OUTCOMES, DEAD_LETTERS, MESSAGE_STATUS, CDR_CHECKPOINTS)
 
 
 def topic_name(spec: TopicSpec, env: Settings) -> str:
