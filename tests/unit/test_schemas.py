@@ -309,6 +309,24 @@ def realistic_records() -> dict[str, list[dict]]:
                 "received_at": T0,
             },
         ],
+        "message_status": [
+            {
+                "message_sid": "SM" + "5" * 32,
+                "status": "delivered",
+                "practice_id": "sunrise-family-dental",
+                "recipient": "+14155550123",
+                "action_id": "sunrise-family-dental:0a1b2c3d4e5f60718293:first_sms",
+                "received_at": T0,
+            },
+            {
+                "message_sid": "SM" + "6" * 32,
+                "status": "undelivered",
+                "error_code": "21610",
+                "practice_id": "sunrise-family-dental",
+                "recipient": "+14155550124",
+                "received_at": T0,
+            },
+        ],
     }
 
 
@@ -353,6 +371,8 @@ EXPECTED_FIELDS = {
                 "first_response_at", "response_latency_ms", "within_window", "escalations", "converted",
                 "converted_at", "conversion_channel", "channel", "reason", "at"],
     "dead_letter": ["source", "reason", "raw", "content_type", "received_at", "practice_id"],
+    "message_status": ["message_sid", "status", "error_code", "practice_id", "recipient", "action_id",
+                       "received_at"],
 }
 
 
