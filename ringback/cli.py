@@ -21,6 +21,8 @@ def _env() -> Settings:
 def main(log_level: str) -> None:
     """Recover the patients a practice loses to missed phone calls."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # One line per HTTP request is noise at INFO (and would carry URLs into the logs).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 # ---------------------------------------------------------------- kafka
