@@ -42,8 +42,13 @@ class AckedProducer:
             self._producer.poll(0.05)
 
     async def send(self, topic: str, key: bytes | None, value: bytes | None,
-                   headers: dict[str, bytes] | None = None) -> tuple[int, int]:
-        """Produce and wait for the acknowledgement; returns (partition, offset)."""
+                   headers: dict[str, bytes] | None = None,
+                   partition: int | None = None) -> tuple[int, int]:
+        """Produce and wait for the acknowledgement; returns (partition, offset).
+
+        `partition` places the record explicitly (records whose key is not the join key,
+        e.g. appointments, go to `topics.partition_for(join_key, n)`); None lets the
+        murmur2 partitioner hash the key."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future = loop.create_future()
 
@@ -58,7 +63,11 @@ class AckedProducer:
             loop.call_soon_threadsafe(settle)
 
         try:
-            self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
+            if partition is None:
+                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
+            else:
+                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered,
+                                       partition=partition)
         except BufferError as exc:
             raise BrokerUnavailable(f"producer queue full: {exc}") from None
         except KafkaException as exc:

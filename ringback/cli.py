@@ -18,9 +18,15 @@ def _env() -> Settings:
 
 @click.group()
 @click.option("--log-level", default=lambda: os.environ.get("RINGBACK_LOG_LEVEL", "INFO"), show_default="INFO")
-def main(log_level: str) -> None:
+@click.option("--log-format", type=click.Choice(["text", "json"], case_sensitive=False),
+              default=lambda: os.environ.get("RINGBACK_LOG_FORMAT", "text"), show_default="text",
+              help="text for a terminal, json (one object per line) in containers; env RINGBACK_LOG_FORMAT")
+def main(log_level: str, log_format: str) -> None:
     """Recover the patients a practice loses to missed phone calls."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from ringback import logs
+
+    # Root handler on stderr with the chosen formatter and the phone-number redaction filter.
+    logs.configure(log_format, log_level)
     # One line per HTTP request is noise at INFO (and would carry URLs into the logs).
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -136,7 +142,11 @@ def _run_faust(app, directory, env: Settings) -> None:
     directory.follow(env)
     if not directory.wait_ready(60):
         raise click.ClickException("could not read the practice config topic within 60 s")
-    worker = faust.Worker(app, loglevel=logging.getLevelName(logging.getLogger().level))
+    from ringback import logs
+
+    # Faust replaces the root handlers at start: hand it ours (format, redaction filter).
+    worker = faust.Worker(app, loglevel=logging.getLevelName(logging.getLogger().level),
+                          **logs.faust_worker_options())
     worker.execute_from_commandline()
 
 
@@ -145,16 +155,88 @@ def worker() -> None:
     """A stream worker; several share the work through their consumer group."""
     from streams import topology  # noqa: F401 - declares the agents
     from streams.app import app, directory, env
+    from streams.preflight import CopartitioningError, check_partitions
 
+    try:  # joins are local reads only on co-partitioned topics: refuse to start otherwise
+        check_partitions(env)
+    except CopartitioningError as exc:
+        raise click.ClickException(str(exc)) from None
     _run_faust(app, directory, env)
 
 
 @main.command()
 def sinks() -> None:
     """The sink workers: SMS, staff notifications, tasks."""
-    from connectors.sinks.app import app, directory, env
+    from connectors.sinks.app import app, directory, ensure_sink_topics, env
 
+    ensure_sink_topics()  # changelogs + ticks exist before the group assigns partitions
     _run_faust(app, directory, env)
+
+
+# ---------------------------------------------------------------- staff console (issue 6)
+@main.group(invoke_without_command=True)
+@click.option("--host", default="0.0.0.0")
+@click.option("--port", type=int, default=lambda: int(os.environ.get("RINGBACK_CONSOLE_PORT", "8081")),
+              show_default="8081")
+@click.pass_context
+def console(ctx: click.Context, host: str, port: int) -> None:
+    """The staff console: the callback task page (run without a subcommand) and its accounts."""
+    if ctx.invoked_subcommand is None:
+        from connectors.console import app as console_app
+
+        console_app.run(_env(), host=host, port=port)
+
+
+def _console_users():
+    from connectors.console.users import UserStore, users_path
+
+    return UserStore(users_path(_env()))
+
+
+@console.command("add-user")
+@click.option("--practice", "practice_id", required=True, help="the practice id (practices file)")
+@click.option("--username", required=True)
+@click.option("--role", "roles", multiple=True, required=True,
+              help="a role whose tasks the user works (repeatable): nurse, scheduling_coordinator, admin_team, ...")
+@click.option("--password-stdin", is_flag=True, help="read the password from the first line of stdin")
+@click.option("--update", is_flag=True, help="replace the password and roles of an existing account "
+                                             "(its open sessions end)")
+def console_add_user(practice_id: str, username: str, roles: tuple[str, ...], password_stdin: bool,
+                     update: bool) -> None:
+    """Create a staff account (password hashed with Argon2id)."""
+    from connectors.console.users import UserError
+    from ringback.clock import Clock
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    store = _console_users()
+    try:
+        user = store.add(practice_id, username.strip().lower(), password, list(roles), Clock().now_ms(),
+                         replace=update)
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{'updated' if update else 'added'} {user.username} at {user.practice_id} "
+               f"(roles: {', '.join(user.roles)}) in {store.path}")
+
+
+@console.command("remove-user")
+@click.option("--practice", "practice_id", required=True)
+@click.option("--username", required=True)
+def console_remove_user(practice_id: str, username: str) -> None:
+    """Delete a staff account (its sessions end at once)."""
+    if not _console_users().remove(practice_id, username.strip().lower()):
+        raise click.ClickException(f"no user {username!r} at {practice_id}")
+    click.echo(f"removed {username} at {practice_id}")
+
+
+@console.command("list-users")
+@click.option("--practice", "practice_id", default=None)
+def console_list_users(practice_id: str | None) -> None:
+    """The staff accounts (never their password hashes)."""
+    for user in _console_users().list(practice_id):
+        click.echo(f"{user.practice_id}\t{user.username}\t{','.join(user.roles)}")
 
 
 @main.command()
@@ -165,6 +247,129 @@ def demo(calls: int) -> None:
 
     sys.exit(run_demo(calls=calls))
 
+
+# ---------------------------------------------------------------- legacy PBX CDRs (issue 3, item 4)
+@main.group()
+def cdr() -> None:
+    """Call detail records of legacy PBXs (Asterisk / FreePBX Master.csv)."""
+
+
+@cdr.command("poll")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--practice", "practice_id", required=True, help="the practice this PBX belongs to")
+@click.option("--interval", type=float, default=30.0, show_default=True, help="seconds between polls")
+@click.option("--file", "file_name", default="Master.csv", show_default=True, help="CDR file in DIRECTORY")
+@click.option("--poller-id", default=None, help="checkpoint name (default: the practice id)")
+@click.option("--from-beginning", is_flag=True,
+              help="without a checkpoint, read the file from its start (default: from its end)")
+@click.option("--time-zone", default=None, help="the PBX's CDR time zone (default: the practice's)")
+@click.option("--outbound-context", "outbound_contexts", multiple=True,
+              help="dcontext prefix of outbound calls (repeatable; default from-internal, outrt, ...)")
+@click.option("--metrics-port", type=int, default=lambda: int(os.environ.get("RINGBACK_CDR_METRICS_PORT", "0")),
+              help="serve /metrics on this port (0: off)")
+def cdr_poll(directory: Path, practice_id: str, interval: float, file_name: str, poller_id: str | None,
+             from_beginning: bool, time_zone: str | None, outbound_contexts: tuple[str, ...],
+             metrics_port: int) -> None:
+    """Turn the inbound calls in DIRECTORY/Master.csv into call events, as the file grows."""
+    from connectors.sources import cdr as cdr_source
+
+    if interval <= 0:
+        raise click.BadParameter("must be above 0", param_hint="--interval")
+    try:
+        cdr_source.run(_env(), str(directory), practice_id, interval=interval, file_name=file_name,
+                       poller_id=poller_id, from_beginning=from_beginning, time_zone=time_zone,
+                       outbound_contexts=outbound_contexts or cdr_source.DEFAULT_OUTBOUND_CONTEXTS,
+                       metrics_port=metrics_port or None)
+    except (LookupError, RuntimeError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+# ---------------------------------------------------------------- EHR (FHIR R4) (issue 3, item 5)
+@main.group()
+def ehr() -> None:
+    """Patients, appointments and flags from the EHR (FHIR R4)."""
+
+
+_region_opt = click.option("--region", default=None,
+                           help="country for numbers without +CC (default: that of the practice's first number)")
+
+
+def _print_report(report) -> None:
+    import json
+
+    click.echo(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+
+
+@ehr.command("sync")
+@click.option("--base-url", required=True, help="FHIR R4 base URL, e.g. https://ehr.example.org/fhir")
+@click.option("--practice", "practice_id", required=True)
+@click.option("--since", default=None, help="only resources updated at or after this FHIR instant "
+                                            "(default: the saved cursor minus --overlap)")
+@click.option("--full", is_flag=True, help="read everything, and tombstone what the server no longer has")
+@click.option("--overlap", type=int, default=300, show_default=True,
+              help="seconds re-read before the saved cursor (late commits on the server)")
+@click.option("--page-size", type=int, default=100, show_default=True)
+@click.option("--token-secret", default=None, help="name of the secret (env var or file) holding a bearer token")
+@click.option("--no-deletions", is_flag=True, help="do not read [type]/_history for deletions")
+@_region_opt
+def ehr_sync(base_url: str, practice_id: str, since: str | None, full: bool, overlap: int, page_size: int,
+             token_secret: str | None, no_deletions: bool, region: str | None) -> None:
+    """Pull Patient, Appointment and Flag from a FHIR server; publish keyed records and tombstones."""
+    from connectors.sources import fhir
+    from ringback.settings import read_secret
+
+    env = _env()
+    token = None
+    if token_secret:
+        token = read_secret(token_secret, env)
+        if not token:
+            raise click.ClickException(f"secret {token_secret!r} not found (env var or secrets dir)")
+    try:
+        report = fhir.run_sync(env, base_url, practice_id, since=since, full=full, region=region, token=token,
+                               page_size=page_size, overlap_s=overlap, deletions=not no_deletions)
+    except (LookupError, RuntimeError, fhir.FhirError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_report(report)
+
+
+@ehr.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--practice", "practice_id", required=True)
+@_region_opt
+def ehr_import(files: tuple[Path, ...], practice_id: str, region: str | None) -> None:
+    """Import FHIR Bulk Data NDJSON files (Patient, Appointment, Flag; `deleted` Bundles)."""
+    from connectors.sources import fhir
+
+    try:
+        report = fhir.run_import(_env(), list(files), practice_id, region=region)
+    except (LookupError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_report(report)
+
+
+# ---------------------------------------------------------------- KPI report
+@main.command("report")
+@click.option("--since", default=None, help="first day (YYYY-MM-DD, 00:00 UTC) or ISO time of the missed calls; "
+                                             "default: the beginning of the outcome topic")
+@click.option("--until", default=None, help="end of the period, exclusive (default: now)")
+@click.option("--practice", "practice_id", default=None, help="one practice id (default: every practice)")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="also write the report as an HTML page with charts")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="also write the numbers as JSON")
+@click.option("--as-of", default=None, help="decide pending cases as of this time (default: now)")
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="seconds to read the outcome topic to its end")
+def report_cmd(since: str | None, until: str | None, practice_id: str | None, html_path: Path | None,
+               json_path: Path | None, as_of: str | None, timeout: float) -> None:
+    """The KPI report (SPEC section 7) from the outcome topic, per practice and in total."""
+    from ringback import report
+
+    try:
+        report.run(_env(), since=since, until=until, practice_id=practice_id, html_path=html_path,
+                   json_path=json_path, as_of=as_of, timeout_s=timeout)
+    except report.ReportError as exc:
+        raise click.ClickException(str(exc)) from None
 
 if __name__ == "__main__":
     main()

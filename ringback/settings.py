@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 import re
+import string
 from datetime import time as dtime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -56,6 +58,17 @@ def read_secret(name: str, env: Settings | None = None) -> str | None:
     if path.is_file():
         return path.read_text().strip()
     return None
+
+
+# Webhook secrets of the phone providers: the key a practice's `secrets` map uses, and the
+# name of the account-wide secret (env var or secrets-dir file) used for practices whose map
+# has no such key (one Dialpad company or Vonage account serving several practices).
+PROVIDER_SECRETS: dict[str, tuple[str, str]] = {
+    "twilio": ("twilio_auth_token", "TWILIO_AUTH_TOKEN"),
+    "ringcentral": ("ringcentral_verification_token", "RINGCENTRAL_VERIFICATION_TOKEN"),
+    "dialpad": ("dialpad_webhook_secret", "DIALPAD_WEBHOOK_SECRET"),
+    "vonage": ("vonage_signature_secret", "VONAGE_SIGNATURE_SECRET"),
+}
 
 
 # ---------------------------------------------------------------- practices file
@@ -111,6 +124,32 @@ class SmsCaps(BaseModel):
         False, description="at most 1 a day, 3 a week, 160 characters, practice named, opt-out text")
 
 
+# Patient SMS templates may name only these: nothing clinical, nothing about the patient.
+TEMPLATE_PLACEHOLDERS = frozenset({"practice_name", "booking_link", "reschedule_link", "callback_number"})
+
+
+def _check_template(text: str) -> str:
+    """A message template: plain text with only the allowed {placeholders}."""
+    try:
+        parts = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise ValueError(f"not a valid template ({exc}); write a literal brace as {{{{ or }}}}") from None
+    allowed = ", ".join("{" + p + "}" for p in sorted(TEMPLATE_PLACEHOLDERS))
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        if name not in TEMPLATE_PLACEHOLDERS:
+            shown = "{" + name[:40] + "}" if name else "{}"
+            raise ValueError(f"placeholder {shown} is not allowed (only {allowed}: "
+                             "a patient SMS carries no clinical or personal fields)")
+        if spec or conversion:
+            raise ValueError(f"placeholder {{{name}}} may not carry a format spec or conversion")
+    return text
+
+
+MessageTemplate = Annotated[str, Field(min_length=1, max_length=1600), AfterValidator(_check_template)]
+
+
 class Practice(BaseModel):
     """One practice of the practices file (SPEC section 10)."""
 
@@ -131,7 +170,8 @@ class Practice(BaseModel):
     blocked_numbers: list[str] = Field(default_factory=list)
     # Names of secrets (env var or file in the secrets dir), never the values.
     secrets: dict[str, str] = Field(default_factory=dict)
-    templates: dict[str, str] = Field(default_factory=dict)
+    # Patient SMS templates by name (e.g. new_patient_first); placeholders: TEMPLATE_PLACEHOLDERS.
+    templates: dict[str, MessageTemplate] = Field(default_factory=dict)
 
     @field_validator("time_zone")
     @classmethod

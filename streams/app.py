@@ -28,7 +28,13 @@ app = faust.App(
     topic_partitions=env.ringback_partitions,
     topic_replication_factor=1,
     topic_allow_declare=True,
-    processing_guarantee="at_least_once",
+    # at_least_once + idempotent, deduplicated effects: decided by test, see docs/stream-app.md.
+    processing_guarantee=os.environ.get("RINGBACK_PROCESSING_GUARANTEE", "at_least_once"),
+    # How fast a dead worker's partitions move to a survivor (its pending gates fire there).
+    broker_session_timeout=float(os.environ.get("RINGBACK_SESSION_TIMEOUT_S", "10")),
+    broker_heartbeat_interval=float(os.environ.get("RINGBACK_HEARTBEAT_INTERVAL_S", "2")),
+    # A standby copy of every table partition on another worker: takeover without a full replay.
+    table_standby_replicas=1,
     web_enabled=os.environ.get("RINGBACK_WORKER_WEB", "1") == "1",
     web_port=int(os.environ.get("RINGBACK_WORKER_WEB_PORT", "6066")),
     web_bind="0.0.0.0",

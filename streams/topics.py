@@ -22,6 +22,7 @@ class TopicSpec:
     compacted: bool = False
     co_partitioned: bool = False  # takes the call-event partition count
     partitions: int | None = None  # a fixed count, when not co-partitioned
+    retention_ms: int | None = None  # delete-policy retention, when not the broker default
 
 
 CALL_EVENTS = TopicSpec("call-events", "practice_id|caller", "call_event", co_partitioned=True)
@@ -42,9 +43,12 @@ DEAD_LETTERS = TopicSpec("dead-letters", "source", "dead_letter", partitions=1)
 MESSAGE_STATUS = TopicSpec("message-status", "practice_id|recipient", "message_status", co_partitioned=True)
 # Where each CDR file poller has read up to (value: JSON, not Avro: it is private to the poller).
 CDR_CHECKPOINTS = TopicSpec("cdr-checkpoints", "poller_id|file", "-", compacted=True, partitions=1)
+# Private to the stream workers: the TICK each worker sends to its partitions so the agent
+# that owns a partition fires its due gate timers (streams/timers.py). Value: "-" (none).
+TICKS = TopicSpec("stream-ticks", "-", "-", co_partitioned=True, retention_ms=3_600_000)
 
 ALL = (CALL_EVENTS, PATIENTS, APPOINTMENTS, FLAGS, PRACTICE_CONFIG, ACTIONS, TASK_UPDATES,
-       OUTCOMES, DEAD_LETTERS, MESSAGE_STATUS, CDR_CHECKPOINTS)
+       OUTCOMES, DEAD_LETTERS, MESSAGE_STATUS, CDR_CHECKPOINTS, TICKS)
 
 
 def topic_name(spec: TopicSpec, env: Settings) -> str:
@@ -90,6 +94,8 @@ def ensure_topics(env: Settings, timeout: float = 30.0) -> None:
                     f"{count} (RINGBACK_PARTITIONS): joins would read the wrong partition")
             continue
         config = {"cleanup.policy": "compact"} if spec.compacted else {}
+        if spec.retention_ms is not None:
+            config["retention.ms"] = str(spec.retention_ms)
         wanted.append(NewTopic(name, num_partitions=count, replication_factor=1 if _single(admin) else 3,
                                config=config))
     if not wanted:

@@ -98,3 +98,16 @@ def next_allowed_send(now_ms: int, time_zone: str, start: time, end: time) -> in
     day = local.date() if t < start else local.date() + timedelta(days=1)
     opening = datetime.combine(day, start, zone)
     return int(opening.timestamp() * 1000)
+
+
+def fcc_profile_violation(body: str, practice_name: str, max_chars: int | None = None) -> str | None:
+    """Why an SMS body falls outside the FCC healthcare-exemption profile (at most 160
+    characters, names the practice, tells how to opt out), or None if it fits."""
+    limit = max_chars or FCC_HEALTHCARE_EXEMPTION["max_chars"]
+    if len(body) > limit:
+        return f"FCC profile: {len(body)} characters (at most {limit})"
+    if practice_name.casefold() not in body.casefold():
+        return "FCC profile: the message does not name the practice"
+    if not re.search(r"\bSTOP\b", body, re.IGNORECASE):
+        return "FCC profile: the message has no opt-out instruction (Reply STOP)"
+    return None

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 AUTH_TOKEN = "test-auth-token-not-a-secret"
 ACCOUNT_SID = "AC" + "0" * 31 + "1"
 CALLER = "+14155550123"  # unknown to the practice: a new-patient inquiry
-PRACTICE_DID = "+13125550100"  # examples/practices.yaml: Maple Family Practice
+PRACTICE_DID = "+13125550100"  # tests/fixtures/practices.yaml: Maple Family Practice
 
 
 def status_callback(call_sid: str, caller: str = CALLER) -> dict[str, str]:
@@ -37,7 +37,9 @@ def twilio_capture():
 def running_service(processes, service_env, kafka_bootstrap, twilio_capture):
     env = {"TWILIO_ACCOUNT_SID": ACCOUNT_SID, "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
            "TWILIO_API_BASE_URL": twilio_capture.url, "RINGBACK_STORE": "memory://"}
-    applied = processes.run("config", "apply", str(REPO / "examples" / "practices.yaml"), env=env)
+    # The example practice with no first-response hold (the stream workflow waits 45 s by
+    # default for cancel-if-answered) and SMS allowed all day (the test may run at night).
+    applied = processes.run("config", "apply", str(REPO / "tests" / "fixtures" / "practices.yaml"), env=env)
     assert applied.returncode == 0, applied.stderr
     port = free_port()
     processes.start("gateway", "ingest", "--host", "127.0.0.1", "--port", str(port), env=env)
