@@ -3,11 +3,14 @@
 Faust tables can only be written while an event is processed, so a timer cannot
 write state by itself. Instead:
 
-* The case keeps its pending timers: `case["timers"][name] = [due_ms, generation]`.
-* A due-index in the same table finds them, one bucket per second and partition:
+* The case keeps its pending timers: `case["timers"][name] = [due_ms, generation]`,
+  and `case["indexed"]`: the due time it is indexed at (its earliest timer).
+* A due-index in the same table finds the cases, one bucket per second and partition:
   `t|<partition>|<second>` holds `{"n": count}` and `t|<partition>|<second>|<i>` the
-  i-th entry `[caller_key, name, generation]`. One small record per entry, so arming
-  a timer costs the same however many are due in that second. The partition prefix
+  i-th entry `[caller_key, "case", indexed_due]`. One small record per entry, so
+  indexing costs the same however many are due in that second; one entry per case
+  and due time (not per timer), written when the case's earliest due time changes.
+  The partition prefix
   keeps buckets of different partitions apart (one in-memory dict holds them all
   with `memory://`; RocksDB keeps one database per partition anyway).
 * `m|<partition>` holds the cursor: the last second whose bucket was fully handled.
@@ -16,8 +19,9 @@ write state by itself. Instead:
   the other events of that partition (a cancel ahead of the TICK is handled first)
   and fires everything due up to now (`due_entries`) - not only the last interval:
   ticks are missed during downtime and a worker taking over must catch up.
-* Before firing, the workflow re-checks the entry against the case (still there, same
-  generation, due); it fires and removes the timer from the case. Buckets of past
+* Before firing, the workflow re-checks the entry against the case (still open, still
+  indexed at that time); it fires every timer of the case that is due, removes them
+  from the case and indexes the case at its next due time. Buckets of past
   seconds are deleted once handled; the current second's bucket is read again by
   the next ticks (entries already fired are then stale and skipped) and deleted when
   its second is over. Action ids are `case_id:step`, so a re-fire after a crash
@@ -26,7 +30,7 @@ write state by itself. Instead:
 Write order inside one event matters because a crash keeps a prefix of a partition's
 changelog: an index entry is written before its bucket count and both before the case
 that refers to them (an index entry without its timer is ignored); a tick writes the
-cases it fired before it deletes buckets, and the cursor last (a cursor that did not
+cases it fired before it deletes buckets (in reverse slot order), and the cursor last (a cursor that did not
 advance only re-reads a few buckets).
 """
 

@@ -43,9 +43,10 @@ log = logging.getLogger(__name__)
 
 N = topics.partition_count(topics.CALL_EVENTS, env)
 TICK_INTERVAL_S = float(os.environ.get("RINGBACK_TICK_INTERVAL_S", "0.25"))
-# How far back a worker taking over a partition looks for records it must not emit again
-# when the partition meta has no offsets yet (the first run of a partition).
-SCAN_MAX_RECORDS = int(os.environ.get("RINGBACK_SCAN_MAX_RECORDS", "5000"))
+# At most how many records back a worker taking over a partition reads the actions/outcomes
+# partition for records it must not emit again (from the offsets in the partition meta; the
+# sinks also write ACTION outcomes, so the range may hold more than ours).
+SCAN_MAX_RECORDS = int(os.environ.get("RINGBACK_SCAN_MAX_RECORDS", "50000"))
 WORKER_ID = f"{socket.gethostname()}-{os.getpid()}".encode()
 # Fault injection for the crash tests only: die like SIGKILL right after the records of this
 # step were acknowledged and before the state that knows of them is written (the worst moment).
@@ -77,6 +78,14 @@ state = app.Table("state", default=None, partitions=N,
                   schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"))
 _MEMORY_STORE = str(app.conf.store).startswith("memory")
 
+
+def _read(key: str) -> Any:
+    """One store lookup (`state.get` makes two: `in`, then `[]`)."""
+    try:
+        return state.data[key]
+    except KeyError:
+        return None
+
 # ------------------------------------------------------------------ metrics (no PHI in labels)
 INPUTS_TOTAL = Counter("ringback_stream_inputs_total", "Inputs processed by the stream workers", ["input"])
 IGNORED = Counter("ringback_stream_ignored_total",
@@ -103,7 +112,7 @@ def _read_ids(consumer: Consumer, topic: str, partition: int, after: int | None,
               field: str) -> set[str]:
     tp = TopicPartition(topic, partition)
     low, high = consumer.get_watermark_offsets(tp, timeout=10)
-    start = max(low, (after + 1) if after is not None else high - SCAN_MAX_RECORDS)
+    start = max(low, high - SCAN_MAX_RECORDS, (after + 1) if after is not None else 0)
     if start >= high:
         return set()
     consumer.assign([TopicPartition(topic, partition, start)])
@@ -211,7 +220,8 @@ async def handle(topic: str, partition: int, key: bytes | None, value: bytes | N
     input_name = INPUTS[topic]
     started = time.perf_counter()
     sent_actions, sent_outcomes = await _ensure_scanned(partition)
-    tx = Tx(state.get, copy_reads=_MEMORY_STORE)
+    # 1. Decide (pure): what to send, what to write.
+    tx = Tx(_read, copy_reads=_MEMORY_STORE)
     wf = Workflow(tx, directory, clock.now_ms(), partition)
     try:
         _dispatch(wf, input_name, key, value)
@@ -259,7 +269,7 @@ async def handle(topic: str, partition: int, key: bytes | None, value: bytes | N
     # 3. The state, in the order the workflow left it, the partition meta last.
     for k, v in tx.writes.items():
         if v is DELETE:
-            if state.get(k) is not None:
+            if _read(k) is not None:
                 del state[k]
         else:
             state[k] = v
@@ -296,5 +306,5 @@ async def send_ticks() -> None:
 
 @app.page("/metrics")
 async def metrics(web, request):
-    # aiohttp takes the charset apart from the content type.
+    # As a header: aiohttp refuses a charset in its content_type argument.
     return web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -40,7 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_late
 from connectors.console import views
 from connectors.console.service import ChangeNotifier, ConsoleError, LiveTaskBoard, TaskService
 from connectors.console.sessions import COOKIE, CSRF_HEADER, LoginThrottle, Session, SessionCodec, csrf_ok
-from connectors.console.users import MAX_PASSWORD, UserStore
+from connectors.console.users import MAX_PASSWORD, PRACTICE_RE, UserStore
 from connectors.kafka_producer import BrokerUnavailable
 from ringback.clock import Clock
 from ringback.practice_directory import PracticeDirectory
@@ -240,7 +240,9 @@ class Console:
             self.throttle.failed(account)
             self.client_throttle.failed(client)
             LOGINS.labels("failed").inc()
-            log.info("console sign-in failed", extra={"practice_id": practice_id[:64]})
+            # What was typed is not logged unless it is a well-formed practice id (it could be anything).
+            shown = practice_id if PRACTICE_RE.match(practice_id) else "(not a practice id)"
+            log.info("console sign-in failed", extra={"practice_id": shown})
             return _error(401, "invalid_credentials", "wrong practice, username or password")
         self.throttle.succeeded(account)
         LOGINS.labels("ok").inc()

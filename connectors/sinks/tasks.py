@@ -34,6 +34,7 @@ from ringback.settings import Settings
 log = logging.getLogger(__name__)
 
 OPEN, CLAIMED, COMPLETED = "OPEN", "CLAIMED", "COMPLETED"
+PENDING = "PENDING"  # placeholder: updates that arrived before their task (not a task yet)
 PRIORITY_RANK = {"URGENT": 0, "HIGH": 1, "NORMAL": 2, "LOW": 3}
 TABLE_NAME = "tasks"
 MAX_REMEMBERED_UPDATES = 50
@@ -140,12 +141,14 @@ class TaskBoard:
     def get(self, practice_id: str, task_id: str) -> dict | None:
         with self._lock:
             task = self._tasks.get(task_id)
-        return task if task and task.get("practice_id") == practice_id else None
+        if not task or task.get("state") == PENDING:  # an update that overtook its task
+            return None
+        return task if task.get("practice_id") == practice_id else None
 
     def all_tasks(self, practice_id: str) -> list[dict]:
         with self._lock:
-            return sorted((t for t in self._tasks.values() if t.get("practice_id") == practice_id),
-                          key=urgency_key)
+            return sorted((t for t in self._tasks.values()
+                           if t.get("practice_id") == practice_id and t.get("state") != PENDING), key=urgency_key)
 
     # -- following the changelog
     def follow(self) -> "TaskBoard":

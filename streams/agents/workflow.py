@@ -22,7 +22,6 @@ hold), `followup` (new patient 2 h), `escalation` (urgent 45 min), `protect`
 from __future__ import annotations
 
 import copy
-import logging
 import re
 from typing import Any, Callable, Mapping
 
@@ -35,8 +34,6 @@ from streams.rules.recipes import (ACK_SMS, ADMIN_TASK, CALLBACK_STEPS, CALLBACK
                                    FIRST_SMS, MANAGER_ALERT, NOTIFY_COORDINATOR, NOTIFY_SCHEDULING,
                                    OPTOUT_CONFIRMATION, PROTECT_ALERT, PROTECT_TASK, RESCHEDULE_SMS,
                                    SECOND_SMS)
-
-log = logging.getLogger(__name__)
 
 NEW, URGENT, RESCHEDULE, GENERAL = cls.NEW_PATIENT, cls.URGENT_EXISTING, cls.RESCHEDULE, cls.GENERAL_INQUIRY
 
@@ -166,7 +163,7 @@ class Workflow:
         else:
             return
         self._run_due(practice, state, ck)
-        self.tx.set(ck, state)
+        self._save(ck, state)
 
     def on_task_update(self, caller: str, update: Mapping) -> None:
         """A staff update from the console (`caller`: from the record key practice|caller).
@@ -195,7 +192,7 @@ class Workflow:
             if step in CALLBACK_STEPS and step in case["steps"]:
                 self._convert(state, "callback", update["at"])
         self._run_due(practice, state, ck)
-        self.tx.set(ck, state)
+        self._save(ck, state)
 
     def on_message_status(self, status: Mapping) -> None:
         """A Twilio delivery receipt: error 21610 (unsubscribed recipient) is an opt-out."""
@@ -209,7 +206,7 @@ class Workflow:
         if not state["consent"]["opted_out"]:
             state["consent"].update(opted_out=True, changed_at=status["received_at"], source="carrier_21610")
             state["consent"]["optouts"] += 1
-            self.tx.set(ck, state)
+            self._save(ck, state)
 
     def on_patient(self, practice_id: str, phone: str, record: Mapping | None) -> None:
         ek = ehr_key(practice_id, phone)
@@ -251,7 +248,7 @@ class Workflow:
         if channel:
             self._convert(state, channel, new.get("updated_at") or self.now)
         self._run_due(practice, state, ck)
-        self.tx.set(ck, state)
+        self._save(ck, state)
 
     def on_tick(self) -> None:
         """Fire every gate of this partition due up to now (see streams/timers.py)."""
@@ -259,35 +256,30 @@ class Workflow:
         if new_cursor is None:
             return
         states: dict[str, dict] = {}
-        early: list[tuple[str, str, int, int]] = []
         for from_past, entries in ((True, past), (False, current)):
-            for ck, name, generation in entries:
-                if ck not in states:
-                    loaded = self.tx.get(ck)
-                    if loaded is None:
-                        continue
-                    states[ck] = loaded
-                case = states[ck]["case"]
-                timer = case["timers"].get(name) if case else None
-                if not timer or timer[1] != generation:
-                    continue  # cancelled, re-armed or already fired: a stale entry
-                practice = self.directory.by_id(states[ck]["practice_id"])
-                if timer[0] > self.now or practice is None:
-                    if from_past:  # placed early by a skewed clock, or config not loaded: index again
-                        early.append((ck, name, generation, max(timer[0], self.now + 1000)))
+            for ck, _, indexed in entries:
+                state = states.get(ck) or self.tx.get(ck)
+                if state is None:
                     continue
-                self._fire(practice, states[ck], ck, name)
+                case = state["case"]
+                if case is None or case.get("indexed") != indexed:
+                    continue  # closed, or indexed again since: a stale entry
+                if indexed > self.now and not from_past:
+                    continue  # later in the current second: a later tick sees it
+                states[ck] = state
+                practice = self.directory.by_id(state["practice_id"])
+                if practice is not None:
+                    self._run_due(practice, state, ck)
+                elif state["case"] is not None:  # config not loaded (yet): look again in a minute
+                    state["case"]["timers"] = {n: [max(t[0], self.now + 60_000), t[1]]
+                                               for n, t in state["case"]["timers"].items()}
+                if state["case"] is not None:
+                    state["case"]["indexed"] = None  # _save indexes it at its next due time
+        # Order: the cases (each indexed again before it is written), then the deletions of
+        # the handled buckets, the cursor last.
         for ck, state in states.items():
-            practice = self.directory.by_id(state["practice_id"])
-            if practice is not None:
-                self._run_due(practice, state, ck)
-        # Order: re-indexed entries, then the cases (their timers gone or re-armed), then
-        # the deletions of handled buckets, the cursor last.
-        for ck, name, generation, due in early:
-            timers.index(self.tx, self.partition, ck, name, generation, due, self.now)
-        for ck, state in states.items():
-            self.tx.set(ck, state)
-        for key in done_keys:
+            self._save(ck, state)
+        for key in reversed(done_keys):
             self.tx.delete(key)
         timers.set_cursor(self.tx, self.partition, new_cursor)
 
@@ -441,8 +433,19 @@ class Workflow:
     def _arm(self, ck: str, case: dict, name: str, due: int) -> None:
         case["gen"] += 1
         case["timers"][name] = [due, case["gen"]]
-        if due > self.now:
-            timers.index(self.tx, self.partition, ck, name, case["gen"], due, self.now)
+
+    def _save(self, ck: str, state: dict) -> None:
+        """Write the caller; first index the case at its next due timer if it is not yet.
+
+        One index entry per case (not per timer): it says "look at this case at that
+        second"; the tick then fires whatever of the case is due and indexes it again."""
+        case = state["case"]
+        if case is not None and case["timers"]:
+            due = min(t[0] for t in case["timers"].values())
+            if case.get("indexed") != due:
+                timers.index(self.tx, self.partition, ck, "case", due, due, self.now)
+                case["indexed"] = due
+        self.tx.set(ck, state)
 
     def _run_due(self, practice: Practice, state: dict, ck: str) -> None:
         """Fire this caller's timers that are due (a zero hold fires while the call is processed)."""
@@ -595,8 +598,9 @@ class Workflow:
             self._emit(case, recipes.action(
                 case, "CREATE_TASK", CALLBACK_TASK, recipes.route(practice, role),
                 f"Reschedule request by voicemail; {why}.", f"reschedule request: {why}", self.now,
-                due_at=due, params={**recipes.staff_params(practice, case, role, "Call the patient back to reschedule."),
-                                    **recipes.appointment_params(practice, appointment)}))
+                due_at=due,
+                params={**recipes.staff_params(practice, case, role, "Call the patient back to reschedule."),
+                        **recipes.appointment_params(practice, appointment)}))
         if appointment is not None:
             self._emit(case, recipes.action(
                 case, "NOTIFY_STAFF", NOTIFY_SCHEDULING, recipes.route(practice, role),
@@ -688,7 +692,10 @@ class Workflow:
              send_at: int, **extra: str) -> None:
         if step in case["steps"]:
             return
-        self._emit(case, recipes.sms(practice, case, step, template, reason, self.now, send_at, **extra))
+        fallback = {ACK_SMS: recipes.NURSE, RESCHEDULE_SMS: recipes.SCHEDULING_QUEUE}.get(
+            step, recipes.SCHEDULING_COORDINATOR)
+        self._emit(case, recipes.sms(practice, case, step, template, reason, self.now, send_at,
+                                     fallback_role=fallback, **extra))
         state["sms_sent"] = consent.prune_sent(state["sms_sent"], self.now) + [send_at]
 
     def _blocked_sms_task(self, practice: Practice, case: dict, instead_of: str, blocked: str, role: str,

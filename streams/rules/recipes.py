@@ -9,7 +9,8 @@ Action contract (schemas/action_command.avsc), relied on by the sinks and the co
 * `recipient`: the patient's E.164 for SEND_SMS; for staff actions the routing target of
   the role (`practice.routing[role]`, e.g. `email:...`, `slack:...`), or `role:<role>`
   when the practice has no route for it.
-* `params` (all strings): `role` (staff actions), `caller` (patient E.164, staff actions),
+* `params` (all strings): `role` (staff actions: the routing key used), `caller` (patient
+  E.164, staff actions), `fallback_role` (SMS: who calls back if the sink holds it back),
   `call_time` (local time of the missed call), `todo` (what staff should do),
   `template` (SMS), `deferred_until` (epoch ms, SMS in quiet hours; also `due_at`),
   `instead_of` + `blocked_reason` (a task created because an SMS step was blocked),
@@ -63,13 +64,17 @@ _FALLBACK_ROLES = {
 }
 
 
+def resolve_role(practice: Practice, role: str) -> str:
+    """The routing key that serves `role` at this practice (the role itself, or a fallback)."""
+    for name in (role, *_FALLBACK_ROLES.get(role, ())):
+        if practice.routing.get(name):
+            return name
+    return role
+
+
 def route(practice: Practice, role: str) -> str:
     """The routing target for a role; `role:<role>` when the practice has none."""
-    for name in (role, *_FALLBACK_ROLES.get(role, ())):
-        target = practice.routing.get(name)
-        if target:
-            return target
-    return f"role:{role}"
+    return practice.routing.get(resolve_role(practice, role)) or f"role:{role}"
 
 
 # ------------------------------------------------------------------ windows
@@ -184,14 +189,19 @@ def action(case: Mapping, kind: str, step: str, recipient: str, body: str | None
 
 
 def staff_params(practice: Practice, case: Mapping, role: str, todo: str, **extra) -> dict:
+    if role != ASSIGNED_PROVIDER:
+        role = resolve_role(practice, role)
     return {"role": role, "caller": case["caller"], "call_time": local_time(case["missed_at"], practice.time_zone),
             "todo": todo, **extra}
 
 
 def sms(practice: Practice, case: Mapping, step: str, template: str, reason: str, now_ms: int,
-        send_at: int, **extra: str) -> dict:
-    """A patient SMS; `send_at` later than now means quiet hours (the sink defers it)."""
+        send_at: int, fallback_role: str | None = None, **extra: str) -> dict:
+    """A patient SMS; `send_at` later than now means quiet hours (the sink defers it).
+    `fallback_role`: who calls back if the sink has to hold the SMS back after all."""
     params = {"template": template}
+    if fallback_role:
+        params["fallback_role"] = resolve_role(practice, fallback_role)
     if send_at > now_ms:
         params["deferred_until"] = str(send_at)
     return action(case, "SEND_SMS", step, case["caller"], render(practice, template, **extra), reason, now_ms,

@@ -24,6 +24,7 @@ GENERAL = "+14155550181"
 URGENT_DONE = "+14155550182"
 URGENT_LEFT = "+14155550183"
 LAKESIDE_CALLER = "+16175550184"
+MAPLE_OTHER = "+14155550185"
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,7 @@ def stack(kafka_bootstrap, tmp_path_factory):
         s.known_patient("maple-family", URGENT_DONE, "Ursula Done", urgent="callback requested: results question")
         s.known_patient("maple-family", URGENT_LEFT, "Uri Left", urgent="callback requested: refill")
         s.known_patient("lakeside-peds", LAKESIDE_CALLER, "Lake Side")
+        s.known_patient("maple-family", MAPLE_OTHER, "Mae Other")
         s.ehr_loaded()
         yield s
     finally:
@@ -144,11 +146,15 @@ def test_completing_the_urgent_task_closes_the_manager_gate_and_leaving_it_does_
 
 def test_a_user_of_another_practice_cannot_touch_the_tasks_whatever_id_they_use(stack):
     stack.missed_call(LAKESIDE_CALLER, did=LAKESIDE_DID)
+    stack.missed_call(MAPLE_OTHER)
     theirs = wait_for(lambda: stack.task_action("lakeside-peds", "GENERAL_INQUIRY", "admin_task"), 90,
                       message="the lakeside admin task")
+    mine = wait_for(lambda: [a for a in stack.actions() if a["kind"] == "CREATE_TASK"
+                             and a["params"].get("caller") == MAPLE_OTHER], 90, message="a maple task")[0]
+    desk = Staff(stack, "maple-family", "desk")
+    wait_for(lambda: desk.get(tpath(mine["action_id"])).status_code == 200, 30, message="maple's task in its console")
     maple_ids = [a["action_id"] for a in stack.actions()
                  if a["kind"] == "CREATE_TASK" and a["practice_id"] == "maple-family"]
-    assert maple_ids
     lee = Staff(stack, "lakeside-peds", "lee")
     wait_for(lambda: theirs["action_id"] in lee.open_ids(), 30, message="lee's own task")
     assert not set(lee.open_ids()) & set(maple_ids)
@@ -161,7 +167,6 @@ def test_a_user_of_another_practice_cannot_touch_the_tasks_whatever_id_they_use(
             assert (response.status_code, response.json()["error"]) == (404, "not_found"), (task_id, action)
     assert kafka_tools.total_records(stack.bootstrap, stack.topic(topics.TASK_UPDATES)) == before
     # And maple's users do not see lakeside's task either.
-    desk = Staff(stack, "maple-family", "desk")
     assert theirs["action_id"] not in desk.open_ids()
     assert desk.get(tpath(theirs["action_id"])).status_code == 404
     # Unauthenticated and forged sessions get nothing at all.
@@ -170,3 +175,9 @@ def test_a_user_of_another_practice_cannot_touch_the_tasks_whatever_id_they_use(
     assert anonymous.status_code == 401
     forged = httpx.get(f"{stack.console}/api/tasks", cookies={"rb_console": "eyJwIjoibWFwbGUtZmFtaWx5In0.x.y"})
     assert forged.status_code == 401
+    # Nothing the console wrote in the meantime names a caller or a patient.
+    log = stack.procs.log("console")
+    assert "console sign-in" in log
+    for phi in (GENERAL, URGENT_DONE, URGENT_LEFT, LAKESIDE_CALLER, MAPLE_OTHER, "Gene Ral", "Ursula Done",
+                "Uri Left", "Mae Other", "results question", GENERAL[-10:]):
+        assert phi not in log

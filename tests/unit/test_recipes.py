@@ -29,8 +29,8 @@ def test_default_texts_name_the_practice_carry_the_link_and_the_opt_out_and_fit_
 
 
 def test_practice_templates_override_the_defaults():
-    p = practice(templates={"new_patient_first": "{practice_name}: call us at {callback_number}. Reply STOP to opt out."})
-    assert recipes.render(p, "new_patient_first") == "Maple Family Practice: call us at +13125550100. Reply STOP to opt out."
+    p = practice(templates={"new_patient_first": "{practice_name}: call {callback_number}. Reply STOP to opt out."})
+    assert recipes.render(p, "new_patient_first") == "Maple Family Practice: call +13125550100. Reply STOP to opt out."
     assert "book.example.org" in recipes.render(p, "new_patient_second")
 
 
@@ -39,6 +39,11 @@ def test_routing_falls_back_by_role_and_names_a_missing_route():
     assert recipes.route(p, recipes.SCHEDULING_QUEUE) == "email:desk@x.org"
     assert recipes.route(p, recipes.DEPARTMENT_MANAGER) == "slack:MGR"
     assert recipes.route(p, recipes.NURSE) == "role:nurse"
+    assert recipes.resolve_role(p, recipes.SCHEDULING_QUEUE) == "scheduling_coordinator"
+    assert recipes.resolve_role(p, recipes.NURSE) == "nurse"
+    assert recipes.staff_params(p, CASE, recipes.SCHEDULING_QUEUE, "x")["role"] == "scheduling_coordinator"
+    assert recipes.sms(p, CASE, "s", "new_patient_first", "r", T0, T0,
+                       fallback_role=recipes.SCHEDULING_QUEUE)["params"]["fallback_role"] == "scheduling_coordinator"
 
 
 def test_first_response_hold_and_the_urgent_acknowledgement_limit():

@@ -6,7 +6,7 @@ import json
 
 from streams import timers
 from streams.agents.workflow import DELETE, Tx, Workflow
-from tests.unit.test_workflow import DAY, HOUR, KNOWN, MIN, NEW_CALLER, T0, Harness
+from tests.unit.test_workflow import DAY, HOUR, KNOWN, NEW_CALLER, T0, Harness
 
 
 class DictStore:

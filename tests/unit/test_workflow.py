@@ -213,6 +213,7 @@ def test_new_patient_first_sms_waits_the_hold_then_goes_with_a_coordinator_notif
     assert sms["recipient"] == NEW_CALLER and sms["scenario"] == "NEW_PATIENT"
     assert "https://book.example.org/maple" in sms["body"] and "Maple Family Practice" in sms["body"]
     assert sms["call_reported_at"] == T0 and sms["missed_at"] == T0 - 1000 and sms["due_at"] is None
+    assert sms["params"] == {"template": "new_patient_first", "fallback_role": "scheduling_coordinator"}
     note = h.action("notify_coordinator")
     assert note["kind"] == "NOTIFY_STAFF" and note["recipient"] == "email:desk@maple.example.org"
     assert "already sent" in note["body"]
@@ -423,6 +424,7 @@ def test_urgent_task_to_the_assigned_provider_and_patient_acknowledgement():
     assert task["params"]["urgency_reason"] == "Nurse line: call back"
     assert task["due_at"] == T0 + 30 * MIN
     ack = h.action("ack_sms")
+    assert ack["params"]["fallback_role"] == "nurse"
     assert "clinical team" in ack["body"] and "30 minutes" in ack["body"]
     assert "Nurse line" not in ack["body"] and "Ann" not in ack["body"]  # no clinical detail, no name
     assert h.outcomes[-1]["state"] == "RESPONDED" and h.outcomes[-1]["within_window"] is True
@@ -513,6 +515,8 @@ def test_reschedule_within_48_hours_link_then_the_four_hour_gate_protects_it():
     note = h.action("notify_scheduling")
     assert note["params"]["appointment_id"] == "a1" and note["params"]["appointment_start"] == str(T0 + DAY)
     assert note["recipient"] == "email:desk@maple.example.org"  # scheduling queue -> coordinator
+    assert note["params"]["role"] == "scheduling_coordinator"
+    assert h.action("reschedule_sms")["params"]["fallback_role"] == "scheduling_coordinator"
     h.at(4 * HOUR - 1000)
     assert "protect_task" not in h.steps()
     h.at(4 * HOUR)
@@ -708,3 +712,85 @@ def test_within_window_uses_the_scenario_window(scenario_setup, window):
     h.at(hold())
     responded = [o for o in h.outcomes if o["state"] == "RESPONDED"][0]
     assert responded["response_latency_ms"] > window and responded["within_window"] is False
+
+
+# ====================================================================== more branches
+def test_a_cancelled_appointment_closes_a_reschedule_request():
+    h = reschedule_harness(DAY)
+    h.voicemail(KNOWN, "I need to cancel tomorrow")
+    h.at(HOUR)
+    h.appointment(KNOWN, "a1", start=T0 + DAY, status="cancelled", updated_at=h.now)
+    h.at(5 * HOUR)
+    assert "protect_task" not in h.steps()
+    final = h.final()
+    assert final["state"] == "CONVERTED" and final["conversion_channel"] == "cancellation"
+
+
+def test_the_protect_gate_has_nothing_to_do_when_the_appointment_is_gone():
+    h = reschedule_harness(DAY)
+    h.voicemail(KNOWN, "please reschedule")
+    h.at(HOUR)
+    h.run(h.partition(KNOWN), lambda wf: wf.on_appointment("maple-family", KNOWN, "a1", None))  # deleted in the EHR
+    h.at(5 * HOUR)
+    assert h.steps() == ["reschedule_sms", "notify_scheduling"]
+    assert "nothing left to protect" in " ".join(h.state(KNOWN)["case"]["notes"])
+
+
+def test_a_general_inquiry_converts_on_a_new_booking():
+    h = Harness()
+    h.patient(KNOWN)
+    h.missed(KNOWN)
+    h.at(HOUR)
+    h.appointment(KNOWN, "a7", start=h.now + 3 * DAY, updated_at=h.now)
+    final = h.final()
+    assert final["state"] == "CONVERTED" and final["conversion_channel"] == "booking"
+
+
+def test_an_appointment_arriving_changes_nothing():
+    h = Harness()
+    h.patient(KNOWN)
+    h.appointment(KNOWN, "a7", start=T0 + HOUR, updated_at=T0 - DAY)
+    h.missed(KNOWN)
+    h.at(10 * MIN)
+    h.appointment(KNOWN, "a7", start=T0 + HOUR, status="arrived", updated_at=h.now)
+    assert not [o for o in h.outcomes if o["final"]]
+
+
+def test_cancel_if_answered_applies_to_urgent_calls_too():
+    h = urgent_harness()
+    h.missed(KNOWN)
+    h.at(10_000)
+    h.answered(KNOWN)
+    h.at(HOUR)
+    assert h.actions == [] and h.final()["state"] == "SUPPRESSED"
+
+
+def test_help_and_opt_in_texts_are_not_replies():
+    h = Harness()
+    h.missed()
+    h.at(hold())
+    h.sms(NEW_CALLER, "HELP")
+    h.sms(NEW_CALLER, "START")
+    assert not [o for o in h.outcomes if o["final"]]
+    assert h.state(NEW_CALLER)["consent"]["opted_out"] is False
+
+
+def test_a_transcript_of_another_call_does_not_change_the_case():
+    h = reschedule_harness(DAY)
+    h.missed(KNOWN)
+    h.at(hold())
+    h.transcript(KNOWN, "CA-some-older-call", "I need to reschedule")
+    assert h.steps() == ["admin_task"] and h.state(KNOWN)["case"]["scenario"] == "GENERAL_INQUIRY"
+
+
+def test_tx_reads_its_own_writes_and_orders_writes_by_the_last_one():
+    store = {"a": {"v": 1}}
+    tx = Tx(store.get)
+    got = tx.get("a")
+    got["v"] = 99  # a read is a copy: the store is untouched
+    assert store["a"] == {"v": 1}
+    tx.set("b", 1)
+    tx.set("a", {"v": 2})
+    tx.delete("c")
+    tx.set("b", 3)
+    assert list(tx.writes) == ["a", "c", "b"] and tx.get("b") == 3 and tx.get("c") is None

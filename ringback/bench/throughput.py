@@ -1,0 +1,176 @@
+"""Figure (a): sustained throughput of one `ringback worker` on the full pipeline, as a
+fraction of a bare Faust pass-through agent and of a bare aiokafka consume→produce
+loop, all three reading the same pre-produced call-event topic on the same broker.
+
+Method: the worker first reads the EHR records (patients, flags, appointments) so the
+joins find them; then N call events of the day mix (workload.day_mix) are produced
+as fast as the broker takes them and the worker's committed offsets on the call-event
+topic are polled every 100 ms. The rate is the slope between 10 % and 90 % of N
+(stats.sustained_rate). First-response hold 0: every missed call is answered inline
+(a worker working off a backlog finds every hold expired anyway), so all the work an
+event causes happens inside the measured window. The pass-through agent is measured
+the same way (its committed offsets); the aiokafka loop, too fast for 1 s commits,
+counts itself (a sample every 1,000 records) and the same slope is taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+from ringback.bench import stats, workload
+from ringback.bench.harness import Namespace, loadavg, log, wait_committed, wait_until
+from streams import topics
+
+HOLD0 = {"first_response_hold": 0}
+
+
+def prepare(ns: Namespace, practices: int, patients_per_practice: int, seed: int = 7) -> workload.Population:
+    """Practices, topics, and the EHR records on their topics."""
+    ns.apply_practices(workload.practices(practices, HOLD0))
+    pop = workload.Population(practices, patients_per_practice, seed=seed)
+    for name, records in pop.ehr_records(ns.partitions).items():
+        spec = {"patients": topics.PATIENTS, "flags": topics.FLAGS, "appointments": topics.APPOINTMENTS}[name]
+        ns.produce(ns.topic(spec), records)
+    return pop
+
+
+def wait_ehr_read(ns: Namespace, timeout: float, alive=None) -> None:  # noqa: ANN001
+    for spec in (topics.PATIENTS, topics.FLAGS, topics.APPOINTMENTS):
+        name = ns.topic(spec)
+        end = ns.end(name)
+        if end:
+            wait_committed(ns.bootstrap, ns.streams_group, name, end, timeout, interval=0.25, alive=alive)
+
+
+def measure_workers(ns: Namespace, events: list, workers: int, timeout: float) -> dict:
+    """Start `workers` stream workers, let them read the EHR records, produce the call
+    events and measure how fast the group works them off."""
+    procs = [ns.worker(f"worker-{i + 1}") for i in range(workers)]
+    alive = lambda: all(p.alive() for p in procs)  # noqa: E731
+    t0 = time.monotonic()
+    try:
+        wait_ehr_read(ns, timeout, alive=alive)
+        if workers > 1:  # every worker has its share before the load starts
+            from ringback.bench.harness import group_members
+
+            wait_until(lambda: group_members(ns.bootstrap, ns.streams_group)[2] >= workers and
+                       group_members(ns.bootstrap, ns.streams_group)[0] == "STABLE", 120,
+                       f"{workers} workers sharing the partitions")
+        ready_s = time.monotonic() - t0
+        rss_before = [p.rss_kb() for p in procs]
+        call_topic = ns.topic(topics.CALL_EVENTS)
+        base = ns.committed(ns.streams_group, call_topic)
+        load0 = loadavg()
+        produced_at = time.monotonic()
+        ns.produce(call_topic, events)
+        produce_s = time.monotonic() - produced_at
+        samples = wait_committed(ns.bootstrap, ns.streams_group, call_topic, len(events), timeout, base=base,
+                                 on_sample=lambda: [p.sample_peak() for p in procs], alive=alive)
+        rate = stats.sustained_rate(samples, len(events))
+        for p in procs:
+            p.sample_peak()
+        return {"workers": workers, "events": len(events), "rate": rate,
+                "wall_s": samples[-1][0] - produced_at, "produce_s": produce_s, "ready_s": ready_s,
+                "rss_before_kb": rss_before, "peak_rss_kb": [p.peak_rss_kb for p in procs],
+                "loadavg_before": load0, "loadavg_after": loadavg()}
+    finally:
+        for p in procs:
+            p.stop()
+
+
+async def _aiokafka_loop(bootstrap: str, source: str, sink: str, total: int, timeout: float) -> list[tuple[float, int]]:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id=f"bench-aiokafka-{uuid.uuid4().hex[:6]}",
+                                auto_offset_reset="earliest", enable_auto_commit=True, auto_commit_interval_ms=1000)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    samples: list[tuple[float, int]] = [(time.monotonic(), 0)]
+    n = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while n < total and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for tp, messages in batch.items():
+                for m in messages:
+                    await producer.send(sink, m.value, key=m.key, partition=tp.partition)
+                    n += 1
+                    if n % 1000 == 0:
+                        samples.append((time.monotonic(), n))
+        await producer.flush()
+        samples.append((time.monotonic(), n))
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return samples
+
+
+def measure_aiokafka(ns: Namespace, total: int, timeout: float) -> dict:
+    source = ns.topic(topics.CALL_EVENTS)
+    load0 = loadavg()
+    samples = asyncio.run(_aiokafka_loop(ns.bootstrap, source, f"{ns.name}.bench-aiokafka-out", total, timeout))
+    return {"events": samples[-1][1], "rate": stats.sustained_rate(samples, total),
+            "wall_s": samples[-1][0] - samples[0][0], "loadavg_before": load0, "loadavg_after": loadavg()}
+
+
+def measure_faust_passthrough(ns: Namespace, total: int, timeout: float) -> dict:
+    source = ns.topic(topics.CALL_EVENTS)
+    app_id = f"{ns.name}-passthrough"
+    proc = ns.start_python("faust-passthrough", "ringback.bench.passthrough", env={
+        "BENCH_APP_ID": app_id, "BENCH_SOURCE": source, "BENCH_SINK": f"{ns.name}.bench-passthrough-out",
+        "BENCH_PARTITIONS": str(ns.partitions)})
+    load0 = loadavg()
+    try:
+        samples = wait_committed(ns.bootstrap, app_id, source, total, timeout, on_sample=proc.sample_peak,
+                                 alive=proc.alive)
+        proc.sample_peak()
+        return {"events": total, "rate": stats.sustained_rate(samples, total),
+                "wall_s": samples[-1][0] - samples[0][0], "peak_rss_kb": proc.peak_rss_kb,
+                "loadavg_before": load0, "loadavg_after": loadavg()}
+    finally:
+        proc.stop()
+
+
+def run(ns: Namespace, *, events: int, practices: int, patients_per_practice: int, timeout: float) -> dict:
+    log(f"(a) throughput: {events:,} call events of the day mix, {practices} practices, "
+        f"{practices * patients_per_practice:,} patients, {ns.partitions} partitions")
+    pop = prepare(ns, practices, patients_per_practice)
+    records, mix = workload.day_mix(pop, events, ns.partitions)
+    worker = measure_workers(ns, records, 1, timeout)
+    log(f"    ringback worker (full pipeline): {worker['rate']:,.0f} events/s "
+        f"(peak RSS {worker['peak_rss_kb'][0] / 1024:.0f} MiB)")
+    faust_pt = measure_faust_passthrough(ns, events, timeout)
+    log(f"    bare Faust pass-through agent:    {faust_pt['rate']:,.0f} events/s")
+    aio = measure_aiokafka(ns, events, timeout)
+    log(f"    bare aiokafka consume→produce:    {aio['rate']:,.0f} events/s")
+    result = {
+        "events": events, "mix": mix, "partitions": ns.partitions, "practices": practices,
+        "patients": practices * patients_per_practice, "first_response_hold_s": 0,
+        "worker": worker, "faust_passthrough": faust_pt, "aiokafka": aio,
+        "worker_rate": worker["rate"],
+        "ratio_to_faust": stats.ratio(worker["rate"], faust_pt["rate"]),
+        "ratio_to_aiokafka": stats.ratio(worker["rate"], aio["rate"]),
+        "faust_to_aiokafka": stats.ratio(faust_pt["rate"], aio["rate"]),
+    }
+    log(f"    worker/Faust {result['ratio_to_faust']:.1%}, worker/aiokafka {result['ratio_to_aiokafka']:.1%}, "
+        f"Faust/aiokafka {result['faust_to_aiokafka']:.1%}")
+    return result
+
+
+if __name__ == "__main__":  # a quick manual run against KAFKA_BOOTSTRAP_SERVERS
+    import os
+    import sys
+    from pathlib import Path
+
+    from ringback.bench.harness import new_namespace
+
+    n = Namespace(os.environ["KAFKA_BOOTSTRAP_SERVERS"], new_namespace("a"), 8, Path(sys.argv[1]))
+    try:
+        print(json.dumps(run(n, events=int(sys.argv[2]), practices=50, patients_per_practice=100, timeout=600),
+                         indent=1))
+    finally:
+        n.stop_all()
