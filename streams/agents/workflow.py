@@ -69,6 +69,14 @@ def ehr_key(practice_id: str, phone: str) -> str:
     return f"e|{practice_id}|{phone}"
 
 
+def index_entry_pending(read: Callable[[str], Any], entry: list) -> bool:
+    """Whether a due-index entry `[caller_key, "case", indexed]` still stands for pending
+    timers: the check `Workflow.on_tick` makes before firing (streams/timers.py)."""
+    state = read(entry[0])
+    case = state.get("case") if state else None
+    return bool(case) and case.get("indexed") == entry[2] and bool(case.get("timers"))
+
+
 class Tx:
     """The state table as one input sees it: reads through, writes buffered.
 
@@ -84,6 +92,7 @@ class Tx:
         self.ignored: list[str] = []  # metric labels: why an input did nothing
         self.fired: list[tuple[str, int]] = []  # (timer, ms after due)
         self.opened: list[str] = []  # scenarios of cases opened
+        self.cancelled: list[str] = []  # timers dropped unfired because their case closed (metrics)
 
     def get(self, key: str) -> Any:
         if key in self.writes:
@@ -167,8 +176,9 @@ class Workflow:
 
     def on_task_update(self, caller: str, update: Mapping) -> None:
         """A staff update from the console (`caller`: from the record key practice|caller).
-        COMPLETE of a callback task (clinical, callback, admin, protect) means the patient
-        was called back: the case converts and its gates close."""
+        COMPLETE of a callback task (clinical, callback, admin, protect) closes that task's
+        gate; with outcome reached_patient (or none) the case converts, with wrong_number it
+        closes without a conversion, with left_message it stays open for a reply or booking."""
         practice = self.directory.by_id(update["practice_id"])
         if practice is None:
             self.tx.ignored.append("unknown_practice")
@@ -188,9 +198,15 @@ class Workflow:
         if case is None or case["case_id"] != cid:
             self.tx.ignored.append("task_update_closed_case")
         elif update["action"] == "COMPLETE":
-            case["tasks_done"][step] = update["at"]
+            case["tasks_done"][step] = update["at"]  # staff acted: the task's gate closes either way
             if step in CALLBACK_STEPS and step in case["steps"]:
-                self._convert(state, "callback", update["at"])
+                outcome = update.get("outcome") or "reached_patient"
+                if outcome == "reached_patient":
+                    self._convert(state, "callback", update["at"])
+                elif outcome == "wrong_number":
+                    # Nobody to recover: close without counting a conversion.
+                    self._close(state, ESCALATED_AND_CLOSED, "callback task: wrong number")
+                # left_message: the case stays open for a reply or a booking until its window ends.
         self._run_due(practice, state, ck)
         self._save(ck, state)
 
@@ -739,6 +755,7 @@ class Workflow:
     def _close(self, state: dict, final_state: str, reason: str | None) -> None:
         case = state["case"]
         case["state"] = final_state
+        self.tx.cancelled.extend(case["timers"])
         case["timers"] = {}  # their index entries become stale and are skipped
         self._outcome(case, final_state, final=True, reason=reason)
         state["closed"] = (state["closed"] + [case["case_id"]])[-CLOSED_MAX:]

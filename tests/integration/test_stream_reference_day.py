@@ -117,7 +117,7 @@ class Feed:
     def complete(self, caller: str, task_id: str) -> None:
         case_id, _ = recipes.step_of(task_id)
         update = {"update_id": uuid.uuid4().hex, "task_id": task_id, "case_id": case_id,
-                  "practice_id": self.practice, "action": "COMPLETE", "actor": "staff-7", "outcome": "reached",
+                  "practice_id": self.practice, "action": "COMPLETE", "actor": "staff-7", "outcome": "reached_patient",
                   "new_role": None, "at": now_ms()}
         self._send(topics.TASK_UPDATES, self.key(caller), codec.encode("task_update", update))
 

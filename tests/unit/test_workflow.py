@@ -136,10 +136,11 @@ class Harness:
     def sms(self, caller: str, body: str) -> dict:
         return self.event(caller, "SMS", None, sms_body=body)
 
-    def task(self, caller: str, step: str, action: str = "COMPLETE", case_id: str | None = None) -> None:
+    def task(self, caller: str, step: str, action: str = "COMPLETE", case_id: str | None = None,
+             outcome: str = "reached_patient") -> None:
         cid = case_id or self.case_id(caller)
         update = {"update_id": f"u{next(self._ids)}", "task_id": f"{cid}:{step}", "case_id": cid,
-                  "practice_id": PRACTICE_ID, "action": action, "actor": "staff-1", "outcome": "reached",
+                  "practice_id": PRACTICE_ID, "action": action, "actor": "staff-1", "outcome": outcome,
                   "new_role": None, "at": self.now}
         self.run(self.partition(caller), lambda wf: wf.on_task_update(caller, update))
 
@@ -460,6 +461,30 @@ def test_urgent_task_completed_at_44_minutes_prevents_the_manager_alert():
     final = h.final()
     assert final["state"] == "CONVERTED" and final["conversion_channel"] == "callback"
     assert final["escalations"] == 0
+
+
+def test_urgent_task_wrong_number_closes_without_conversion_or_alert():
+    h = urgent_harness()
+    h.missed(KNOWN)
+    h.at(20 * MIN)
+    h.task(KNOWN, "clinical_task", outcome="wrong_number")
+    h.at(2 * HOUR)
+    assert "manager_alert" not in h.steps()
+    final = h.final()
+    assert final["state"] == "ESCALATED_AND_CLOSED" and final["converted"] is False
+
+
+def test_urgent_task_left_message_prevents_the_alert_but_does_not_convert():
+    h = urgent_harness()
+    h.missed(KNOWN)
+    h.at(20 * MIN)
+    h.task(KNOWN, "clinical_task", outcome="left_message")
+    h.at(2 * HOUR)
+    assert "manager_alert" not in h.steps()
+    assert h.state(KNOWN)["case"]["converted"] is False  # still open: a reply or booking may follow
+    h.at(2 * DAY)
+    final = h.final()
+    assert final["converted"] is False and final["state"] != "CONVERTED"
 
 
 def test_urgent_task_completed_at_46_minutes_does_not_prevent_the_manager_alert():
