@@ -109,6 +109,15 @@ class PracticeDirectory:
             self._thread.join(timeout=5)
 
     def _run(self, env: Settings) -> None:
+        """Follow the config topic; after an error, read it again from the start
+        (applying records again is idempotent) and keep serving the last directory."""
+        while not self._stop.is_set():
+            self._read(env)
+            if self._stop.wait(1.0):
+                return
+            log.warning("practice directory: reading the config topic again")
+
+    def _read(self, env: Settings) -> None:
         name = topics.topic_name(topics.PRACTICE_CONFIG, env)
         consumer = Consumer({
             "bootstrap.servers": env.kafka_bootstrap_servers,

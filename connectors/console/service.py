@@ -33,7 +33,6 @@ from schemas import codec
 log = logging.getLogger(__name__)
 
 PENDING_TTL_S = 600.0  # the board is the truth again after this, applied or not
-RESTART_DELAY_S = 2.0
 
 
 class ConsoleError(Exception):
@@ -121,16 +120,6 @@ class LiveTaskBoard(TaskBoard):
 
     def ready(self) -> bool:
         return self._ready.is_set()
-
-    def _run(self) -> None:
-        """TaskBoard's reader, started again when it stops on an error (it logs it): e.g. a
-        changelog topic just created by the sinks, whose partition leaders are not elected
-        yet, fails the first watermark query. Reading again from the start is idempotent."""
-        while not self._stop.is_set():
-            super()._run()
-            if self._stop.wait(RESTART_DELAY_S):
-                return
-            log.warning("task board: reading the task changelog again")
 
 
 @dataclass

@@ -181,6 +181,16 @@ class TaskBoard:
                 log.error("unreadable task record skipped")
 
     def _run(self) -> None:
+        """Read the changelog; when the reader stops on an error (e.g. a changelog topic just
+        created, whose partition leaders are not elected yet), read again from the start:
+        applying the records again is idempotent."""
+        while not self._stop.is_set():
+            self._read_once()
+            if self._stop.wait(1.0):
+                return
+            log.warning("task board: reading the task changelog again")
+
+    def _read_once(self) -> None:
         topic = changelog_topic(self.env)
         consumer = Consumer({"bootstrap.servers": self.env.kafka_bootstrap_servers,
                              "group.id": f"{self.env.ringback_namespace}.task-board.{uuid.uuid4().hex[:8]}",
