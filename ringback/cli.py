@@ -161,6 +161,7 @@ def worker() -> None:
         check_partitions(env)
     except CopartitioningError as exc:
         raise click.ClickException(str(exc)) from None
+    topology.ensure_changelog_topic()  # exists before the group assigns partitions
     _run_faust(app, directory, env)
 
 
@@ -240,12 +241,42 @@ def console_list_users(practice_id: str | None) -> None:
 
 
 @main.command()
-@click.option("--calls", type=int, default=5, help="simulated missed calls")
-def demo(calls: int) -> None:
-    """Local broker + gateway + worker + sinks + simulated missed calls."""
+@click.option("--practices", type=click.IntRange(1, 200), default=5, show_default=True,
+              help="practices of the health system (the first is the reference practice; phone systems in turn: "
+                   "Twilio, RingCentral, Dialpad, Vonage, a legacy PBX)")
+@click.option("--seed", type=int, default=7, show_default=True, help="the same seed plays the same day")
+@click.option("--speed", type=click.FloatRange(1, 3600), default=600.0, show_default=True,
+              help="practice seconds per wall second (600: the 10-hour day in a minute; windows scale with it)")
+@click.option("--calls", type=click.IntRange(5, 2000), default=94, show_default=True,
+              help="inbound calls a day at the reference practice (the others vary around it); ~19 % are missed")
+@click.option("--keep-running", is_flag=True, help="after the report, leave the services up (Ctrl-C stops them)")
+def demo(practices: int, seed: int, speed: float, calls: int, keep_running: bool) -> None:
+    """A compressed practice day: local broker + every process + simulated traffic, then the KPI report."""
     from ringback.demo import run_demo
 
-    sys.exit(run_demo(calls=calls))
+    sys.exit(run_demo(practices=practices, seed=seed, speed=speed, calls=calls, keep_running=keep_running))
+
+
+# ---------------------------------------------------------------- benchmarks (issue 8, item 3)
+@main.command("bench")
+@click.option("--quick", is_flag=True, help="everything scaled down (CI-sized: a few minutes)")
+@click.option("--only", default=None, metavar="a,b,c,d,scaling",
+              help="figures to run: a throughput, b latency, c gates, d restart, scaling (default: all)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="where bench.json and bench.md go (default var/bench/<time>)")
+@click.option("--profile", "profile_worker", is_flag=True,
+              help="sample the worker with py-spy during figure (a) (pip install py-spy)")
+def bench(quick: bool, only: str | None, out_dir: Path | None, profile_worker: bool) -> None:
+    """The benchmarks of SPEC section 8: throughput, latency, gate delay, restart, scaling."""
+    from ringback.bench import runner
+
+    try:
+        figures = runner.parse_only(only)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--only") from None
+    results = runner.run(quick=quick, only=figures, out_dir=out_dir, command=runner.command_line(),
+                         profile_worker=profile_worker)
+    sys.exit(1 if results["errors"] else 0)
 
 
 # ---------------------------------------------------------------- legacy PBX CDRs (issue 3, item 4)

@@ -32,6 +32,7 @@ class Captured:
     headers: dict
     form: dict
     body: bytes
+    received_at: float = 0.0  # time.time() when the request line and headers were read (latency benchmarks)
 
 
 @dataclass
@@ -40,6 +41,9 @@ class CaptureServer:
     script: list = field(default_factory=list)  # next Messages POSTs: status, (status, headers), ("hang", s)
     other_script: list = field(default_factory=list)  # the same for every other POST
     created: list[dict] = field(default_factory=list)  # message resources created (GET lists them)
+    # HTTP/1.1 keep-alive, as the real APIs: clients reuse their connections (the latency
+    # benchmark). Off by default: HTTP/1.0, one connection per request.
+    keep_alive: bool = False
 
     def __post_init__(self) -> None:
         captured = self.requests
@@ -47,6 +51,11 @@ class CaptureServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if server.keep_alive else "HTTP/1.0"
+            # Headers and body go out in two writes: without TCP_NODELAY a kept-alive
+            # connection waits for the client's delayed ACK (~40 ms) before the body.
+            disable_nagle_algorithm = server.keep_alive
+
             def log_message(self, *args) -> None:  # keep test output clean
                 pass
 
@@ -75,9 +84,10 @@ class CaptureServer:
                 return int(step), {}, 0.0
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                arrived = time.time()
                 url = urlsplit(self.path)
                 with lock:
-                    captured.append(Captured("GET", self.path, dict(self.headers), {}, b""))
+                    captured.append(Captured("GET", self.path, dict(self.headers), {}, b"", arrived))
                 if not url.path.endswith("/Messages.json"):
                     self._answer(404, b'{"status": 404}', "application/json")
                     return
@@ -91,10 +101,11 @@ class CaptureServer:
                 self._answer(200, json.dumps(payload).encode(), "application/json")
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                arrived = time.time()
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 form = {k: v[0] for k, v in parse_qs(body.decode(errors="replace")).items()}
                 with lock:
-                    captured.append(Captured("POST", self.path, dict(self.headers), form, body))
+                    captured.append(Captured("POST", self.path, dict(self.headers), form, body, arrived))
                 is_message = self.path.endswith("/Messages.json")
                 status, extra, delay = self._scripted(server.script if is_message else server.other_script)
                 if status is not None:

@@ -124,3 +124,35 @@ def set_cursor(store: Store, partition: int, cursor: int) -> None:
     if m.get("cursor") != cursor:
         m["cursor"] = cursor
         store.set(meta_key(partition), m)
+
+
+def oldest_overdue(read, partition: int, until_ms: int, pending, max_buckets: int = 3600,
+                   max_entries: int = 1000) -> int | None:
+    """The due time of the oldest index entry of `partition` due at or before `until_ms`
+    that no TICK has handled yet and `pending(entry)` says still stands, or None.
+
+    For the `ringback_timers_overdue_seconds` gauge (streams/topology.py), read outside
+    the agent (`read(key)` -> value or None, no writes). Looks at the buckets after the
+    cursor only, oldest first: when ticks are handled in time that range is empty. At most
+    `max_buckets` buckets and `max_entries` due entries are read; past that the start of
+    the bucket reached is returned (a lower bound of the due time: an upper bound of the lag)."""
+    cursor = (read(meta_key(partition)) or {}).get("cursor")
+    if cursor is None:
+        return None
+    last = until_ms // BUCKET_MS
+    looked = 0
+    for bucket in range(cursor + 1, min(last, cursor + max_buckets) + 1):
+        count = (read(bucket_key(partition, bucket)) or {}).get("n", 0)
+        oldest = None
+        for i in range(count):
+            entry = read(slot_key(partition, bucket, i))
+            if not entry or entry[2] > until_ms:
+                continue
+            looked += 1
+            if pending(entry) and (oldest is None or entry[2] < oldest):
+                oldest = entry[2]
+            if looked >= max_entries:
+                return oldest if oldest is not None else bucket * BUCKET_MS
+        if oldest is not None:
+            return oldest
+    return None

@@ -32,11 +32,13 @@ from typing import Any
 
 import faust
 from confluent_kafka import Consumer, TopicPartition
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
 
+from ringback import gap_guard as gap_guard_module
+from ringback import metrics as shared_metrics
 from schemas import codec
 from streams import timers, topics
-from streams.agents.workflow import DELETE, Tx, Workflow
+from streams.agents.workflow import DELETE, Tx, Workflow, index_entry_pending
 from streams.app import app, clock, directory, env
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,14 @@ TIMER_LAG = Histogram("ringback_stream_timer_lag_seconds", "Gate timer fired thi
 NOT_REEMITTED = Counter("ringback_stream_reemissions_dropped_total",
                         "Records found already in the log after a takeover and not sent again", ["topic"])
 DEAD_LETTERED = Counter("ringback_stream_dead_letters_total", "Inputs that could not be decoded", ["input"])
+TIMERS_CANCELLED = Counter("ringback_stream_timers_cancelled_total",
+                           "Gate timers dropped unfired because their case closed (answered, converted, ...)",
+                           ["timer"])
+TIMERS_OVERDUE = Gauge("ringback_timers_overdue_seconds",
+                       "How late the oldest due but unfired gate timer of this worker's partitions is "
+                       "(0 while none is more than RINGBACK_OVERDUE_GRACE_MS late)")
+OVERDUE_INTERVAL_S = float(os.environ.get("RINGBACK_OVERDUE_INTERVAL_S", "1.0"))
+OVERDUE_GRACE_MS = int(os.environ.get("RINGBACK_OVERDUE_GRACE_MS", "1000"))
 PROCESS_SECONDS = Histogram("ringback_stream_process_seconds", "Time to process one input, sends included",
                             ["input"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1))
 
@@ -176,6 +186,7 @@ def _split(key: bytes | None, parts: int) -> list[str] | None:
 
 async def _dead_letter(input_name: str, reason: str, raw: bytes | None) -> None:
     DEAD_LETTERED.labels(input_name).inc()
+    shared_metrics.DEAD_LETTERS.labels(f"streams.{input_name}").inc()
     log.error("undecodable %s record dead-lettered: %s", input_name, reason)
     await dead_letters.send(key=f"streams.{input_name}".encode(), value={
         "source": f"streams.{input_name}", "reason": reason[:500], "raw": raw or b"",
@@ -284,15 +295,31 @@ async def handle(topic: str, partition: int, key: bytes | None, value: bytes | N
     for name, lag_ms in tx.fired:
         TIMERS_FIRED.labels(name).inc()
         TIMER_LAG.labels(name).observe(max(lag_ms, 0) / 1000)
+    for name in tx.cancelled:
+        TIMERS_CANCELLED.labels(name).inc()
     PROCESS_SECONDS.labels(input_name).observe(time.perf_counter() - started)
     return wf
+
+
+# Records Faust skips around a rebalance are read from the broker and handled first, and no
+# offset is committed past a record not handled yet (ringback/gap_guard.py, docs/stream-app.md).
+# Not the compacted EHR topics (legitimate offset holes) nor the ticks (the next one catches up).
+gap_guard = gap_guard_module.for_app(app, "streams", {
+    topics.topic_name(spec, env): spec.suffix for spec in (topics.CALL_EVENTS, topics.TASK_UPDATES,
+                                                           topics.MESSAGE_STATUS)},
+    enabled=os.environ.get("RINGBACK_GAP_GUARD", "on") != "off")
 
 
 @app.agent(inputs)
 async def process(stream):
     async for event in stream.events():
         message = event.message
+        generation = gap_guard.generation
+        if gap_guard.begin(message.tp, message.offset):  # first after a rebalance, a gap, a rewind
+            await gap_guard.resolve(message.tp, message.offset, lambda r: handle(
+                message.topic, message.partition, r.key, r.value), generation)
         await handle(message.topic, message.partition, event.key, event.value)
+        gap_guard.done(message.tp, message.offset, generation)
 
 
 # ------------------------------------------------------------------ ticks
@@ -304,7 +331,53 @@ async def send_ticks() -> None:
             await ticks.send(key=b"tick", value=b"-", partition=tp.partition)
 
 
-@app.page("/metrics")
-async def metrics(web, request):
-    # As a header: aiohttp refuses a charset in its content_type argument.
-    return web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+def ensure_changelog_topic(timeout: float = 30.0) -> None:
+    """Create the state table's changelog topic before Faust starts (as the sinks do:
+    connectors/sinks/app.py). Faust declares it itself, but on a first start the consumer
+    can subscribe before it exists: the first table write then fails with
+    PartitionsMismatch until a metadata refresh, minutes later."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": env.kafka_bootstrap_servers})
+    metadata = admin.list_topics(timeout=timeout)
+    name = state.changelog_topic.get_topic_name()
+    if name in metadata.topics:
+        return  # its partition count is checked by streams/preflight.py
+    replication = 1 if len(metadata.brokers) < 3 else 3
+    wanted = NewTopic(name, num_partitions=N, replication_factor=replication, config={"cleanup.policy": "compact"})
+    try:
+        admin.create_topics([wanted], request_timeout=timeout)[name].result()
+    except KafkaException as exc:
+        if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+            raise
+
+
+# ------------------------------------------------------------------ metrics
+def overdue_ms(partitions, now_ms: int) -> int:
+    """How late the oldest due but unfired timer of `partitions` is (0: none over the grace)."""
+    worst = 0
+    for partition in partitions:
+        due = timers.oldest_overdue(_read, partition, now_ms - OVERDUE_GRACE_MS,
+                                    lambda entry: index_entry_pending(_read, entry))
+        if due is not None:
+            worst = max(worst, now_ms - due)
+    return worst
+
+
+@app.timer(interval=OVERDUE_INTERVAL_S)
+async def measure_overdue() -> None:
+    """`ringback_timers_overdue_seconds`, from the table (reads only; not while recovering,
+    when the table is a prefix of itself and no gate can fire anyway)."""
+    if app.in_recovery:
+        return
+    try:
+        owned = [tp.partition for tp in app.assignor.assigned_actives() if tp.topic == TICKS_TOPIC]
+        TIMERS_OVERDUE.set(overdue_ms(owned, clock.now_ms()) / 1000)
+    except Exception:  # noqa: BLE001 - a metric must never stop the worker
+        log.debug("measuring overdue timers failed", exc_info=True)
+
+
+# /metrics on the worker's web port: Faust's monitor + everything in the default registry,
+# consumer lag and table sizes (ringback/metrics.py).
+shared_metrics.instrument_faust_app(app, "ringback_worker_faust")

@@ -26,7 +26,6 @@ import os
 from datetime import timedelta
 
 import faust
-from faust.sensors.prometheus import setup_prometheus_sensors
 from prometheus_client import Counter
 
 from connectors.sinks.clock import sink_clock
@@ -34,6 +33,8 @@ from connectors.sinks.executor import ActionExecutor, Tables
 from connectors.sinks.retry import RetryPolicy
 from connectors.sinks.slack import SlackWebhook
 from connectors.sinks.twilio_sms import TwilioSms
+from ringback import gap_guard as gap_guard_module
+from ringback import metrics as shared_metrics
 from ringback.practice_directory import PracticeDirectory
 from ringback.settings import Settings
 from schemas import codec
@@ -73,7 +74,8 @@ app = faust.App(
     table_standby_replicas=int(os.environ.get("RINGBACK_SINKS_STANDBYS", "1")),
 )
 if app.conf.web_enabled:
-    setup_prometheus_sensors(app, name_prefix="ringback_sinks_faust")
+    # /metrics: Faust's monitor + the default registry, consumer lag, table sizes (ringback/metrics.py).
+    shared_metrics.instrument_faust_app(app, "ringback_sinks_faust")
 
 
 class DurableTable(faust.Table):
@@ -194,34 +196,55 @@ executor = ActionExecutor(
     slack=SlackWebhook(), mailer=_mailer())
 
 
+# Records Faust skips around a rebalance are read from the broker and handled first, and no
+# offset is committed past a record not handled yet (ringback/gap_guard.py, docs/sinks.md).
+gap_guard = gap_guard_module.for_app(app, "sinks", {
+    topics.topic_name(spec, env): spec.suffix for spec in (topics.ACTIONS, topics.CALL_EVENTS,
+                                                           topics.MESSAGE_STATUS, topics.TASK_UPDATES)},
+    enabled=os.environ.get("RINGBACK_GAP_GUARD", "on") != "off")
+
+
 async def _consume(stream, schema: str, source: str, handler) -> None:  # noqa: ANN001
     async for event in stream.events():
+        message = event.message
+        generation = gap_guard.generation
+        if gap_guard.begin(message.tp, message.offset):  # first after a rebalance, a gap, a rewind
+            await gap_guard.resolve(message.tp, message.offset, lambda r: _handle_one(
+                schema, source, handler, r.key, r.value, message.partition), generation)
+        await _handle_one(schema, source, handler, event.key, event.value, message.partition)
+        gap_guard.done(message.tp, message.offset, generation)
+
+
+async def _handle_one(schema: str, source: str, handler, key: bytes | None, raw: bytes | None,  # noqa: ANN001
+                      partition: int) -> None:
+    """One record (also a skipped one the gap guard read back from the broker)."""
+    try:
+        value = codec.decode(schema, raw)
+    except ValueError as exc:
+        await _dead_input(source, f"undecodable {schema}: {exc}", raw)
+        return
+    for attempt in range(UNEXPECTED_RETRIES + 1):
         try:
-            value = codec.decode(schema, event.value)
-        except ValueError as exc:
-            await _dead_input(source, f"undecodable {schema}: {exc}", event.value)
-            continue
-        for attempt in range(UNEXPECTED_RETRIES + 1):
-            try:
-                await handler(event.key, value, event.message.partition)
-                break
-            except Exception as exc:  # noqa: BLE001 - keep the record, keep the worker
-                if attempt < UNEXPECTED_RETRIES:
-                    # Infrastructure trouble (a changelog write refused, metadata not
-                    # there yet) usually passes: the handlers are idempotent, try again.
-                    log.warning("%s: error handling a record, retrying: %s: %s", source,
-                                type(exc).__name__, exc)
-                    await asyncio.sleep(min(2 ** attempt, 8))
-                    continue
-                log.exception("%s: unexpected error handling a record", source)
-                await _dead_input(source, f"unexpected error: {type(exc).__name__}: {exc}", event.value,
-                                  value.get("practice_id"))
+            await handler(key, value, partition)
+            break
+        except Exception as exc:  # noqa: BLE001 - keep the record, keep the worker
+            if attempt < UNEXPECTED_RETRIES:
+                # Infrastructure trouble (a changelog write refused, metadata not
+                # there yet) usually passes: the handlers are idempotent, try again.
+                log.warning("%s: error handling a record, retrying: %s: %s", source,
+                            type(exc).__name__, exc)
+                await asyncio.sleep(min(2 ** attempt, 8))
+                continue
+            log.exception("%s: unexpected error handling a record", source)
+            await _dead_input(source, f"unexpected error: {type(exc).__name__}: {exc}", raw,
+                              value.get("practice_id"))
 
 
 async def _dead_input(source: str, reason: str, raw: bytes | None, practice_id: str | None = None) -> None:
     await dead_letters_topic.send(key=source.encode(), value={
         "source": source, "reason": reason[:500], "raw": raw or b"", "content_type": "avro/binary",
         "received_at": clock.now_ms(), "practice_id": practice_id})
+    shared_metrics.DEAD_LETTERS.labels(source).inc()
 
 
 @app.agent(actions_topic)

@@ -35,16 +35,18 @@ from connectors.sinks.retry import OptedOut, Permanent, RetryPolicy, Transient
 from connectors.sinks.tasks import apply_update, new_task
 from connectors.sinks.twilio_sms import TwilioSms, body_digest, status_callback_url
 from ringback.clock import Clock
+from ringback.metrics import DEAD_LETTERS as ALL_DEAD_LETTERS, FIRST_RESPONSE_BUCKETS, practice_label
 from ringback.practice_directory import PracticeDirectory
 from ringback.settings import Practice, Settings, read_secret
 from streams.rules import consent as rules
+from streams.rules.recipes import ACK_SMS, FIRST_SMS, RESCHEDULE_SMS
 
 log = logging.getLogger(__name__)
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
 ACTIONS_DONE = Counter("ringback_sink_actions_total", "Actions carried out, by kind and result",
-                       ["kind", "result"])
+                       ["kind", "result", "practice"])
 RETRIES = Counter("ringback_sink_retries_total", "Failed attempts that will be retried, by sink", ["sink"])
 DEAD_LETTERS = Counter("ringback_sink_dead_letters_total", "Actions sent to the dead-letter topic, by kind",
                        ["kind"])
@@ -55,6 +57,13 @@ LOOKUPS = Counter("ringback_sink_sms_lookups_total",
 CONSENT = Counter("ringback_sink_consent_changes_total", "Opt-outs and opt-ins recorded", ["change", "source"])
 CALL_SECONDS = Histogram("ringback_sink_call_seconds", "Duration of one external call, by sink", ["sink"],
                          buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+FIRST_RESPONSE = Histogram("ringback_first_response_latency_seconds",
+                           "Missed call reported at the gateway -> first patient SMS of its case sent to "
+                           "Twilio (not counting SMS deferred for quiet hours)", ["scenario", "practice"],
+                           buckets=FIRST_RESPONSE_BUCKETS)
+SMS_DEFERRED = Counter("ringback_sink_sms_deferred_total", "Patient SMS deferred to the end of the quiet hours",
+                       ["scenario", "practice"])
+FIRST_RESPONSE_STEPS = frozenset({FIRST_SMS, ACK_SMS, RESCHEDULE_SMS})
 
 SCENARIO_ROLE = {"NEW_PATIENT": "scheduling_coordinator", "URGENT_EXISTING": "nurse",
                  "RESCHEDULE": "scheduling_coordinator", "GENERAL_INQUIRY": "admin_team"}
@@ -208,7 +217,7 @@ class ActionExecutor:
         reason = f"Twilio error {status['error_code']}" if status.get("error_code") else None
         await self.fx.outcome(entry["case_id"].encode(),
                               rec.outcome_record(entry, result, self.clock.now_ms(), reason, "sms"))
-        ACTIONS_DONE.labels("SEND_SMS", result.lower()).inc()
+        ACTIONS_DONE.labels("SEND_SMS", result.lower(), practice_label(status.get("practice_id"))).inc()
         return result
 
     async def on_task_update(self, key: bytes | None, update: dict) -> str | None:
@@ -235,7 +244,7 @@ class ActionExecutor:
         if entry and entry["state"] in (rec.ATTEMPTING, rec.RETRY):
             # An attempt was started before (crash, rebalance, or a retried deferral):
             # the rules were passed then, and the message may be out already.
-            return await self._deliver(action, practice, entry)
+            return await self._deliver(action, practice, entry, fired)
         to, body = action["recipient"], action.get("body")
         if not E164.match(to or ""):
             return await self._fail(action, "recipient is not an E.164 number")
@@ -251,7 +260,7 @@ class ActionExecutor:
             allowed = rules.next_allowed_send(now, practice.time_zone, qh.start, qh.end)
             if allowed > now:
                 return await self._defer(action, caller, partition, allowed, practice, fired)
-        return await self._deliver(action, practice, None)
+        return await self._deliver(action, practice, None, fired)
 
     def _sms_blocked(self, action: dict, practice: Practice, to: str, now: int, confirmation: bool) -> str | None:
         if to in practice.blocked_numbers:
@@ -280,11 +289,12 @@ class ActionExecutor:
                                                 "partition": partition})
         await self.fx.persist("sent_log", aid, {**rec.entry_base(action), "state": rec.DEFERRED, "due_at": due_at})
         if not fired:
+            SMS_DEFERRED.labels(action["scenario"], practice_label(action["practice_id"])).inc()
             reason = f"quiet hours: deferred to {rec.local_time(due_at, practice.time_zone)}"
             await self._outcome(action, "DEFERRED", reason)
         return rec.DEFERRED
 
-    async def _deliver(self, action: dict, practice: Practice, entry: dict | None) -> str:
+    async def _deliver(self, action: dict, practice: Practice, entry: dict | None, fired: bool = False) -> str:
         aid, to, body = action["action_id"], action["recipient"], action["body"]
         if self.sms is None:
             return await self._dead(action, "SMS action but TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN are not set", entry)
@@ -312,7 +322,7 @@ class ActionExecutor:
                 state["look_first"] = False
             if state["sends"] >= self.policy.attempts:
                 raise Transient(state["last"] or "retry budget spent")
-            wall = self.wall()
+            wall = state["sent_wall"] = self.wall()
             state["first_wall"] = state["first_wall"] or wall
             state["sends"] += 1
             await self.fx.persist("sent_log", aid, {
@@ -347,9 +357,22 @@ class ActionExecutor:
                 except Transient:
                     sid = None
                 if sid:
+                    self._first_response(action, state, fired)
                     return await self._sent_sms(action, practice, sid, {**base, "attempts": state["sends"]})
             return await self._dead(action, f"retry budget spent after {state['sends']} attempts: {exc}", entry)
+        self._first_response(action, state, fired)
         return await self._sent_sms(action, practice, sid, {**base, "attempts": state["sends"]})
+
+    def _first_response(self, action: dict, state: dict, fired: bool) -> None:
+        """Missed call reported at the gateway -> the first patient SMS of its case left for
+        Twilio (the start of the attempt that got it accepted). Not for an SMS deferred to
+        the end of the quiet hours: that wait is by design (ringback_sink_sms_deferred_total)."""
+        reported = action.get("call_reported_at")
+        if fired or not reported or action.get("step") not in FIRST_RESPONSE_STEPS:
+            return
+        sent = state.get("sent_wall") or state.get("first_wall") or self.wall()
+        FIRST_RESPONSE.labels(action["scenario"], practice_label(action["practice_id"])).observe(
+            max(0.0, sent - reported / 1000))
 
     async def _sent_sms(self, action: dict, practice: Practice, sid: str, base: dict) -> str:
         aid, to = action["action_id"], action["recipient"]
@@ -479,6 +502,8 @@ class ActionExecutor:
                                                 "at": self.clock.now_ms()})
         await self.fx.dead_letter(f"sinks.{action['kind'].lower()}".encode(),
                                   rec.dead_letter_record(action, why, self.clock.now_ms()))
+        DEAD_LETTERS.labels(action["kind"]).inc()
+        ALL_DEAD_LETTERS.labels(f"sinks.{action['kind'].lower()}").inc()
         await self._outcome(action, rec.FAILED, why, channel)
         log.error("action %s failed for good: %s", aid, why)
         return rec.FAILED
@@ -491,13 +516,14 @@ class ActionExecutor:
         await self.fx.dead_letter(f"sinks.{action['kind'].lower()}".encode(),
                                   rec.dead_letter_record(action, why, self.clock.now_ms()))
         DEAD_LETTERS.labels(action["kind"]).inc()
+        ALL_DEAD_LETTERS.labels(f"sinks.{action['kind'].lower()}").inc()
         await self._outcome(action, rec.DEAD_LETTERED, why, channel)
         log.error("action %s dead-lettered: %s", aid, why)
         return rec.DEAD_LETTERED
 
     async def _outcome(self, action: dict, result: str, reason: str | None = None,
                        channel: str | None = None) -> None:
-        ACTIONS_DONE.labels(action["kind"], result.lower()).inc()
+        ACTIONS_DONE.labels(action["kind"], result.lower(), practice_label(action.get("practice_id"))).inc()
         await self.fx.outcome(action["case_id"].encode(),
                               rec.outcome_record(action, result, self.clock.now_ms(), reason, channel))
 

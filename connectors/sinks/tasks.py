@@ -27,7 +27,7 @@ import threading
 import uuid
 from typing import Iterable
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from ringback.settings import Settings
 
@@ -227,6 +227,8 @@ class TaskBoard:
                     pending.discard(msg.partition())
                     if not pending:
                         self._ready.set()
+        except KafkaException as exc:  # e.g. a changelog topic whose leaders are not elected yet
+            log.warning("task board: changelog not readable yet (%s); retrying", exc.args[0].name())
         except Exception:  # noqa: BLE001 - keep serving what we have, say why
             log.exception("task board stopped following the task changelog")
         finally:

@@ -30,6 +30,7 @@ from connectors.sources import dialpad, ringcentral, twilio as twilio_source, vo
 from connectors.sources.canonical import (PayloadError, SignatureError, compact_jwt, producible, safe_e164,
                                           unverified_claims)
 from ringback.clock import Clock
+from ringback.metrics import DEAD_LETTERS, practice_label
 from ringback.practice_directory import PracticeDirectory
 from ringback.settings import PROVIDER_SECRETS, Practice, Settings, read_secret
 from schemas import codec
@@ -42,11 +43,10 @@ TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
 
 REQUESTS = Counter("ringback_gateway_requests_total", "Webhook requests by endpoint and status",
                    ["endpoint", "status"])
-EVENTS = Counter("ringback_call_events_total", "Canonical call events produced",
-                 ["provider", "outcome"])
+EVENTS = Counter("ringback_call_events_total", "Canonical call events produced (practice: ringback/metrics.py)",
+                 ["provider", "outcome", "practice"])
 MESSAGE_STATUSES = Counter("ringback_message_status_total", "SMS delivery receipts produced", ["status"])
 REJECTED = Counter("ringback_rejected_inputs_total", "Inputs rejected, by reason", ["endpoint", "reason"])
-DEAD_LETTERS = Counter("ringback_dead_letters_total", "Records sent to the dead-letter topic", ["source"])
 ACK_LATENCY = Histogram("ringback_gateway_ack_seconds", "Request received to broker acknowledgement",
                         buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 
@@ -159,7 +159,8 @@ class Gateway:
 
     async def _produce(self, key: bytes, record: dict) -> None:
         await self.producer.send(self.call_topic, key, codec.encode("call_event", record))
-        EVENTS.labels(record["provider"], record["outcome"] or record["event_type"]).inc()
+        EVENTS.labels(record["provider"], record["outcome"] or record["event_type"],
+                      practice_label(record["practice_id"])).inc()
 
     async def _produce_events(self, events: Iterable[dict]) -> int:
         """Produce the events the stream app needs, each acknowledged before the next."""

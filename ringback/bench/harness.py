@@ -43,6 +43,15 @@ def proc_status_kb(pid: int, field_name: str) -> int | None:
     return None
 
 
+def proc_cpu_s(pid: int) -> float | None:
+    """CPU time (user + system) a process has used so far, in seconds (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return None
+
+
 @dataclass
 class Proc:
     name: str
@@ -60,6 +69,9 @@ class Proc:
 
     def rss_kb(self) -> int | None:
         return proc_status_kb(self.pid, "VmRSS")
+
+    def cpu_s(self) -> float | None:
+        return proc_cpu_s(self.pid)
 
     def sample_peak(self) -> int | None:
         """Peak RSS so far (the kernel's high-water mark), remembered past the exit."""
@@ -80,6 +92,21 @@ class Proc:
             except subprocess.TimeoutExpired:
                 os.killpg(self.pid, signal.SIGKILL)
                 self.popen.wait(timeout=10)
+
+    def dump_stacks(self) -> None:
+        """Append the Python stacks of the process (py-spy, when installed) to its log:
+        what a stalled worker was waiting for."""
+        import shutil as _shutil
+
+        spy = _shutil.which("py-spy")
+        if spy is None or not self.alive():
+            return
+        try:
+            out = subprocess.run([spy, "dump", "--pid", str(self.pid)], capture_output=True, text=True, timeout=30)
+            with open(self.log_path, "a") as f:
+                f.write(f"\n=== bench: py-spy dump at {time.strftime('%H:%M:%S')}\n{out.stdout}{out.stderr}\n")
+        except (OSError, subprocess.SubprocessError):
+            pass
 
     def tail(self, lines: int = 30) -> str:
         try:
@@ -331,15 +358,40 @@ def close_probes() -> None:
     _consumers.clear()
 
 
+class Stalled(TimeoutError):
+    """The group's committed offsets stopped moving before the target was reached."""
+
+    def __init__(self, message: str, samples: list[tuple[float, int]], partitions: dict[int, tuple[int, int]]):
+        super().__init__(message)
+        self.samples = samples
+        self.partitions = partitions  # partition -> (committed, end) of the partitions behind
+
+
+def behind(bootstrap: str, group: str, topic: str) -> dict[int, tuple[int, int]]:
+    """Partitions whose committed offset is short of the end: partition -> (committed, end)."""
+    from confluent_kafka import TopicPartition
+
+    ends = end_offsets(bootstrap, topic)
+    committed = _probe(bootstrap, group).committed([TopicPartition(topic, p) for p in ends], timeout=10)
+    return {tp.partition: (tp.offset, ends[tp.partition]) for tp in committed if tp.offset < ends[tp.partition]}
+
+
 def wait_committed(bootstrap: str, group: str, topic: str, target: int, timeout: float,
-                   interval: float = 0.1, base: int = 0, on_sample: Callable[[], None] | None = None,
-                   alive: Callable[[], bool] | None = None) -> list[tuple[float, int]]:
+                   interval: float = 0.1, base: int = 0, on_sample: Callable[[float, int], None] | None = None,
+                   alive: Callable[[], bool] | None = None, stall_s: float | None = None) -> list[tuple[float, int]]:
     """Poll the group's committed offsets until `target` records past `base` are committed;
-    returns the (monotonic time, records done) samples. Raises TimeoutError at the deadline."""
+    returns the (monotonic time, records done) samples. Raises TimeoutError at the deadline,
+    `Stalled` when nothing more was committed for `stall_s` seconds after the first commit."""
     partitions = len(end_offsets(bootstrap, topic))
     samples: list[tuple[float, int]] = []
     deadline = time.monotonic() + timeout
     while True:
+        if stall_s and samples and samples[-1][1] > 0:
+            last_change = next((t for t, n in reversed(samples) if n < samples[-1][1]), None)
+            moved_at = next((t for t, n in samples if n == samples[-1][1]), samples[-1][0])
+            if last_change is not None and samples[-1][0] - moved_at > stall_s:
+                raise Stalled(f"{group} stopped committing {topic} at {samples[-1][1]} of {target} records "
+                              f"(nothing for {stall_s:.0f}s)", samples, behind(bootstrap, group, topic))
         try:
             done = committed_total(bootstrap, group, topic, partitions) - base
         except Exception:  # noqa: BLE001 - coordinator loading or moving: ask again
@@ -348,7 +400,7 @@ def wait_committed(bootstrap: str, group: str, topic: str, target: int, timeout:
         now = time.monotonic()
         samples.append((now, done))
         if on_sample is not None:
-            on_sample()
+            on_sample(now, done)
         if done >= target:
             return samples
         if alive is not None and not alive():
@@ -389,3 +441,37 @@ def new_namespace(prefix: str) -> str:
 
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def read_topic(bootstrap: str, topic: str, schema: str | None = None,
+               timeout: float = 60.0) -> list[tuple[bytes | None, object, int]]:
+    """Every record of a topic up to its end offsets now: (key, value decoded with
+    `schema` or raw bytes, record timestamp in ms)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from schemas import codec
+
+    ends = end_offsets(bootstrap, topic)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-read-{uuid.uuid4().hex[:6]}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    out: list[tuple[bytes | None, object, int]] = []
+    try:
+        remaining = {p: e for p, e in ends.items() if e > 0}
+        consumer.assign([TopicPartition(topic, p, 0) for p in remaining])
+        deadline = time.monotonic() + timeout
+        while remaining and time.monotonic() < deadline:
+            for msg in consumer.consume(10000, 1.0):
+                if msg.error():
+                    continue
+                value = msg.value()
+                if schema and value is not None:
+                    try:
+                        value = codec.decode(schema, value)
+                    except ValueError:
+                        continue
+                out.append((msg.key(), value, msg.timestamp()[1]))
+                if msg.offset() + 1 >= remaining.get(msg.partition(), 0):
+                    remaining.pop(msg.partition(), None)
+    finally:
+        consumer.close()
+    return out

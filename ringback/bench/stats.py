@@ -122,28 +122,32 @@ def per_100k(delta_bytes: float | None, count: int) -> float | None:
 
 def partition_guidance(practices: int, calls_per_practice_day: float, events_per_call: float,
                        peak_hour_share: float, worker_rate: float | None, *, headroom: float = 0.5,
-                       max_workers_wanted: int = 6, entries_per_partition_ceiling: int = 1_000_000,
-                       entries_per_practice: int = 3_000) -> dict:
+                       min_workers: int = 3, entries_per_practice: int = 10_000,
+                       restore_rate: float | None = None, restore_target_s: float = 120.0) -> dict:
     """How many partitions a health system should give the co-partitioned topics.
 
-    Partitions cap the number of workers that can share the load (one partition is
-    never split), and a partition's state is restored as a unit; they can be added
-    only by re-creating the topics (keys move). So the count is the largest of:
-      * the workers the peak needs at `headroom` of the measured per-worker rate
-        (never plan a worker above half its benchmark rate: retries, rebalances and
-        catch-up after downtime all need spare capacity),
-      * the workers wanted for availability and rolling restarts (`max_workers_wanted`),
-      * enough partitions that none holds more than `entries_per_partition_ceiling`
-        table entries (restore time after losing a disk grows with it),
-    rounded up to a multiple of 6 (splits evenly over 1, 2, 3 or 6 workers)."""
+    Partitions cap the number of workers that can share the load (one partition is never
+    split), a partition's state is restored as a unit when a worker without a standby copy
+    takes it over, and the count can only change by re-creating the topics (keys move).
+    So the count is the largest of:
+      * the workers the peak hour needs at `headroom` of the measured per-worker rate
+        (plan no worker above half its benchmark rate: catch-up after an outage, retries
+        and rebalances need the rest),
+      * `min_workers` (a worker per host for availability, plus one to roll restarts),
+      * enough partitions that one partition's table entries restore within
+        `restore_target_s` at the measured cold-restore rate,
+    rounded up to a multiple of 12 (even shares for 1, 2, 3, 4, 6 or 12 workers)."""
     events_per_day = practices * calls_per_practice_day * events_per_call
     peak_rate = events_per_day * peak_hour_share / 3600
     usable = worker_rate * headroom if worker_rate else None
     for_throughput = math.ceil(peak_rate / usable) if usable else 1
     entries = practices * entries_per_practice
-    for_state = math.ceil(entries / entries_per_partition_ceiling)
-    need = max(for_throughput, max_workers_wanted, for_state, 1)
-    partitions = int(math.ceil(need / 6) * 6)
+    per_partition_max = restore_rate * restore_target_s if restore_rate else None
+    for_state = math.ceil(entries / per_partition_max) if per_partition_max else 1
+    need = max(for_throughput, min_workers, for_state, 1)
+    partitions = int(math.ceil(need / 12) * 12)
     return {"practices": practices, "events_per_day": events_per_day, "peak_events_per_s": peak_rate,
-            "workers_for_peak": for_throughput, "partitions_for_state": for_state,
-            "table_entries": entries, "partitions": partitions}
+            "workers_for_peak": for_throughput, "table_entries": entries,
+            "partitions_for_restore": for_state, "entries_per_partition": entries / partitions,
+            "restore_s_per_partition": (entries / partitions / restore_rate) if restore_rate else None,
+            "partitions": partitions}

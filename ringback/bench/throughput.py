@@ -20,11 +20,13 @@ import json
 import time
 import uuid
 
+from ringback.bench import profile as profiling
 from ringback.bench import stats, workload
-from ringback.bench.harness import Namespace, loadavg, log, wait_committed, wait_until
+from ringback.bench.harness import Namespace, Stalled, create_topics, loadavg, log, wait_committed, wait_until
 from streams import topics
 
 HOLD0 = {"first_response_hold": 0}
+STALL_S = 30.0  # no commit for this long while records wait: the group is stuck, not slow
 
 
 def prepare(ns: Namespace, practices: int, patients_per_practice: int, seed: int = 7) -> workload.Population:
@@ -45,10 +47,13 @@ def wait_ehr_read(ns: Namespace, timeout: float, alive=None) -> None:  # noqa: A
             wait_committed(ns.bootstrap, ns.streams_group, name, end, timeout, interval=0.25, alive=alive)
 
 
-def measure_workers(ns: Namespace, events: list, workers: int, timeout: float) -> dict:
+def measure_workers(ns: Namespace, events: list, workers: int, timeout: float, profile: bool = False) -> dict:
     """Start `workers` stream workers, let them read the EHR records, produce the call
     events and measure how fast the group works them off."""
-    procs = [ns.worker(f"worker-{i + 1}") for i in range(workers)]
+    # One state folder per worker, as on separate hosts: two workers on one RocksDB folder
+    # fight over the databases' LOCK files (the second crashes at its first rebalance).
+    procs = [ns.worker(f"worker-{i + 1}", env={"RINGBACK_STATE_DIR": str(ns.work_dir / f"state-{i + 1}")})
+             for i in range(workers)]
     alive = lambda: all(p.alive() for p in procs)  # noqa: E731
     t0 = time.monotonic()
     try:
@@ -64,16 +69,45 @@ def measure_workers(ns: Namespace, events: list, workers: int, timeout: float) -
         call_topic = ns.topic(topics.CALL_EVENTS)
         base = ns.committed(ns.streams_group, call_topic)
         load0 = loadavg()
+        cpu0 = [p.cpu_s() for p in procs]
+        recording = None
+        if profile and profiling.available():
+            recording = profiling.Recording(procs[0].pid, ns.work_dir / "profile-worker.txt")
         produced_at = time.monotonic()
         ns.produce(call_topic, events)
         produce_s = time.monotonic() - produced_at
-        samples = wait_committed(ns.bootstrap, ns.streams_group, call_topic, len(events), timeout, base=base,
-                                 on_sample=lambda: [p.sample_peak() for p in procs], alive=alive)
-        rate = stats.sustained_rate(samples, len(events))
+        stalled = None
+        try:
+            samples = wait_committed(ns.bootstrap, ns.streams_group, call_topic, len(events), timeout, base=base,
+                                     on_sample=lambda t, n: [p.sample_peak() for p in procs], alive=alive,
+                                     stall_s=STALL_S)
+        except Stalled as exc:
+            # faust-streaming 0.15.3 after a rebalance (docs/benchmarks.md): some partitions stop
+            # committing. The rate is taken over what was committed; the partitions are reported.
+            for p in procs:  # what were they doing? (py-spy stacks into their logs)
+                p.dump_stacks()
+            samples = exc.samples
+            stalled = {"committed_of_end_by_partition": {str(k): list(v) for k, v in exc.partitions.items()},
+                       "committed": samples[-1][1]}
+            log(f"    STALLED: {exc}; partitions behind (committed, end): {exc.partitions}")
+        except TimeoutError:
+            for p in procs:
+                p.dump_stacks()
+            raise
+        profiled = None
+        if recording is not None:
+            raw = recording.stop()
+            if raw is not None:
+                text = raw.read_text()
+                profiled = {"file": str(raw), **profiling.top(text, 30), "by_package": profiling.by_module(text)}
+        reached = samples[-1][1]
+        rate = stats.sustained_rate(samples, reached if stalled else len(events))
+        cpu = sum((p.cpu_s() or 0) - (c or 0) for p, c in zip(procs, cpu0))
         for p in procs:
             p.sample_peak()
-        return {"workers": workers, "events": len(events), "rate": rate,
+        return {"workers": workers, "events": len(events), "rate": rate, "stalled": stalled, "profile": profiled,
                 "wall_s": samples[-1][0] - produced_at, "produce_s": produce_s, "ready_s": ready_s,
+                "cpu_s": cpu, "events_per_cpu_s": stats.ratio(reached, cpu),
                 "rss_before_kb": rss_before, "peak_rss_kb": [p.peak_rss_kb for p in procs],
                 "loadavg_before": load0, "loadavg_after": loadavg()}
     finally:
@@ -110,37 +144,50 @@ async def _aiokafka_loop(bootstrap: str, source: str, sink: str, total: int, tim
 
 
 def measure_aiokafka(ns: Namespace, total: int, timeout: float) -> dict:
-    source = ns.topic(topics.CALL_EVENTS)
+    source, sink = ns.topic(topics.CALL_EVENTS), f"{ns.name}.bench-aiokafka-out"
+    create_topics(ns.bootstrap, [(sink, ns.partitions, {})])
     load0 = loadavg()
-    samples = asyncio.run(_aiokafka_loop(ns.bootstrap, source, f"{ns.name}.bench-aiokafka-out", total, timeout))
+    samples = asyncio.run(_aiokafka_loop(ns.bootstrap, source, sink, total, timeout))
     return {"events": samples[-1][1], "rate": stats.sustained_rate(samples, total),
             "wall_s": samples[-1][0] - samples[0][0], "loadavg_before": load0, "loadavg_after": loadavg()}
 
 
 def measure_faust_passthrough(ns: Namespace, total: int, timeout: float) -> dict:
     source = ns.topic(topics.CALL_EVENTS)
-    app_id = f"{ns.name}-passthrough"
+    app_id, sink = f"{ns.name}-passthrough", f"{ns.name}.bench-passthrough-out"
+    create_topics(ns.bootstrap, [(sink, ns.partitions, {})])
     proc = ns.start_python("faust-passthrough", "ringback.bench.passthrough", env={
-        "BENCH_APP_ID": app_id, "BENCH_SOURCE": source, "BENCH_SINK": f"{ns.name}.bench-passthrough-out",
+        "BENCH_APP_ID": app_id, "BENCH_SOURCE": source, "BENCH_SINK": sink,
         "BENCH_PARTITIONS": str(ns.partitions)})
     load0 = loadavg()
+    cpu_first: list[float] = []
+
+    def sample(t: float, done: int) -> None:
+        proc.sample_peak()
+        if done and not cpu_first:  # CPU from the first commit on: leave the imports out
+            cpu_first.append(proc.cpu_s() or 0.0)
+            cpu_first.append(done)
+
     try:
-        samples = wait_committed(ns.bootstrap, app_id, source, total, timeout, on_sample=proc.sample_peak,
+        samples = wait_committed(ns.bootstrap, app_id, source, total, timeout, on_sample=sample,
                                  alive=proc.alive)
         proc.sample_peak()
+        cpu = (proc.cpu_s() or 0.0) - cpu_first[0] if cpu_first else None
         return {"events": total, "rate": stats.sustained_rate(samples, total),
+                "events_per_cpu_s": stats.ratio(total - cpu_first[1], cpu) if cpu_first else None,
                 "wall_s": samples[-1][0] - samples[0][0], "peak_rss_kb": proc.peak_rss_kb,
                 "loadavg_before": load0, "loadavg_after": loadavg()}
     finally:
         proc.stop()
 
 
-def run(ns: Namespace, *, events: int, practices: int, patients_per_practice: int, timeout: float) -> dict:
+def run(ns: Namespace, *, events: int, practices: int, patients_per_practice: int, timeout: float,
+        profile: bool = False) -> dict:
     log(f"(a) throughput: {events:,} call events of the day mix, {practices} practices, "
         f"{practices * patients_per_practice:,} patients, {ns.partitions} partitions")
     pop = prepare(ns, practices, patients_per_practice)
     records, mix = workload.day_mix(pop, events, ns.partitions)
-    worker = measure_workers(ns, records, 1, timeout)
+    worker = measure_workers(ns, records, 1, timeout, profile=profile)
     log(f"    ringback worker (full pipeline): {worker['rate']:,.0f} events/s "
         f"(peak RSS {worker['peak_rss_kb'][0] / 1024:.0f} MiB)")
     faust_pt = measure_faust_passthrough(ns, events, timeout)
@@ -155,6 +202,8 @@ def run(ns: Namespace, *, events: int, practices: int, patients_per_practice: in
         "ratio_to_faust": stats.ratio(worker["rate"], faust_pt["rate"]),
         "ratio_to_aiokafka": stats.ratio(worker["rate"], aio["rate"]),
         "faust_to_aiokafka": stats.ratio(faust_pt["rate"], aio["rate"]),
+        # The same comparison in CPU cost: steadier than wall-clock rates on a loaded machine.
+        "cpu_ratio_to_faust": stats.ratio(worker.get("events_per_cpu_s"), faust_pt.get("events_per_cpu_s")),
     }
     log(f"    worker/Faust {result['ratio_to_faust']:.1%}, worker/aiokafka {result['ratio_to_aiokafka']:.1%}, "
         f"Faust/aiokafka {result['faust_to_aiokafka']:.1%}")

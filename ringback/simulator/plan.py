@@ -477,15 +477,16 @@ class _SiteDay:
                                "system": "http://hl7.org/fhir/flag-priority-code", "code": priority}]}}],
             "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/flag-category",
                                       "code": "clinical", "display": "Clinical"}]}],
-            "code": {"coding": [{"system": f"urn:ringback:demo:flag", "code": code, "display": display}],
+            "code": {"coding": [{"system": "urn:ringback:demo:flag", "code": code, "display": display}],
                      "text": display},
             "subject": {"reference": f"Patient/{patient_id}"},
             "_updated_ago_s": self.rng.randrange(1, 20) * 3600,
         }
 
-    def _ehr(self, at: float, resources: list[dict], case: str | None, note: str, after_sms: bool) -> SimEvent:
-        return self._event(at, EHR, provider="fhir", resources=tuple(resources), case=case, after_sms=after_sms,
-                           note=note)
+    def _ehr(self, at: float, caller: str, resources: list[dict], case: str | None, note: str,
+             after_sms: bool) -> SimEvent:
+        return self._event(at, EHR, provider="fhir", caller=caller, resources=tuple(resources), case=case,
+                           after_sms=after_sms, note=note)
 
     def _window_fraction(self, window: float, lo: float, hi: float, floor_practice_s: float = 120) -> float:
         """A delay inside a window (wall s): uniform between lo and hi of it, at least a couple of
@@ -597,7 +598,7 @@ class _SiteDay:
             pid, patient = self._patient(caller, given, family)
             patient["_updated_ago_s"] = 0
             appt = self._appointment(pid, rng.randrange(1, 8) * DAY_S + rng.randrange(0, 8) * 3600, updated_ago_s=0)
-            self._ehr(react, [patient, appt], label, "books a first visit with the link (FHIR)", after_sms=True)
+            self._ehr(react, caller, [patient, appt], label, "books a first visit with the link (FHIR)", after_sms=True)
         elif behaviour == "calls_back":
             case = self._case(NEW, caller, call, behaviour, steps, "CONVERTED", "answered_call")
             self._answered_back(react, caller, label, "calls again and reaches the front desk", after_sms=True)
@@ -676,7 +677,7 @@ class _SiteDay:
         if moves:
             case = self._case(RESCHEDULE, caller, call, "moves", (recipes.RESCHEDULE_SMS,), "CONVERTED", "reschedule")
             moved = dict(appt, _start_in_s=round(start_in + rng.randrange(2, 8) * DAY_S), _updated_ago_s=0)
-            self._ehr(call.at + self._window_fraction(self.reschedule_gate, 0.05, 0.5), [moved], label,
+            self._ehr(call.at + self._window_fraction(self.reschedule_gate, 0.05, 0.5), caller, [moved], label,
                       "moves the appointment with the link (FHIR)", after_sms=True)
             return case
         protected = when == "within_48h"

@@ -49,6 +49,7 @@ class EhrFeed:
         self.producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=timeout_s)
         self._syncs: dict = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _sync(self, practice_id: str):
         from connectors.sources.ehr_publisher import StateStore
@@ -65,6 +66,9 @@ class EhrFeed:
 
     async def publish(self, practice_id: str, resources: list[dict]) -> dict:
         """Map and publish; returns the connector's report (counts, rejections)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a lock belongs to one event loop
+            self._loop, self._locks = loop, {}
         lock = self._locks.setdefault(practice_id, asyncio.Lock())
         async with lock:
             sync = self._sync(practice_id)
@@ -76,7 +80,10 @@ class EhrFeed:
     def close(self) -> None:
         for sync in self._syncs.values():
             sync.store.unlock()
-        self.producer.close()
+        self._syncs.clear()
+        if self.producer is not None:
+            self.producer.close()
+            self.producer = None  # the last reference: librdkafka shuts down now, not at exit
 
 
 @dataclass
@@ -99,13 +106,15 @@ class PlayResult:
     skipped: Counter = field(default_factory=Counter)    # why → events
     unexpected: list[str] = field(default_factory=list)  # event, what came back (no numbers)
     late: int = 0           # reactions sent although the SMS they answer had not arrived in time
+    late_events: list[str] = field(default_factory=list)
     staff_done: int = 0
     max_lag_s: float = 0.0  # how far behind its wall time an event started, at worst
 
     def as_dict(self) -> dict:
         return {"played": dict(sorted(self.played.items())), "statuses": dict(sorted(self.statuses.items())),
                 "skipped": dict(sorted(self.skipped.items())), "unexpected": self.unexpected[:20],
-                "late_reactions": self.late, "staff_tasks_completed": self.staff_done,
+                "late_reactions": self.late, "late_events": self.late_events[:20],
+                "staff_tasks_completed": self.staff_done,
                 "max_lag_s": round(self.max_lag_s, 3)}
 
 
@@ -180,7 +189,7 @@ class Player:
             await asyncio.shield(previous)
         try:
             outcome = await self._play(event)
-        except (httpx.HTTPError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one failed input must not stop the day; it is reported
             outcome = f"error: {type(exc).__name__}"
             self.result.unexpected.append(f"{event.kind} {event.note or event.junk or ''} at {event.at:.1f}s: "
                                           f"{type(exc).__name__}")
@@ -213,6 +222,7 @@ class Player:
         while not seen(event.practice_id, event.caller):
             if self.clock() > deadline:
                 self.result.late += 1
+                self.result.late_events.append(f"{event.kind} of {event.case} at {event.at:.1f}s")
                 return
             await asyncio.sleep(0.05)
 

@@ -103,7 +103,7 @@ def test_reactions_come_inside_the_windows_they_must_beat():
         case, w = cases[e.case], by_practice[e.practice_id]
         after = e.at - case.missed_at
         if e.kind == sim.SMS or (e.kind in (sim.EHR, sim.CALL) and e.after_sms):
-            assert e.after_sms
+            assert e.after_sms and e.caller == case.caller and case.sms_steps  # it answers an SMS it got
             window = w.new_patient_followup if case.scenario == sim.NEW else w.reschedule_gate
             assert 0 < after <= 0.5 * window + 1, (e, case)  # +1: whole-second alignment
         if e.kind == sim.STAFF:
