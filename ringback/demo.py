@@ -36,6 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import yaml
 
+from ringback.child_process import die_with_parent
 from ringback.local_kafka import REPO_ROOT, KafkaError, LocalKafka, free_port
 from ringback.settings import Practice, Settings, parse_practices
 from ringback.standin_http import CaptureServer
@@ -259,7 +260,7 @@ class Demo:
         self.broker = LocalKafka(port=free_port(), home=self.run_dir / "kafka")
         self.say(f"· starting a local Kafka broker ({self.broker.bootstrap}) …")
         t0 = time.monotonic()
-        self.broker.start()
+        self.broker.start(die_with_parent=True)
         self.say(f"  broker ready in {time.monotonic() - t0:.1f} s")
         return self.broker.bootstrap
 
@@ -296,7 +297,7 @@ class Demo:
         log = open(self.run_dir / f"{name}.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "ringback.cli", *args], env=self.env, cwd=str(REPO_ROOT),
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=die_with_parent)
         log.close()
         self.procs[name] = proc
         return proc

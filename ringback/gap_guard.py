@@ -21,23 +21,37 @@ offsets, so all three are visible to the application:
   the guard expects: never past a record the handler has not finished, whatever Faust
   acknowledged on its own. This keeps the committed offset a safe starting point for the
   fill, across workers.
-* **watch** (a timer): a partition whose fetch position is ahead of the next expected
-  offset for two checks in a row while no guarded record is being handled was fetched but
-  not handed over (the dropped records were the last ones, so no later record shows the
-  hole): the consumer is sent back (`seek`) to the next expected offset.
+* **watch** (a timer): a partition whose log end is past the next expected offset, with
+  that offset unchanged, at two checks in a row while no guarded record is being handled
+  and no rebalance runs, was fetched but not handed over (the dropped records were the
+  last ones, so no later record shows the hole): the consumer is sent back (`seek`) to
+  the next expected offset.
+* **rewind** (after Faust's seek to the committed offsets at the end of a rebalance): a
+  guarded partition with no committed offset above 0 is sent to offset 0, because
+  aiokafka's `seek_to_committed` leaves such a partition where the records Faust dropped
+  during table recovery had moved it (see `rewind_uncommitted`).
 
 State is in memory and reset at every revocation and assignment (a generation number
 drops the bookkeeping of a record that finishes after a rebalance). Per record the cost
 is a dict lookup and a compare before, and one after.
 
-Not covered: compacted topics (their offsets have legitimate holes), ticks (a missed tick
-is caught up by the next), `processing_guarantee="exactly_once"` (offsets are committed
-through transactions, which the clamp does not see).
+**Compacted topics** (the EHR feed) have legitimate holes: offsets whose records
+compaction removed. A hole there is checked against the broker like any gap, but the read
+looks ahead (`COMPACTED_LOOKAHEAD` offsets, at most `READ_CHUNK` records) and remembers
+which offsets exist past the record that showed the hole, so the next holes are told
+apart from skipped records without asking the broker again: one read per few hundred
+records, not one per hole. Compaction only removes records, so an offset seen missing
+stays missing.
+
+Not covered: ticks (a missed tick is caught up by the next),
+`processing_guarantee="exactly_once"` (offsets are committed through transactions, which
+the clamp does not see).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import os
 import threading
@@ -62,6 +76,7 @@ SEEKS = Counter("ringback_gap_seeks_total",
                 ["app", "topic"])
 
 READ_CHUNK = 500  # records per broker read while filling a gap
+COMPACTED_LOOKAHEAD = 10_000  # offsets past a hole of a compacted topic read in the same request
 
 
 class GapRecord(NamedTuple):
@@ -77,7 +92,11 @@ class GapReader(Protocol):
         """The group's committed offset, else where the group would start (None: at the end)."""
 
     def read(self, topic: str, partition: int, start: int, end: int, limit: int) -> list[GapRecord]:
-        """Records with start <= offset < end, in order, at most `limit` (fewer: the range has no more)."""
+        """Records with start <= offset < end, in order, at most `limit` (fewer: the range has
+        no more; `end` may lie past the end of the log)."""
+
+    def end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The end offset (next offset to be written) of each partition."""
 
 
 Handler = Callable[[GapRecord], Awaitable[Any]]
@@ -97,15 +116,20 @@ class GapGuard:
     """
 
     def __init__(self, app_name: str, topics: Mapping[str, str], reader: GapReader | None,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, compacted: frozenset[str] | set[str] = frozenset()) -> None:
         self.app_name = app_name
         self.labels = dict(topics)
+        self.compacted = frozenset(compacted)
+        self.rewind_from_start = True  # the apps' auto.offset.reset is "earliest" (see for_app)
         self.reader = reader
         self.enabled = enabled
         self.generation = 0
         self.busy = 0  # guarded records being handled now (all agents of the app)
         self._next: dict[Hashable, int] = {}
         self._suspects: dict[Hashable, int] = {}  # watch: partition -> next expected at the last check
+        # compacted topics: partition -> (from, to, the offsets in [from, to) that exist), learnt
+        # from the look-ahead of the last read; any other offset in [from, to) is a compaction hole
+        self._present: dict[Hashable, tuple[int, int, list[int]]] = {}
         self._consumer: Any = None  # the Faust consumer (commit clamp, acknowledgements, seeks)
         self._app: Any = None
         self._lock = asyncio.Lock()  # one broker reader: fills of several agents take turns
@@ -146,14 +170,30 @@ class GapGuard:
             return
         if offset == expected:
             return
-        log.warning("%s[%d]: the consumer skipped offsets %d..%d (got %d): reading them from the broker and "
-                    "handling them first", label, partition, expected, offset - 1, offset)
+        compacted = topic in self.compacted
+        if compacted and self._only_holes(tp, expected, offset):
+            if generation == self.generation:
+                self._next[tp] = max(self._next.get(tp, 0), offset)
+            return
+        if not compacted:
+            log.warning("%s[%d]: the consumer skipped offsets %d..%d (got %d): reading them from the broker "
+                        "and handling them first", label, partition, expected, offset - 1, offset)
         recovered = 0
         position = expected
         while position < offset:
-            batch = await self._call(self.reader.read, topic, partition, position, offset, READ_CHUNK)
+            end = offset + COMPACTED_LOOKAHEAD if compacted else offset
+            batch = await self._call(self.reader.read, topic, partition, position, end, READ_CHUNK)
+            if compacted:
+                # `offset` exists (it was handed over), so below it what the read did not return is
+                # a hole; above it only up to the last record returned (the log may end there).
+                covered = max(offset, batch[-1].offset + 1 if batch else offset)
+                self._present[tp] = (offset, covered, [r.offset for r in batch if r.offset >= offset])
+                batch = [r for r in batch if r.offset < offset]
             if not batch:
                 break  # nothing left below `offset`: control records or compaction, not data
+            if compacted and recovered == 0:
+                log.warning("%s[%d]: the consumer skipped records between offsets %d and %d: reading them "
+                            "from the broker and handling them first", label, partition, expected, offset)
             for record in batch:
                 await handle(record)
                 recovered += 1
@@ -164,8 +204,18 @@ class GapGuard:
             position = batch[-1].offset + 1
         if generation == self.generation:
             self._next[tp] = max(self._next.get(tp, 0), offset)
-        log.warning("%s[%d]: %d skipped records handled (offsets %d..%d)", label, partition, recovered, expected,
-                    offset - 1)
+        if recovered or not compacted:
+            log.warning("%s[%d]: %d skipped records handled (offsets %d..%d)", label, partition, recovered,
+                        expected, offset - 1)
+
+    def _only_holes(self, tp: Hashable, expected: int, offset: int) -> bool:
+        """Compacted topic: whether what was read before shows no record in [expected, offset)."""
+        known = self._present.get(tp)
+        if known is None or not known[0] <= expected < offset <= known[1]:
+            return False
+        present = known[2]
+        i = bisect.bisect_left(present, expected)
+        return i == len(present) or present[i] >= offset
 
     def _ack(self, topic: str, partition: int, record: GapRecord) -> None:
         """Acknowledge a recovered record to the Faust consumer like any record its stream
@@ -201,6 +251,7 @@ class GapGuard:
         self.generation += 1
         self._next.clear()
         self._suspects.clear()
+        self._present.clear()
 
     async def on_partitions_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         self.reset()
@@ -248,65 +299,93 @@ class GapGuard:
 
     def install(self, consumer: Any) -> None:
         """Wrap the Faust consumer's `_commit` (faust-streaming 0.15: the call that sends
-        offsets to the broker outside transactions) with `clamp`. Idempotent."""
+        offsets to the broker outside transactions) with `clamp`, and its
+        `seek_to_committed` with `rewind_uncommitted`. Idempotent."""
         if consumer is None or getattr(consumer, "_ringback_gap_guard", None) is self:
             return
-        original = consumer._commit
+        original_commit = consumer._commit
+        original_seek = consumer.seek_to_committed
 
         async def _commit(offsets: Mapping[Any, int]) -> bool:
             allowed = self.clamp(offsets)
             if not allowed:
                 return False
-            return await original(allowed)
+            return await original_commit(allowed)
+
+        async def seek_to_committed() -> Mapping[Any, int | None]:
+            committed = await original_seek()
+            await self.rewind_uncommitted(consumer, committed)
+            return committed
 
         if self.enabled:
             consumer._commit = _commit
+            consumer.seek_to_committed = seek_to_committed
         consumer._ringback_gap_guard = self
         self._consumer = consumer
 
+    async def rewind_uncommitted(self, consumer: Any, committed: Mapping[Any, int | None]) -> None:
+        """After a rebalance Faust sends every partition back to its committed offset, so
+        that records fetched and dropped while the flow was suspended (table recovery) are
+        fetched again. aiokafka skips that seek for a partition with no committed offset (or
+        0): its dropped records are never fetched again. Seen in the scaling benchmark: a
+        new worker handed offset 52 first, and partitions where nothing was handed at all
+        until the watch sent them back. With `auto.offset.reset=earliest` such a partition
+        starts at the beginning, so send it there (offset 0; the broker resets an offset
+        below the log start to the log start)."""
+        if not self.rewind_from_start:
+            return
+        for tp, offset in committed.items():
+            if tp[0] in self.labels and not (offset and offset > 0):
+                await consumer.seek(tp, 0)
+
     # ------------------------------------------------------------------ fetched, never handed over
     async def watch(self) -> None:
-        """Send the consumer back to the next expected offset of a partition whose fetch
-        position has been ahead of it, unchanged, for two checks while no guarded record
-        was being handled (a timer; see the module docstring). Never raises."""
+        """Send the consumer back to the next expected offset of a partition whose log has
+        had records past it, with that offset unchanged, at two checks in a row while no
+        guarded record was being handled (a timer; see the module docstring). Never raises.
+
+        It asks the broker (the side reader), never the Faust consumer's thread: a
+        `consumer.position()` call waits for a valid position and, during a rebalance,
+        holds one of the two workers of Faust's consumer thread (recovery stalled)."""
         try:
             await self._watch()
         except Exception:  # noqa: BLE001 - a watchdog must not take the worker down; next tick
             log.warning("gap guard: watch failed", exc_info=True)
 
+    def _quiet(self) -> bool:
+        app = self._app
+        return not self.busy and not getattr(app, "rebalancing", False) and app.flow_control.is_active()
+
     async def _watch(self) -> None:
         consumer, app = self._consumer, self._app
         if not self.enabled or consumer is None or app is None:
             return
-        if self.busy or getattr(app, "rebalancing", False) or not app.flow_control.is_active():
+        if not self._quiet():
             self._suspects.clear()
             return
         generation = self.generation
-        try:
-            assigned = [tp for tp in consumer.assignment() if tp.topic in self.labels]
-        except Exception:  # noqa: BLE001 - not assigned yet
+        assigned = [tp for tp in consumer.assignment() if tp.topic in self.labels]
+        for tp in assigned:
+            if tp not in self._next:
+                start = await self._call(self.reader.start_offset, tp.topic, tp.partition)
+                if start is not None and generation == self.generation:
+                    self._next.setdefault(tp, start)
+        ends = await self._call(self.reader.end_offsets, [(tp.topic, tp.partition) for tp in assigned])
+        if not self._quiet() or generation != self.generation:
+            self._suspects.clear()
             return
         for tp in assigned:
-            expected = self._next.get(tp)
-            if expected is None:
-                start = await self._call(self.reader.start_offset, tp.topic, tp.partition)
-                if start is None or generation != self.generation:
-                    continue
-                expected = self._next.setdefault(tp, start)
-            try:
-                position = await asyncio.wait_for(consumer.position(tp), 5)
-            except Exception:  # noqa: BLE001 - position being reset (seek, rebalance): next time
-                continue
-            if self.busy or generation != self.generation or position is None or position <= expected:
+            expected, end = self._next.get(tp), ends.get((tp.topic, tp.partition))
+            if expected is None or end is None or end <= expected:
                 self._suspects.pop(tp, None)
                 continue
             if self._suspects.get(tp) != expected:
-                self._suspects[tp] = expected  # first sighting: records may still be on their way
+                self._suspects[tp] = expected  # first sighting: the records may be on their way
                 continue
             label = self.labels[tp.topic]
             SEEKS.labels(self.app_name, label).inc()
-            log.warning("%s[%d]: fetched up to offset %d but nothing handed to the agent since %d: "
-                        "seeking back to %d", label, tp.partition, position - 1, expected, expected)
+            log.warning("%s[%d]: records up to offset %d, nothing handed to the agent since %d: seeking back to %d",
+                        label, tp.partition, end - 1, expected, expected)
             self._suspects.pop(tp, None)
             try:
                 await consumer.seek(tp, expected)
@@ -341,7 +420,7 @@ class KafkaGapReader:
         with self._lock:
             consumer = self._get()
             tp = TopicPartition(topic, partition)
-            committed = consumer.committed([tp], timeout=self.timeout_s)[0]
+            committed = self._committed(consumer, tp)
             if committed.error is None and committed.offset >= 0:
                 return committed.offset
             if self.auto_offset_reset != "earliest":
@@ -349,12 +428,34 @@ class KafkaGapReader:
             low, _high = consumer.get_watermark_offsets(tp, timeout=self.timeout_s)
             return low
 
+    def _committed(self, consumer, tp):  # noqa: ANN001, ANN202
+        """The group's committed offset; retried while the group coordinator is not ready yet
+        (NOT_COORDINATOR and the like, right after a broker or the offsets topic started)."""
+        from confluent_kafka import KafkaError, KafkaException
+
+        not_ready = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                     KafkaError.COORDINATOR_LOAD_IN_PROGRESS}
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                return consumer.committed([tp], timeout=self.timeout_s)[0]
+            except KafkaException as exc:
+                error = exc.args[0]
+                if not (error.retriable() or error.code() in not_ready) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
     def read(self, topic: str, partition: int, start: int, end: int, limit: int) -> list[GapRecord]:
         from confluent_kafka import TopicPartition
 
         out: list[GapRecord] = []
         with self._lock:
             consumer = self._get()
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=self.timeout_s,
+                                                        cached=False)
+            end = min(end, high)  # a look-ahead past the log end would wait for records never written
+            if start >= end:
+                return out
             consumer.assign([TopicPartition(topic, partition, start)])
             deadline = time.monotonic() + self.timeout_s
             try:
@@ -368,9 +469,20 @@ class KafkaGapReader:
                         break
                     if msg.offset() >= start:
                         out.append(GapRecord(msg.offset(), msg.key(), msg.value()))
+                    if msg.offset() + 1 >= end:
+                        break  # the last offset of the range (there may be no record after it yet)
             finally:
                 consumer.unassign()
         return out
+
+    def end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        from confluent_kafka import TopicPartition
+
+        with self._lock:
+            consumer = self._get()
+            return {(t, p): consumer.get_watermark_offsets(TopicPartition(t, p), timeout=self.timeout_s,
+                                                           cached=False)[1]
+                    for t, p in partitions}
 
     def close(self) -> None:
         with self._lock:
@@ -379,7 +491,8 @@ class KafkaGapReader:
                 self._consumer = None
 
 
-def for_app(app: Any, app_name: str, topics: Mapping[str, str], enabled: bool = True) -> GapGuard:
+def for_app(app: Any, app_name: str, topics: Mapping[str, str], enabled: bool = True,
+            compacted: frozenset[str] | set[str] = frozenset()) -> GapGuard:
     """A guard for a Faust app: a reader with the app's group id and isolation level, the
     rebalance signals connected, the watch timer started."""
     conf = app.conf
@@ -387,4 +500,6 @@ def for_app(app: Any, app_name: str, topics: Mapping[str, str], enabled: bool = 
     isolation = "read_committed" if "exactly_once" in str(conf.processing_guarantee) else "read_uncommitted"
     reader = KafkaGapReader(bootstrap, conf.id, auto_offset_reset=conf.consumer_auto_offset_reset or "earliest",
                             isolation_level=isolation)
-    return GapGuard(app_name, topics, reader, enabled=enabled).attach(app)
+    guard = GapGuard(app_name, topics, reader, enabled=enabled, compacted=compacted)
+    guard.rewind_from_start = (conf.consumer_auto_offset_reset or "earliest") == "earliest"
+    return guard.attach(app)

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ringback import child_process
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_DIR = REPO_ROOT / "deploy" / "kafka"
 DEFAULT_CACHE = REPO_ROOT / ".cache" / "kafka"
@@ -155,7 +157,10 @@ class LocalKafka:
         if proc.returncode != 0:
             raise KafkaError(f"formatting KRaft storage failed:\n{out}")
 
-    def start(self, timeout: float = 90.0) -> "LocalKafka":
+    def start(self, timeout: float = 90.0, die_with_parent: bool = False) -> "LocalKafka":
+        """Start the broker (or wait for the one already running here). `die_with_parent`:
+        the broker is stopped when this process dies, even by SIGKILL (the demo's broker);
+        `ringback kafka start` leaves it running on purpose."""
         if self.pid() is not None:
             self.wait_ready(timeout)
             return self
@@ -169,7 +174,8 @@ class LocalKafka:
         self._format(props)
         out = open(self.log_dir / "stdout.log", "ab")
         proc = self._java("kafka.Kafka", str(props), stdout=out, stderr=subprocess.STDOUT,
-                          stdin=subprocess.DEVNULL, start_new_session=True)
+                          stdin=subprocess.DEVNULL, start_new_session=True,
+                          preexec_fn=child_process.die_with_parent if die_with_parent else None)
         self.pid_file.write_text(str(proc.pid))
         try:
             self.wait_ready(timeout, proc=proc)

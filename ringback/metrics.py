@@ -9,7 +9,10 @@ Catalogue of every metric, the alerts and the dashboard: docs/observability.md.
   (50) per process, later ones `other`; or a comma-separated allow-list of practice ids
   (the others `other`). Never a phone number: an id holding 7 digits in a row is `other`.
 * `DEAD_LETTERS` (`ringback_dead_letters_total{source}`): every record any process
-  writes to the dead-letter topic, labelled with the record's `source` field.
+  writes to the dead-letter topic, labelled with the record's `source` field (gateway:
+  the endpoint; `streams.<input>`; `sinks.<kind>` or `<namespace>.<topic>`; CDR poller:
+  `cdr`; EHR sync/import: `fhir:<type>` / `fhir-ndjson:<type|ndjson>`, else `ehr.other`).
+  Counted once the broker acknowledged the record.
 * `instrument_faust_app(app, prefix)`: Faust's own Prometheus monitor (its `/metrics`
   page serves the default registry: Faust's metrics and ours), consumer lag per
   topic/partition and table sizes, computed when scraped.
@@ -87,6 +90,20 @@ def reset_practice_labels(labels: PracticeLabels | None = None) -> None:
     """Tests: use `labels` (or read the environment again on the next call)."""
     global _practice_labels
     _practice_labels = labels
+
+
+_CHILDREN: dict = {}
+
+
+def child(metric, *values: str):  # noqa: ANN001, ANN201 - a prometheus_client metric and its child
+    """`metric.labels(*values)`, cached per label tuple: prometheus_client's `labels()`
+    validates and locks on every call (several % of a worker's CPU, a few calls per record).
+    For label values that are few and fixed (kinds, results, inputs, bounded practice labels)."""
+    key = (id(metric), values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*values)
+    return found
 
 
 # ------------------------------------------------------------------ shared metrics

@@ -10,13 +10,13 @@ ready once it has read up to the end offset it saw at start.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Iterable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from ringback.settings import Practice, Settings
+from ringback.topic_follower import TopicFollower, from_start_consumer
 from schemas import codec
 from streams import topics
 
@@ -52,9 +52,9 @@ class PracticeDirectory:
         self._by_number: dict[str, Practice] = {}
         for p in practices:
             self.put(p)
-        self._ready = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # Reads the config topic from the start, and again after an error (ringback/topic_follower.py).
+        self._follower = TopicFollower("practice directory", "the config topic", self._read,
+                                       thread_name="practice-directory")
 
     # -- lookups
     def by_id(self, practice_id: str) -> Practice | None:
@@ -90,67 +90,46 @@ class PracticeDirectory:
 
     # -- following the config topic
     def follow(self, env: Settings) -> "PracticeDirectory":
-        """Read the config topic from the beginning in a background thread."""
-        self._thread = threading.Thread(target=self._run, args=(env,), name="practice-directory",
-                                        daemon=True)
-        self._thread.start()
+        """Read the config topic from the beginning in a background thread (and again from
+        the beginning after an error, serving the last directory meanwhile)."""
+        self._name = topics.topic_name(topics.PRACTICE_CONFIG, env)
+        self._follower.start(lambda: from_start_consumer(
+            env.kafka_bootstrap_servers, f"{env.ringback_namespace}.practice-directory"))  # never committed
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> bool:
-        return self._ready.wait(timeout)
+        return self._follower.wait_ready(timeout)
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set()
+        return self._follower.ready.is_set()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._follower.close()
 
-    def _run(self, env: Settings) -> None:
-        """Follow the config topic; after an error, read it again from the start
-        (applying records again is idempotent) and keep serving the last directory."""
-        while not self._stop.is_set():
-            self._read(env)
-            if self._stop.wait(1.0):
-                return
-            log.warning("practice directory: reading the config topic again")
-
-    def _read(self, env: Settings) -> None:
-        name = topics.topic_name(topics.PRACTICE_CONFIG, env)
-        consumer = Consumer({
-            "bootstrap.servers": env.kafka_bootstrap_servers,
-            "group.id": f"{env.ringback_namespace}.practice-directory",  # offsets are never committed
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-        })
-        try:
-            end = self._end_offset(consumer, name)
-            consumer.assign([TopicPartition(name, 0, OFFSET_BEGINNING)])
-            position = 0
-            if end == 0:
-                self._ready.set()
-            while not self._stop.is_set():
-                msg = consumer.poll(0.5)
-                if msg is None:
-                    continue
-                if msg.error():
-                    # End of partition (or a passing error): whatever we have read is current.
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("config topic: %s", msg.error())
-                    if position >= end:
-                        self._ready.set()
-                    continue
-                position = msg.offset() + 1
-                self._apply(msg.key(), msg.value())
+    def _read(self, consumer: Consumer) -> None:
+        """Read the config topic from the start (applying records again is idempotent)."""
+        name, ready, stop = self._name, self._follower.ready, self._follower.stop
+        end = self._end_offset(consumer, name)
+        consumer.assign([TopicPartition(name, 0, OFFSET_BEGINNING)])
+        position = 0
+        if end == 0:
+            ready.set()
+        while not stop.is_set():
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                # End of partition (or a passing error): whatever we have read is current.
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("config topic: %s", msg.error())
                 if position >= end:
-                    self._ready.set()
-        except Exception:  # noqa: BLE001 - keep serving the last known directory, say why
-            log.exception("practice directory stopped following the config topic")
-        finally:
-            consumer.close()
+                    ready.set()
+                continue
+            position = msg.offset() + 1
+            self._apply(msg.key(), msg.value())
+            if position >= end:
+                ready.set()
 
     @staticmethod
     def _end_offset(consumer: Consumer, name: str) -> int:

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     # Topic and consumer-group names start with this; tests give each run its own.
     ringback_namespace: str = "ringback"
     ringback_partitions: int = 8
+    # Replicas of the topics the Faust apps declare (changelogs, ticks): RINGBACK_REPLICATION_FACTOR.
+    ringback_replication_factor: int = Field(1, ge=1)
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = None
     twilio_api_base_url: str | None = None

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import os
 
-import faust
-
 from ringback.clock import Clock
+from ringback.faust_app import faust_app
 from ringback.practice_directory import PracticeDirectory
 from ringback.settings import Settings
 from schemas.codec import register_faust_codecs
@@ -19,15 +18,10 @@ from schemas.codec import register_faust_codecs
 env = Settings()
 register_faust_codecs()
 
-app = faust.App(
-    f"{env.ringback_namespace}-streams",
-    broker=f"kafka://{env.kafka_bootstrap_servers}",
+app = faust_app(
+    env, "streams",  # shared settings (names, broker, partitions, replication): ringback/faust_app.py
     # RocksDB (rocksdict) in production; tests and the demo may use memory://.
     store=os.environ.get("RINGBACK_STORE", "rocksdb://"),
-    datadir=str(env.ringback_state_dir / "streams"),
-    topic_partitions=env.ringback_partitions,
-    topic_replication_factor=1,
-    topic_allow_declare=True,
     # at_least_once + idempotent, deduplicated effects: decided by test, see docs/stream-app.md.
     processing_guarantee=os.environ.get("RINGBACK_PROCESSING_GUARANTEE", "at_least_once"),
     # How fast a dead worker's partitions move to a survivor (its pending gates fire there).
@@ -37,11 +31,8 @@ app = faust.App(
     table_standby_replicas=1,
     web_enabled=os.environ.get("RINGBACK_WORKER_WEB", "1") == "1",
     web_port=int(os.environ.get("RINGBACK_WORKER_WEB_PORT", "6066")),
-    web_bind="0.0.0.0",
     broker_commit_every=1000,
     broker_commit_interval=1.0,
-    consumer_auto_offset_reset="earliest",
-    key_serializer="raw",
 )
 
 # Every practice's settings, read from the config topic (see ringback/practice_directory.py).

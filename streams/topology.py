@@ -36,6 +36,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from ringback import gap_guard as gap_guard_module
 from ringback import metrics as shared_metrics
+from ringback.metrics import child
 from schemas import codec
 from streams import timers, topics
 from streams.agents.workflow import DELETE, Tx, Workflow, index_entry_pending
@@ -101,6 +102,11 @@ TIMER_LAG = Histogram("ringback_stream_timer_lag_seconds", "Gate timer fired thi
 NOT_REEMITTED = Counter("ringback_stream_reemissions_dropped_total",
                         "Records found already in the log after a takeover and not sent again", ["topic"])
 DEAD_LETTERED = Counter("ringback_stream_dead_letters_total", "Inputs that could not be decoded", ["input"])
+# Every series at 0 from the start: Prometheus' increase() cannot see a first dead letter
+# that creates its series (the DeadLetters alert would miss it).
+for _input in INPUTS.values():
+    DEAD_LETTERED.labels(_input)
+    shared_metrics.DEAD_LETTERS.labels(f"streams.{_input}")
 TIMERS_CANCELLED = Counter("ringback_stream_timers_cancelled_total",
                            "Gate timers dropped unfired because their case closed (answered, converted, ...)",
                            ["timer"])
@@ -185,8 +191,8 @@ def _split(key: bytes | None, parts: int) -> list[str] | None:
 
 
 async def _dead_letter(input_name: str, reason: str, raw: bytes | None) -> None:
-    DEAD_LETTERED.labels(input_name).inc()
-    shared_metrics.DEAD_LETTERS.labels(f"streams.{input_name}").inc()
+    child(DEAD_LETTERED, input_name).inc()
+    child(shared_metrics.DEAD_LETTERS, f"streams.{input_name}").inc()
     log.error("undecodable %s record dead-lettered: %s", input_name, reason)
     await dead_letters.send(key=f"streams.{input_name}".encode(), value={
         "source": f"streams.{input_name}", "reason": reason[:500], "raw": raw or b"",
@@ -243,24 +249,24 @@ async def handle(topic: str, partition: int, key: bytes | None, value: bytes | N
         log.exception("processing a %s input failed; dead-lettered, nothing sent, no state changed", input_name)
         await _dead_letter(input_name, f"processing failed: {type(exc).__name__}", value)
         return wf
-    INPUTS_TOTAL.labels(input_name).inc()
+    child(INPUTS_TOTAL, input_name).inc()
     for reason in tx.ignored:
-        IGNORED.labels(reason).inc()
+        child(IGNORED, reason).inc()
     for scenario in tx.opened:
-        CASES_OPENED.labels(scenario).inc()
+        child(CASES_OPENED, scenario).inc()
 
     # 2. Send, then wait for every acknowledgement.
     pending = []
     headers = {"ringback-worker": WORKER_ID}
     for key_bytes, command in tx.actions:
         if command["action_id"] in sent_actions:
-            NOT_REEMITTED.labels("actions").inc()
+            child(NOT_REEMITTED, "actions").inc()
             continue
         pending.append(("actions", command, await actions.send(key=key_bytes, value=command, partition=partition,
                                                                headers=headers)))
     for record in tx.outcomes:
         if record["outcome_id"] in sent_outcomes:
-            NOT_REEMITTED.labels("outcomes").inc()
+            child(NOT_REEMITTED, "outcomes").inc()
             continue
         pending.append(("outcomes", record, await outcomes.send(key=record["case_id"].encode(), value=record,
                                                                 partition=partition, headers=headers)))
@@ -269,9 +275,9 @@ async def handle(topic: str, partition: int, key: bytes | None, value: bytes | N
         metadata = await fut
         offsets[kind] = max(offsets.get(kind, -1), metadata.offset)
         if kind == "actions":
-            ACTIONS_EMITTED.labels(record["kind"], re.sub(r"_\d+$", "", record["step"])).inc()
+            child(ACTIONS_EMITTED, record["kind"], re.sub(r"_\d+$", "", record["step"])).inc()
         else:
-            OUTCOMES_EMITTED.labels(record["state"], str(record["final"]).lower()).inc()
+            child(OUTCOMES_EMITTED, record["state"], str(record["final"]).lower()).inc()
 
     if _EXIT_AFTER_SENDING and any(r["step"] == _EXIT_AFTER_SENDING for k, r, _ in pending if k == "actions"):
         log.warning("fault injection: exiting after sending %s, before writing the state", _EXIT_AFTER_SENDING)
@@ -293,20 +299,23 @@ async def handle(topic: str, partition: int, key: bytes | None, value: bytes | N
             meta["outcomes_offset"] = offsets["outcomes"]
         state[meta_key] = meta
     for name, lag_ms in tx.fired:
-        TIMERS_FIRED.labels(name).inc()
-        TIMER_LAG.labels(name).observe(max(lag_ms, 0) / 1000)
+        child(TIMERS_FIRED, name).inc()
+        child(TIMER_LAG, name).observe(max(lag_ms, 0) / 1000)
     for name in tx.cancelled:
-        TIMERS_CANCELLED.labels(name).inc()
-    PROCESS_SECONDS.labels(input_name).observe(time.perf_counter() - started)
+        child(TIMERS_CANCELLED, name).inc()
+    child(PROCESS_SECONDS, input_name).observe(time.perf_counter() - started)
     return wf
 
 
 # Records Faust skips around a rebalance are read from the broker and handled first, and no
 # offset is committed past a record not handled yet (ringback/gap_guard.py, docs/stream-app.md).
-# Not the compacted EHR topics (legitimate offset holes) nor the ticks (the next one catches up).
+# Every input but the ticks (a skipped tick is caught up by the next). The compacted EHR
+# topics are guarded too: a skipped patient record would make a known patient look new.
 gap_guard = gap_guard_module.for_app(app, "streams", {
     topics.topic_name(spec, env): spec.suffix for spec in (topics.CALL_EVENTS, topics.TASK_UPDATES,
-                                                           topics.MESSAGE_STATUS)},
+                                                           topics.MESSAGE_STATUS, topics.PATIENTS,
+                                                           topics.APPOINTMENTS, topics.FLAGS)},
+    compacted={topics.topic_name(spec, env) for spec in (topics.PATIENTS, topics.APPOINTMENTS, topics.FLAGS)},
     enabled=os.environ.get("RINGBACK_GAP_GUARD", "on") != "off")
 
 

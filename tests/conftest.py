@@ -13,32 +13,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
+from ringback.waiting import wait_for  # noqa: F401 - re-exported for the tests (`from tests.conftest import wait_for`)
+
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.1,
-             message: str = "condition") -> object:
-    """Poll until `predicate()` is truthy; fail with `message` at the deadline."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
-            last_exc = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message}"
-                         + (f" (last error: {last_exc!r})" if last_exc else ""))
 
 
 def free_port() -> int:

@@ -35,6 +35,7 @@ from connectors.sinks.slack import SlackWebhook
 from connectors.sinks.twilio_sms import TwilioSms
 from ringback import gap_guard as gap_guard_module
 from ringback import metrics as shared_metrics
+from ringback.faust_app import faust_app
 from ringback.practice_directory import PracticeDirectory
 from ringback.settings import Settings
 from schemas import codec
@@ -52,25 +53,17 @@ TICK_INTERVAL_S = float(os.environ.get("RINGBACK_SINKS_TICK_S", "1.0"))
 PERSIST_TIMEOUT_S = float(os.environ.get("RINGBACK_SINKS_PERSIST_TIMEOUT_S", "20"))
 UNEXPECTED_RETRIES = 4  # then the record goes to the dead-letter topic with the error
 
-app = faust.App(
-    f"{env.ringback_namespace}-sinks",
-    broker=f"kafka://{env.kafka_bootstrap_servers}",
+app = faust_app(
+    env, "sinks",  # shared settings (names, broker, partitions, replication): ringback/faust_app.py
     store=os.environ.get("RINGBACK_SINKS_STORE") or os.environ.get("RINGBACK_STORE") or "rocksdb://",
-    datadir=str(env.ringback_state_dir / "sinks"),
-    topic_partitions=env.ringback_partitions,
-    topic_replication_factor=1,
-    topic_allow_declare=True,
     processing_guarantee="at_least_once",
     web_enabled=os.environ.get("RINGBACK_SINKS_WEB", "1") == "1",
     web_port=int(os.environ.get("RINGBACK_SINKS_METRICS_PORT", "9102")),
-    web_bind="0.0.0.0",
     broker_commit_every=int(os.environ.get("RINGBACK_SINKS_COMMIT_EVERY", "1000")),
     broker_commit_interval=float(os.environ.get("RINGBACK_SINKS_COMMIT_INTERVAL", "1.0")),
     # How soon the group notices a killed worker and hands its partitions on.
     broker_session_timeout=float(os.environ.get("RINGBACK_SINKS_SESSION_TIMEOUT_S", "30")),
     broker_heartbeat_interval=float(os.environ.get("RINGBACK_SINKS_HEARTBEAT_S", "3")),
-    consumer_auto_offset_reset="earliest",
-    key_serializer="raw",
     table_standby_replicas=int(os.environ.get("RINGBACK_SINKS_STANDBYS", "1")),
 )
 if app.conf.web_enabled:
@@ -238,6 +231,14 @@ async def _handle_one(schema: str, source: str, handler, key: bytes | None, raw:
             log.exception("%s: unexpected error handling a record", source)
             await _dead_input(source, f"unexpected error: {type(exc).__name__}: {exc}", raw,
                               value.get("practice_id"))
+
+
+# Every dead-letter series at 0 from the start: Prometheus' increase() cannot see a first
+# dead letter that creates its series (the DeadLetters alert would miss it).
+for _source in [topics.topic_name(spec, env) for spec in (topics.ACTIONS, topics.CALL_EVENTS, topics.MESSAGE_STATUS,
+                                                           topics.TASK_UPDATES)] + [
+        f"sinks.{kind.lower()}" for kind in ("SEND_SMS", "NOTIFY_STAFF", "CREATE_TASK", "ALERT_MANAGER")]:
+    shared_metrics.DEAD_LETTERS.labels(_source)
 
 
 async def _dead_input(source: str, reason: str, raw: bytes | None, practice_id: str | None = None) -> None:

@@ -35,7 +35,7 @@ from connectors.sinks.retry import OptedOut, Permanent, RetryPolicy, Transient
 from connectors.sinks.tasks import apply_update, new_task
 from connectors.sinks.twilio_sms import TwilioSms, body_digest, status_callback_url
 from ringback.clock import Clock
-from ringback.metrics import DEAD_LETTERS as ALL_DEAD_LETTERS, FIRST_RESPONSE_BUCKETS, practice_label
+from ringback.metrics import DEAD_LETTERS as ALL_DEAD_LETTERS, FIRST_RESPONSE_BUCKETS, child, practice_label
 from ringback.practice_directory import PracticeDirectory
 from ringback.settings import Practice, Settings, read_secret
 from streams.rules import consent as rules
@@ -65,6 +65,19 @@ SMS_DEFERRED = Counter("ringback_sink_sms_deferred_total", "Patient SMS deferred
                        ["scenario", "practice"])
 FIRST_RESPONSE_STEPS = frozenset({FIRST_SMS, ACK_SMS, RESCHEDULE_SMS})
 
+# The deferred table also holds, per number, the ids of its deferred SMS (the answered-call
+# cancel looks there instead of scanning the table). Action ids are `<practice_id>:...` and
+# practice ids are [a-z0-9-]: no action id starts with this prefix.
+INDEX_PREFIX = "@by-caller|"
+
+
+def deferred_index_key(practice_id: str, number: str) -> str:
+    return f"{INDEX_PREFIX}{practice_id}|{number}"
+
+
+def is_index_key(key) -> bool:  # noqa: ANN001 - a table key (str)
+    return isinstance(key, str) and key.startswith(INDEX_PREFIX)
+
 SCENARIO_ROLE = {"NEW_PATIENT": "scheduling_coordinator", "URGENT_EXISTING": "nurse",
                  "RESCHEDULE": "scheduling_coordinator", "GENERAL_INQUIRY": "admin_team"}
 SETTLE_MARGIN_S = 2.0
@@ -81,7 +94,9 @@ class Tables:
     sent_log: MutableMapping  # action_id -> entry (records.ATTEMPTING, SENT, ...)
     consent: MutableMapping  # practice_id|number -> {"state": OUT|IN, "at", "source", "confirmed_at"}
     sms_history: MutableMapping  # practice_id|number -> [sent_at_ms, ...] (for the caps)
-    deferred: MutableMapping  # action_id -> {"action", "caller", "due_at", "partition"}
+    # action_id -> {"action", "caller", "due_at", "partition"}; and, per number, the ids of its
+    # deferred SMS: deferred_index_key(practice_id, recipient) -> {"action_ids": [...]}
+    deferred: MutableMapping
     tasks: MutableMapping  # task_id -> task (connectors/sinks/tasks.py)
 
 
@@ -109,16 +124,19 @@ class ActionExecutor:
         self.sleep = sleep
         self.wall = wall
         self._inflight: set[str] = set()
+        # Partitions whose deferred entries were checked against the by-number index since
+        # this process started (entries written before the index existed get indexed once).
+        self._indexed: set[int | None] = set()
 
     # ================================================================== entry points
     async def handle_action(self, key: bytes | None, action: dict, partition: int) -> str:
         aid, kind = action["action_id"], action["kind"]
         if aid in self._inflight:
-            DUPLICATES.labels(kind).inc()
+            child(DUPLICATES, kind).inc()
             return "IN_FLIGHT"
         entry = self.t.sent_log.get(aid)
         if entry and (entry["state"] in rec.FINAL or entry["state"] == rec.DEFERRED):
-            DUPLICATES.labels(kind).inc()
+            child(DUPLICATES, kind).inc()
             log.info("action %s already %s: skipped", aid, entry["state"])
             return "DUPLICATE"
         self._inflight.add(aid)
@@ -141,13 +159,14 @@ class ActionExecutor:
         to the changelog partition of the event being processed."""
         now = self.clock.now_ms()
         due = [(aid, d) for aid, d in list(self.t.deferred.items())
-               if d and d.get("partition") == partition and d["due_at"] <= now]
+               if d and not is_index_key(aid) and d.get("partition") == partition and d["due_at"] <= now]
         for aid, d in sorted(due, key=lambda x: x[1]["due_at"]):
             if aid in self._inflight:
                 continue
             entry = self.t.sent_log.get(aid)
             if entry and entry["state"] in rec.FINAL:
                 del self.t.deferred[aid]
+                await self._unindex(d.get("action"), aid)
                 continue
             self._inflight.add(aid)
             try:
@@ -160,6 +179,7 @@ class ActionExecutor:
                     result = await self._sms(action, practice, d.get("caller"), partition, resume, fired=True)
                 if result != rec.DEFERRED:
                     del self.t.deferred[aid]
+                    await self._unindex(action, aid)
             finally:
                 self._inflight.discard(aid)
         return len(due)
@@ -182,23 +202,90 @@ class ActionExecutor:
         return intent
 
     async def _cancel_deferred(self, event: dict, partition: int | None) -> str | None:
-        cancelled = 0
+        """Suppress the caller's SMS deferred before this answered call. Looks only at the
+        ids the by-number index lists (one table read when nothing is deferred)."""
+        if partition not in self._indexed:
+            await self._index_existing(partition)
+        practice_id, caller = event["practice_id"], event["caller"]
+        ikey = deferred_index_key(practice_id, caller)
+        listed = self._index_ids(ikey)
+        if not listed:
+            return None
+        gone: set[str] = set()
+        mine: set[str] = set()  # held in flight so that a TICK cannot fire them meanwhile
+        try:
+            for aid in listed:
+                if aid in self._inflight:  # being deferred, fired or resumed right now: leave it
+                    continue
+                d = self.t.deferred.get(aid)
+                if not d:
+                    gone.add(aid)  # fired or cancelled, index not updated yet (or a crash in between)
+                    continue
+                a = d.get("action") or {}
+                if (a.get("practice_id") != practice_id or a.get("recipient") != caller
+                        or (partition is not None and d.get("partition") != partition)
+                        or a.get("created_at", 0) > event["occurred_at"]):
+                    continue
+                entry = self.t.sent_log.get(aid)
+                if entry and entry["state"] != rec.DEFERRED:
+                    continue
+                self._inflight.add(aid)
+                mine.add(aid)
+                practice = self.directory.by_id(a["practice_id"])
+                if practice is not None:
+                    await self._suppress(a, practice, caller, "cancel-if-answered: the caller reached staff",
+                                         fallback=False)
+                await self.fx.persist("deferred", aid, None)
+                gone.add(aid)
+            if gone:
+                await self._index_remove(ikey, gone, owned=mine)
+        finally:
+            self._inflight.difference_update(mine)
+        return "CANCELLED" if mine else None
+
+    # ------------------------------------------------------------ the by-number index
+    # Crash safety: the index may list more than the table holds, never less. An id is
+    # added (durably) before its deferred entry is written and removed only after the
+    # entry is gone; listed ids without an entry are skipped and cleaned by the cancel.
+    def _index_ids(self, ikey: str) -> list[str]:
+        return list((self.t.deferred.get(ikey) or {}).get("action_ids") or [])
+
+    async def _index_add(self, action: dict) -> None:
+        ikey = deferred_index_key(action["practice_id"], action["recipient"])
+        ids = self._index_ids(ikey)
+        if action["action_id"] not in ids:
+            await self.fx.persist("deferred", ikey, {"action_ids": ids + [action["action_id"]]})
+
+    async def _index_remove(self, ikey: str, aids: set[str], owned: set[str] | frozenset = frozenset()) -> None:
+        """Drop `aids` from the index, except those that have a deferred entry again or are
+        in flight elsewhere (being deferred again): `owned` are in flight by the caller.
+        Read and decided just before the write, with no await in between: the other agents
+        of this process (actions, ticks) may have changed the index while we were awaiting."""
+        ids = self._index_ids(ikey)
+        keep = [i for i in ids if i not in aids or (i in self._inflight and i not in owned)
+                or self.t.deferred.get(i)]
+        if len(keep) != len(ids):
+            await self.fx.persist("deferred", ikey, {"action_ids": keep} if keep else None)
+
+    async def _unindex(self, action: dict | None, aid: str) -> None:
+        """After the caller deleted the deferred entry of `aid` (with `aid` in flight by the
+        caller, or not in flight at all)."""
+        if action and action.get("practice_id") and action.get("recipient"):
+            await self._index_remove(deferred_index_key(action["practice_id"], action["recipient"]), {aid},
+                                     owned={aid})
+
+    async def _index_existing(self, partition: int | None) -> None:
+        """Once per partition and process: index deferred entries written before the index
+        existed (an upgrade). Only entries of `partition`: a table write goes to the
+        changelog partition of the event being processed."""
         for aid, d in list(self.t.deferred.items()):
-            a = (d or {}).get("action") or {}
-            if (a.get("practice_id") != event["practice_id"] or a.get("recipient") != event["caller"]
-                    or (partition is not None and d.get("partition") != partition)
-                    or a.get("created_at", 0) > event["occurred_at"] or aid in self._inflight):
+            if is_index_key(aid) or not d or (partition is not None and d.get("partition") != partition):
                 continue
-            entry = self.t.sent_log.get(aid)
-            if entry and entry["state"] != rec.DEFERRED:
-                continue
-            practice = self.directory.by_id(a["practice_id"])
-            if practice is not None:
-                await self._suppress(a, practice, event["caller"], "cancel-if-answered: the caller reached staff",
-                                     fallback=False)
-            await self.fx.persist("deferred", aid, None)
-            cancelled += 1
-        return "CANCELLED" if cancelled else None
+            a = d.get("action") or {}
+            if a.get("practice_id") and a.get("recipient") and aid not in self._index_ids(
+                    deferred_index_key(a["practice_id"], a["recipient"])):
+                await self._index_add({**a, "action_id": aid})
+        self._indexed.add(partition)
 
     async def on_message_status(self, key: bytes | None, status: dict) -> str | None:
         """A delivery receipt: an ACTION outcome DELIVERED / UNDELIVERED / FAILED once."""
@@ -217,7 +304,7 @@ class ActionExecutor:
         reason = f"Twilio error {status['error_code']}" if status.get("error_code") else None
         await self.fx.outcome(entry["case_id"].encode(),
                               rec.outcome_record(entry, result, self.clock.now_ms(), reason, "sms"))
-        ACTIONS_DONE.labels("SEND_SMS", result.lower(), practice_label(status.get("practice_id"))).inc()
+        child(ACTIONS_DONE, "SEND_SMS", result.lower(), practice_label(status.get("practice_id"))).inc()
         return result
 
     async def on_task_update(self, key: bytes | None, update: dict) -> str | None:
@@ -285,11 +372,12 @@ class ActionExecutor:
     async def _defer(self, action: dict, caller: str | None, partition: int, due_at: int,
                      practice: Practice, fired: bool) -> str:
         aid = action["action_id"]
+        await self._index_add(action)  # first: the index may list more than the table, never less
         await self.fx.persist("deferred", aid, {"action": action, "caller": caller, "due_at": due_at,
                                                 "partition": partition})
         await self.fx.persist("sent_log", aid, {**rec.entry_base(action), "state": rec.DEFERRED, "due_at": due_at})
         if not fired:
-            SMS_DEFERRED.labels(action["scenario"], practice_label(action["practice_id"])).inc()
+            child(SMS_DEFERRED, action["scenario"], practice_label(action["practice_id"])).inc()
             reason = f"quiet hours: deferred to {rec.local_time(due_at, practice.time_zone)}"
             await self._outcome(action, "DEFERRED", reason)
         return rec.DEFERRED
@@ -314,7 +402,7 @@ class ActionExecutor:
         async def attempt() -> str:
             if state["look_first"]:
                 found = await self.sms.find_sent(practice, to, body, int(state["first_wall"] * 1000))
-                LOOKUPS.labels("found" if found else "not_found").inc()
+                child(LOOKUPS, "found" if found else "not_found").inc()
                 log.info("action %s: earlier attempt %s at Twilio", aid,
                          "found: not sending again" if found else "not found: sending")
                 if found:
@@ -341,7 +429,7 @@ class ActionExecutor:
                                                             "started_wall": wall})
                 raise
             finally:
-                CALL_SECONDS.labels("twilio").observe(time.perf_counter() - started)
+                child(CALL_SECONDS, "twilio").observe(time.perf_counter() - started)
 
         try:
             sid = await self._retrying("twilio", attempt, state)
@@ -371,7 +459,7 @@ class ActionExecutor:
         if fired or not reported or action.get("step") not in FIRST_RESPONSE_STEPS:
             return
         sent = state.get("sent_wall") or state.get("first_wall") or self.wall()
-        FIRST_RESPONSE.labels(action["scenario"], practice_label(action["practice_id"])).observe(
+        child(FIRST_RESPONSE, action["scenario"], practice_label(action["practice_id"])).observe(
             max(0.0, sent - reported / 1000))
 
     async def _sent_sms(self, action: dict, practice: Practice, sid: str, base: dict) -> str:
@@ -428,7 +516,7 @@ class ActionExecutor:
                 state["last"] = str(exc)
                 raise
             finally:
-                CALL_SECONDS.labels(channel).observe(time.perf_counter() - started)
+                child(CALL_SECONDS, channel).observe(time.perf_counter() - started)
 
         try:
             await self._retrying(channel, attempt, state)
@@ -447,7 +535,7 @@ class ActionExecutor:
         aid = action["action_id"]
         existing = self.t.tasks.get(aid)
         if existing and existing.get("state") != "PENDING":
-            DUPLICATES.labels(action["kind"]).inc()
+            child(DUPLICATES, action["kind"]).inc()
         else:
             params = action.get("params") or {}
             recipient = action.get("recipient") or ""
@@ -470,7 +558,7 @@ class ActionExecutor:
             return state["sends"] >= policy.attempts or retry_state.attempt_number >= 2 * policy.attempts
 
         def counted(retry_state) -> None:  # noqa: ANN001
-            RETRIES.labels(sink).inc()
+            child(RETRIES, sink).inc()
             log.warning("%s attempt failed, retrying: %s", sink, retry_state.outcome.exception())
 
         async for try_ in AsyncRetrying(stop=stop, wait=policy.wait(), retry=retry_if_exception_type(Transient),
@@ -502,8 +590,8 @@ class ActionExecutor:
                                                 "at": self.clock.now_ms()})
         await self.fx.dead_letter(f"sinks.{action['kind'].lower()}".encode(),
                                   rec.dead_letter_record(action, why, self.clock.now_ms()))
-        DEAD_LETTERS.labels(action["kind"]).inc()
-        ALL_DEAD_LETTERS.labels(f"sinks.{action['kind'].lower()}").inc()
+        child(DEAD_LETTERS, action["kind"]).inc()
+        child(ALL_DEAD_LETTERS, f"sinks.{action['kind'].lower()}").inc()
         await self._outcome(action, rec.FAILED, why, channel)
         log.error("action %s failed for good: %s", aid, why)
         return rec.FAILED
@@ -515,15 +603,15 @@ class ActionExecutor:
                                                 "attempts": (entry or {}).get("attempts", 0)})
         await self.fx.dead_letter(f"sinks.{action['kind'].lower()}".encode(),
                                   rec.dead_letter_record(action, why, self.clock.now_ms()))
-        DEAD_LETTERS.labels(action["kind"]).inc()
-        ALL_DEAD_LETTERS.labels(f"sinks.{action['kind'].lower()}").inc()
+        child(DEAD_LETTERS, action["kind"]).inc()
+        child(ALL_DEAD_LETTERS, f"sinks.{action['kind'].lower()}").inc()
         await self._outcome(action, rec.DEAD_LETTERED, why, channel)
         log.error("action %s dead-lettered: %s", aid, why)
         return rec.DEAD_LETTERED
 
     async def _outcome(self, action: dict, result: str, reason: str | None = None,
                        channel: str | None = None) -> None:
-        ACTIONS_DONE.labels(action["kind"], result.lower(), practice_label(action.get("practice_id"))).inc()
+        child(ACTIONS_DONE, action["kind"], result.lower(), practice_label(action.get("practice_id"))).inc()
         await self.fx.outcome(action["case_id"].encode(),
                               rec.outcome_record(action, result, self.clock.now_ms(), reason, channel))
 
@@ -538,7 +626,7 @@ class ActionExecutor:
             return
         await self.fx.persist("consent", ckey, {"state": state, "at": at, "source": source,
                                                 "confirmed_at": confirmed})
-        CONSENT.labels("opt_out" if state == "OUT" else "opt_in", source).inc()
+        child(CONSENT, "opt_out" if state == "OUT" else "opt_in", source).inc()
 
 
 def caller_of(key: bytes | str | None, action: dict) -> str | None:

@@ -30,6 +30,7 @@ from typing import Iterable
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from ringback.settings import Settings
+from ringback.topic_follower import TopicFollower, from_start_consumer
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +129,9 @@ class TaskBoard:
         self.env = env
         self._tasks: dict[str, dict] = {}
         self._lock = threading.Lock()
-        self._ready = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # Reads the changelog from the start, and again after an error (ringback/topic_follower.py).
+        self._follower = TopicFollower("task board", "the task changelog", self._read_once, thread_name="task-board")
+        self._ready, self._stop = self._follower.ready, self._follower.stop  # (LiveTaskBoard reads _ready)
 
     # -- reads
     def open_tasks(self, practice_id: str, role: str | None = None) -> list[dict]:
@@ -152,17 +153,14 @@ class TaskBoard:
 
     # -- following the changelog
     def follow(self) -> "TaskBoard":
-        self._thread = threading.Thread(target=self._run, name="task-board", daemon=True)
-        self._thread.start()
+        self._follower.start(self._new_consumer)
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> bool:
-        return self._ready.wait(timeout)
+        return self._follower.wait_ready(timeout)
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._follower.close()
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
@@ -180,22 +178,13 @@ class TaskBoard:
             except ValueError:
                 log.error("unreadable task record skipped")
 
-    def _run(self) -> None:
-        """Read the changelog; when the reader stops on an error (e.g. a changelog topic just
-        created, whose partition leaders are not elected yet), read again from the start:
-        applying the records again is idempotent."""
-        while not self._stop.is_set():
-            self._read_once()
-            if self._stop.wait(1.0):
-                return
-            log.warning("task board: reading the task changelog again")
+    def _new_consumer(self) -> Consumer:
+        return from_start_consumer(self.env.kafka_bootstrap_servers,
+                                   f"{self.env.ringback_namespace}.task-board.{uuid.uuid4().hex[:8]}")
 
-    def _read_once(self) -> None:
+    def _read_once(self, consumer: Consumer) -> None:
+        """Read the changelog from the start (applying the records again is idempotent)."""
         topic = changelog_topic(self.env)
-        consumer = Consumer({"bootstrap.servers": self.env.kafka_bootstrap_servers,
-                             "group.id": f"{self.env.ringback_namespace}.task-board.{uuid.uuid4().hex[:8]}",
-                             "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                             "enable.partition.eof": True})
         try:
             md = None
             while not self._stop.is_set():
@@ -229,7 +218,3 @@ class TaskBoard:
                         self._ready.set()
         except KafkaException as exc:  # e.g. a changelog topic whose leaders are not elected yet
             log.warning("task board: changelog not readable yet (%s); retrying", exc.args[0].name())
-        except Exception:  # noqa: BLE001 - keep serving what we have, say why
-            log.exception("task board stopped following the task changelog")
-        finally:
-            consumer.close()

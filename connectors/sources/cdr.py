@@ -40,6 +40,7 @@ from prometheus_client import Counter, Gauge
 from connectors.kafka_producer import AckedProducer, BrokerUnavailable
 from connectors.sources.phone_keys import PhoneRejected, normalize, region_of
 from ringback.clock import Clock
+from ringback.metrics import DEAD_LETTERS
 from ringback.practice_directory import PracticeDirectory
 from ringback.settings import Practice, Settings
 from schemas import codec
@@ -75,6 +76,8 @@ MIN_ROTATION_GRACE_S = 2.0
 # How far around a pending batch's start the recovery scan reads the topics.
 SCAN_BEFORE_MS = 5_000
 SCAN_AFTER_MARGIN_MS = 10_000
+# `source` of the poller's dead letters: also their `ringback_dead_letters_total{source}` label.
+DEAD_LETTER_SOURCE = "cdr"
 
 LINES = Counter("ringback_cdr_lines_total", "CDR lines read, by what became of them", ["result"])
 EVENTS = Counter("ringback_cdr_events_total", "Call events produced from CDR lines", ["outcome"])
@@ -520,6 +523,8 @@ class CdrPoller:
         # produced and acknowledged, before their checkpoint (the worst moment to die).
         self._kill_after = kill_after_batches
         self._batches = 0
+        # The series exists at 0 from the start: the first dead letter is then an increase().
+        DEAD_LETTERS.labels(DEAD_LETTER_SOURCE)
 
     # -- start and recovery
     async def start(self) -> None:
@@ -646,10 +651,12 @@ class CdrPoller:
                 outputs.append((start, self.call_topic, mapped.key, codec.encode("call_event", mapped.record),
                                 header, mapped.record["outcome"]))
             elif mapped.kind == "dead":
-                record = {"source": "cdr", "reason": f"{self.file_name} offset {start}: {mapped.reason}",
+                record = {"source": DEAD_LETTER_SOURCE,
+                          "reason": f"{self.file_name} offset {start}: {mapped.reason}",
                           "raw": raw[:DEAD_LETTER_RAW_MAX], "content_type": "text/csv", "received_at": now,
                           "practice_id": practice.id}
-                outputs.append((start, self.dead_topic, b"cdr", codec.encode("dead_letter", record), header, ""))
+                outputs.append((start, self.dead_topic, DEAD_LETTER_SOURCE.encode(),
+                                codec.encode("dead_letter", record), header, ""))
             else:
                 tally[f"skipped_{mapped.reason}"] += 1
         if outputs:
@@ -671,6 +678,7 @@ class CdrPoller:
                     EVENTS.labels(outcome).inc()
                 else:
                     tally["dead_letter"] += 1
+                    DEAD_LETTERS.labels(DEAD_LETTER_SOURCE).inc()  # once acknowledged, as every process
             if failed is not None:
                 for result, n in tally.items():
                     LINES.labels(result).inc(n)

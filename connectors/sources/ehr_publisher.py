@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterable
 
 from connectors.kafka_producer import AckedProducer
+from ringback.metrics import DEAD_LETTERS
 from ringback.settings import Settings
 from schemas import codec
 from streams import topics
@@ -38,6 +39,18 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 SEND_CHUNK = 1000
+# The `source` of the EHR dead letters is `<origin>:<what>` (fhir:Patient, fhir-ndjson:ndjson, ...);
+# the same string labels `ringback_dead_letters_total{source}`, bounded to these values.
+DEAD_LETTER_ORIGINS = ("fhir", "fhir-ndjson")
+DEAD_LETTER_KINDS = ("Patient", "Appointment", "Flag", "ndjson")
+DEAD_LETTER_OTHER = "ehr.other"
+
+
+def dead_letter_label(source: str) -> str:
+    """The `source` label of a dead letter: the record's source when it is one of the
+    bounded `<origin>:<kind>` values, else `ehr.other` (a label never grows with the data)."""
+    origin, _, kind = source.partition(":")
+    return source if origin in DEAD_LETTER_ORIGINS and kind in DEAD_LETTER_KINDS else DEAD_LETTER_OTHER
 
 
 # ---------------------------------------------------------------------------------- facts
@@ -423,3 +436,4 @@ class EhrPublisher:
         record = {"source": source, "reason": reason, "raw": raw[:256 * 1024], "content_type": content_type,
                   "received_at": received_at, "practice_id": self.practice_id}
         await self.producer.send(self.dead_topic, source.encode(), codec.encode("dead_letter", record))
+        DEAD_LETTERS.labels(dead_letter_label(source)).inc()  # once acknowledged, as every process

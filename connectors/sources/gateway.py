@@ -92,6 +92,7 @@ class Gateway:
         }
         for path, (name, handler) in routes.items():
             app.router.add_post(path, self._endpoint(name, handler))
+            DEAD_LETTERS.labels(name)  # at 0 from the start: increase() cannot see a series' first value
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
@@ -185,6 +186,16 @@ class Gateway:
                                practice.id if practice else None)
         return Reject(400, "malformed", str(exc))
 
+    async def _produce_parsed(self, source: str, request: web.Request, practice: Practice,
+                              parse: Callable[[], Iterable[dict]]) -> None:
+        """Produce the events `parse()` makes of an authenticated payload; a PayloadError
+        is a 400 and a dead letter."""
+        try:
+            events = parse()
+        except PayloadError as exc:
+            raise await self._malformed(source, exc, request, practice) from None
+        await self._produce_events(events)
+
     # ------------------------------------------------------------------ practices and secrets
     def _secret(self, provider: str, practice: Practice | None) -> str | None:
         """The practice's secret for a provider, else the account-wide one, else None."""
@@ -272,11 +283,7 @@ class Gateway:
         number = twilio_source.practice_number(params)
         practice = self.directory.by_number(number) if number else None
         practice = await self._twilio_signed(source, request, practice, number, form)
-        try:
-            event = build(params, practice.id, self._now_ms())
-        except PayloadError as exc:
-            raise await self._malformed(source, exc, request, practice) from None
-        await self._produce_events([event])
+        await self._produce_parsed(source, request, practice, lambda: [build(params, practice.id, self._now_ms())])
 
     async def twilio_voice_status(self, request: web.Request) -> web.Response:
         await self._twilio_call("twilio_voice_status", request, twilio_source.voice_status_event)
@@ -342,11 +349,8 @@ class Gateway:
         self._authenticate("ringcentral", practice, number,
                            lambda token: ringcentral.token_valid(token, received))
         practice = await self._require_practice(source, request, practice, number)
-        try:
-            events = ringcentral.events(notification, practice.id, practice.phone_numbers, self._now_ms())
-        except PayloadError as exc:
-            raise await self._malformed(source, exc, request, practice) from None
-        await self._produce_events(events)
+        await self._produce_parsed(source, request, practice, lambda: ringcentral.events(
+            notification, practice.id, practice.phone_numbers, self._now_ms()))
         return web.Response(status=200)
 
     # ------------------------------------------------------------------ Dialpad
@@ -364,11 +368,8 @@ class Gateway:
         verified = self._authenticate("dialpad", practice, number,
                                       lambda secret: dialpad.verify(token, secret, now_ms / 1000))
         practice = await self._require_practice(source, request, practice, number)
-        try:
-            events = dialpad.events(verified, practice.id, number, now_ms)
-        except PayloadError as exc:
-            raise await self._malformed(source, exc, request, practice) from None
-        await self._produce_events(events)
+        await self._produce_parsed(source, request, practice,
+                                   lambda: dialpad.events(verified, practice.id, number, now_ms))
         return web.Response(status=204)
 
     # ------------------------------------------------------------------ Vonage
@@ -385,11 +386,7 @@ class Gateway:
         self._authenticate("vonage", practice, number,
                            lambda secret: vonage.verify(token, secret, raw, now_ms / 1000))
         practice = await self._require_practice(source, request, practice, number)
-        try:
-            events = vonage.events(payload, practice.id, now_ms)
-        except PayloadError as exc:
-            raise await self._malformed(source, exc, request, practice) from None
-        await self._produce_events(events)
+        await self._produce_parsed(source, request, practice, lambda: vonage.events(payload, practice.id, now_ms))
         return web.Response(status=204)
 
     # ------------------------------------------------------------------ health

@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 import yaml
 
 from ringback.local_kafka import REPO_ROOT, LocalKafka, free_port
+from ringback.waiting import wait_for
 
 BENCH_ACCOUNT = "AC" + "b" * 32
 BENCH_TOKEN = "bench-auth-token-not-a-secret"  # signs the simulated webhooks; not a secret
@@ -411,17 +412,8 @@ def wait_committed(bootstrap: str, group: str, topic: str, target: int, timeout:
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
-            last = exc
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" ({last!r})" if last else ""))
+    """`ringback.waiting.wait_for`, failing with TimeoutError (the figures catch it)."""
+    return wait_for(predicate, timeout, interval, what, error=TimeoutError)
 
 
 def group_members(bootstrap: str, group: str) -> tuple[str, int, int]:

@@ -12,8 +12,8 @@ First-response hold 0 (SPEC section 8). The latency of a missed call is
 gateway's 2xx), both `time.time()` on this machine. The actions topic's record
 timestamps split it into worker (accepted → action produced) and sinks (action → SMS).
 
-Ladder: 100/s, then 1,000/s; if 1,000/s keeps up, higher rates until one does not;
-if not, rates between until the knee is found (stats.keeps_up, stats.knee).
+Ladder: rates in ascending order from 100/s until one does not keep up (each step then
+starts with empty queues), and 1,000/s in any case, last (stats.keeps_up, stats.knee).
 """
 
 from __future__ import annotations
@@ -194,8 +194,8 @@ def wait_drained(ns: Namespace, timeout: float) -> bool:
         return False
 
 
-def run(ns: Namespace, *, practices: int, duration: float, rates: tuple[float, float], max_rate: float,
-        drain_s: float, search_steps: int) -> dict:
+def run(ns: Namespace, *, practices: int, duration: float, rates: tuple[float, float], ladder: tuple[float, ...],
+        drain_s: float) -> dict:
     log(f"(b) latency webhook accepted → SMS at the Twilio stand-in, hold 0, {practices} practices, "
         f"{duration:.0f}s per step")
     standin = StandinProcess()
@@ -233,27 +233,15 @@ def run(ns: Namespace, *, practices: int, duration: float, rates: tuple[float, f
                 p.sample_peak()
             return s
 
+        # Ascending, stopping at the first rate that does not keep up: every step starts with
+        # empty queues (the step before kept up). The fixed high point (1,000/s) is always
+        # measured, last, so the queue it may leave behind spoils no other step.
         low, high = rates
-        step(low)
-        top = step(high)
-        if top["keeps_up"]:
-            rate = high
-            while rate < max_rate:
-                rate = min(max_rate, rate * 1.5)
-                if not step(rate)["keeps_up"]:
-                    break
-        else:
-            lo_ok, hi_bad = (low if steps[0]["keeps_up"] else None), high
-            for _ in range(search_steps):
-                if lo_ok is None:
-                    break
-                mid = round((lo_ok + hi_bad) / 2, -1)
-                if mid in (lo_ok, hi_bad):
-                    break
-                if step(mid)["keeps_up"]:
-                    lo_ok = mid
-                else:
-                    hi_bad = mid
+        for rate in sorted(r for r in set(ladder) | {low} if r >= low):
+            if not step(rate)["keeps_up"]:
+                break
+        if high not in {st["offered"] for st in steps}:
+            step(high)
         _split(ns, steps)
         by_rate = {s["offered"]: s for s in steps}
         result = {"practices": practices, "first_response_hold_s": 0, "steps": sorted(steps, key=lambda s: s["offered"]),

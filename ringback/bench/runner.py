@@ -36,10 +36,9 @@ class Profile:
     # (b)
     b_practices: int
     b_step_s: float
-    b_rates: tuple[float, float]
-    b_max_rate: float
+    b_rates: tuple[float, float]  # the two fixed points of SPEC section 8
+    b_ladder: tuple[float, ...]  # the knee search, ascending
     b_drain_s: float
-    b_search_steps: int
     # (c)
     c_open_cases: int
     c_probe_rate: float
@@ -58,7 +57,8 @@ class Profile:
 
 FULL = Profile("full", partitions=8,
                a_events=30_000, a_practices=100, a_patients_per_practice=100,
-               b_practices=100, b_step_s=12, b_rates=(100, 1000), b_max_rate=3000, b_drain_s=45, b_search_steps=2,
+               b_practices=100, b_step_s=12, b_rates=(100, 1000),
+               b_ladder=(100, 150, 200, 300, 450, 650, 1000, 1500, 2200, 3000), b_drain_s=45,
                c_open_cases=100_000, c_probe_rate=100, c_probe_s=30, c_hold_s=15, c_followup_s=30,
                c_background_rate=200,
                d_entries=1_000_000,
@@ -67,7 +67,7 @@ FULL = Profile("full", partitions=8,
 # process start-ups); its timings mean nothing.
 QUICK = Profile("quick", partitions=8,
                 a_events=5_000, a_practices=20, a_patients_per_practice=25,
-                b_practices=20, b_step_s=3, b_rates=(100, 1000), b_max_rate=1500, b_drain_s=20, b_search_steps=0,
+                b_practices=20, b_step_s=3, b_rates=(100, 1000), b_ladder=(100,), b_drain_s=20,
                 c_open_cases=5_000, c_probe_rate=40, c_probe_s=3, c_hold_s=4, c_followup_s=7,
                 c_background_rate=40,
                 d_entries=50_000,
@@ -153,6 +153,8 @@ def run(quick: bool = False, only: tuple[str, ...] = FIGURES, out_dir: Path | No
                 log(f"    {figure}: FAILED: {type(exc).__name__}: {exc}")
                 results["errors"][figure] = f"{type(exc).__name__}: {exc}"
             results.setdefault("durations_s", {})[figure] = round(time.monotonic() - t0, 1)
+            # After every figure: an interrupted run keeps what it measured.
+            (out_dir / "bench.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     finally:
         close_probes()
         broker.stop()
@@ -182,7 +184,7 @@ def guidance(figures: dict) -> dict | None:
     restore = None
     if d and d.get("cold_start") and d.get("warm_restart"):
         restore = d["entries"] / max(d["cold_start"]["seconds"] - d["warm_restart"]["seconds"], 1.0)
-    if rate is None and restore is None:
+    if restore is None:  # without figure (d) the state, which decides the count, is unknown
         return None
     return {**stats.partition_guidance(1000, calls_per_practice_day=100, events_per_call=2.5, peak_hour_share=0.15,
                                        worker_rate=rate, restore_rate=restore),
@@ -206,7 +208,7 @@ def _figure(figure: str, p: Profile, ns, profile_worker: bool = False) -> dict: 
             n.stop_all()
     if figure == "b":
         return latency.run(ns("b"), practices=p.b_practices, duration=p.b_step_s, rates=p.b_rates,
-                           max_rate=p.b_max_rate, drain_s=p.b_drain_s, search_steps=p.b_search_steps)
+                           ladder=p.b_ladder, drain_s=p.b_drain_s)
     if figure == "c":
         return gates.run(ns("c"), open_cases=p.c_open_cases, build_practices=20, probe_rate=p.c_probe_rate,
                          probe_s=p.c_probe_s, hold_s=p.c_hold_s, followup_s=p.c_followup_s,

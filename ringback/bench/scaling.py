@@ -31,7 +31,7 @@ def run(make_ns, *, partitions: int, workers: list[int], events: int, practices:
         log(f"    {k} worker{'s' if k > 1 else ''}: {r['rate'] or 0:,.0f} events/s "
             + ("(STALLED: see docs/benchmarks.md) " if r.get("stalled") else "")
             + f"({r['events_per_cpu_s'] or 0:,.0f} events per CPU-second, load {r['loadavg_after'][0]})")
-    base = runs[0]["rate"]
+    base = runs[0]["rate"] if runs else None
     for r in runs:
         r["speedup"] = stats.ratio(r["rate"], base)
     return {"partitions": partitions, "cpus": os.cpu_count(), "events": events, "runs": runs}

@@ -41,23 +41,24 @@ def sustained_rate(samples: Sequence[tuple[float, float]], total: float, lo: flo
     """Records per second while a backlog of `total` records is worked off.
 
     `samples` are (time in s, records done so far), in time order, e.g. a consumer
-    group's committed offsets polled every 100 ms. The rate is the least-squares slope
-    of the samples whose count lies between `lo` and `hi` of `total`, which leaves out
-    the start (connecting, first fetch) and the tail (the last commit interval).
-    With fewer than two samples in that band it falls back to the two samples around
-    the band's edges; None when the samples never cover the band."""
+    group's committed offsets polled every 100 ms. With enough distinct counts between
+    `lo` and `hi` of `total`, the rate is the least-squares slope of those samples, which
+    leaves out the start (connecting, first fetch) and the tail (the last commit
+    interval). With coarse samples (a small backlog worked off in a few commits: the
+    counts move in steps) a slope through a step's plateau would be meaningless; the
+    rate is then the records done from the first sample to the first sample at or above
+    `hi`, over that time: a lower bound (it includes up to one commit interval).
+    None when the samples never get there."""
     if total <= 0:
         return None
     band = [(t, n) for t, n in samples if lo * total <= n <= hi * total]
-    if len(band) >= 3 and band[-1][0] > band[0][0]:
+    if len({n for _, n in band}) >= 4 and band[-1][0] > band[0][0]:
         return _slope(band)
-    # Coarse samples (a fast consumer committing rarely): the last sample below the band
-    # and the first one at or above its top.
-    below = [(t, n) for t, n in samples if n < lo * total]
-    above = [(t, n) for t, n in samples if n >= hi * total]
-    start = below[-1] if below else (band[0] if band else None)
-    end = above[0] if above else (band[-1] if band else None)
-    if start is None or end is None or end[0] <= start[0] or end[1] <= start[1]:
+    if not samples:
+        return None
+    start = samples[0]
+    end = next(((t, n) for t, n in samples if n >= hi * total), None)
+    if end is None or end[0] <= start[0] or end[1] <= start[1]:
         return None
     return (end[1] - start[1]) / (end[0] - start[0])
 

@@ -44,7 +44,8 @@ def wait_ehr_read(ns: Namespace, timeout: float, alive=None) -> None:  # noqa: A
         name = ns.topic(spec)
         end = ns.end(name)
         if end:
-            wait_committed(ns.bootstrap, ns.streams_group, name, end, timeout, interval=0.25, alive=alive)
+            wait_committed(ns.bootstrap, ns.streams_group, name, end, timeout, interval=0.25, alive=alive,
+                           stall_s=STALL_S)
 
 
 def measure_workers(ns: Namespace, events: list, workers: int, timeout: float, profile: bool = False) -> dict:
@@ -57,7 +58,17 @@ def measure_workers(ns: Namespace, events: list, workers: int, timeout: float, p
     alive = lambda: all(p.alive() for p in procs)  # noqa: E731
     t0 = time.monotonic()
     try:
-        wait_ehr_read(ns, timeout, alive=alive)
+        try:
+            wait_ehr_read(ns, timeout, alive=alive)
+        except Stalled as exc:
+            for p in procs:
+                p.dump_stacks()
+            log(f"    STALLED while reading the EHR records: {exc}; partitions behind (committed, end): "
+                f"{exc.partitions}")
+            return {"workers": workers, "events": len(events), "rate": None, "events_per_cpu_s": None,
+                    "stalled": {"phase": "reading the EHR records before the load", "topic": str(exc),
+                                "committed_of_end_by_partition": {str(k): list(v) for k, v in exc.partitions.items()}},
+                    "peak_rss_kb": [p.sample_peak() for p in procs], "loadavg_after": loadavg()}
         if workers > 1:  # every worker has its share before the load starts
             from ringback.bench.harness import group_members
 
@@ -188,12 +199,12 @@ def run(ns: Namespace, *, events: int, practices: int, patients_per_practice: in
     pop = prepare(ns, practices, patients_per_practice)
     records, mix = workload.day_mix(pop, events, ns.partitions)
     worker = measure_workers(ns, records, 1, timeout, profile=profile)
-    log(f"    ringback worker (full pipeline): {worker['rate']:,.0f} events/s "
+    log(f"    ringback worker (full pipeline): {worker['rate'] or 0:,.0f} events/s "
         f"(peak RSS {worker['peak_rss_kb'][0] / 1024:.0f} MiB)")
     faust_pt = measure_faust_passthrough(ns, events, timeout)
-    log(f"    bare Faust pass-through agent:    {faust_pt['rate']:,.0f} events/s")
+    log(f"    bare Faust pass-through agent:    {faust_pt['rate'] or 0:,.0f} events/s")
     aio = measure_aiokafka(ns, events, timeout)
-    log(f"    bare aiokafka consume→produce:    {aio['rate']:,.0f} events/s")
+    log(f"    bare aiokafka consume→produce:    {aio['rate'] or 0:,.0f} events/s")
     result = {
         "events": events, "mix": mix, "partitions": ns.partitions, "practices": practices,
         "patients": practices * patients_per_practice, "first_response_hold_s": 0,
@@ -205,21 +216,7 @@ def run(ns: Namespace, *, events: int, practices: int, patients_per_practice: in
         # The same comparison in CPU cost: steadier than wall-clock rates on a loaded machine.
         "cpu_ratio_to_faust": stats.ratio(worker.get("events_per_cpu_s"), faust_pt.get("events_per_cpu_s")),
     }
-    log(f"    worker/Faust {result['ratio_to_faust']:.1%}, worker/aiokafka {result['ratio_to_aiokafka']:.1%}, "
-        f"Faust/aiokafka {result['faust_to_aiokafka']:.1%}")
+    pct = lambda x: "–" if x is None else f"{x:.1%}"  # noqa: E731
+    log(f"    worker/Faust {pct(result['ratio_to_faust'])} (in CPU cost {pct(result['cpu_ratio_to_faust'])}), "
+        f"worker/aiokafka {pct(result['ratio_to_aiokafka'])}, Faust/aiokafka {pct(result['faust_to_aiokafka'])}")
     return result
-
-
-if __name__ == "__main__":  # a quick manual run against KAFKA_BOOTSTRAP_SERVERS
-    import os
-    import sys
-    from pathlib import Path
-
-    from ringback.bench.harness import new_namespace
-
-    n = Namespace(os.environ["KAFKA_BOOTSTRAP_SERVERS"], new_namespace("a"), 8, Path(sys.argv[1]))
-    try:
-        print(json.dumps(run(n, events=int(sys.argv[2]), practices=50, patients_per_practice=100, timeout=600),
-                         indent=1))
-    finally:
-        n.stop_all()

@@ -14,6 +14,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from confluent_kafka import Consumer, TopicPartition
@@ -22,7 +23,7 @@ from connectors.sources import cdr
 from ringback.settings import parse_practices
 from schemas import codec
 from streams.topics import join_key, partition_for
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 from tests.support import kafka_tools
 from tests.unit.test_cdr import line
 
@@ -108,16 +109,25 @@ def log_since(processes, name: str, offset: int) -> str:
     return processes.log(name)[offset:] if path.exists() else ""
 
 
-def start_poller(processes, folder: Path, name: str, env: dict | None = None):
+def start_poller(processes, folder: Path, name: str, env: dict | None = None, *args: str):
     path = processes.log_dir / f"{name}.log"
     offset = len(processes.log(name)) if path.exists() else 0
     proc = processes.start(name, "cdr", "poll", str(folder), "--practice", PRACTICE,
-                           "--interval", str(INTERVAL), env=env)
+                           "--interval", str(INTERVAL), *args, env=env)
     wait_for(lambda: "cdr poller ready" in log_since(processes, name, offset) or proc.poll() is not None, 60,
              message=f"{name} ready")
     assert proc.poll() is None, log_since(processes, name, offset)
     proc.log_offset = offset
     return proc
+
+
+def scrape(port: int):
+    """The poller's /metrics page, parsed (as tests/integration/test_metrics_scrape.py does)."""
+    from tests.integration.test_metrics_scrape import Scrape
+
+    response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+    assert response.status_code == 200, response.status_code
+    return Scrape(response.text)
 
 
 def caller(n: int) -> str:
@@ -128,7 +138,10 @@ def test_appended_lines_become_events_within_one_poll_interval(pbx, processes, k
     ns = service_env["RINGBACK_NAMESPACE"]
     master = pbx / "Master.csv"
     master.write_bytes(b"".join(line(src=caller(i), uniqueid=f"old.{i}") + b"\n" for i in range(3)))  # history
-    start_poller(processes, pbx, "cdr")
+    metrics_port = free_port()
+    start_poller(processes, pbx, "cdr", None, "--metrics-port", str(metrics_port))
+    # The series is there at 0 before any dead letter (so that the first one is an increase()).
+    assert {"source": "cdr"} in scrape(metrics_port).series("ringback_dead_letters_total")
 
     written: dict[str, float] = {}
     for i in range(5):
@@ -163,6 +176,13 @@ def test_appended_lines_become_events_within_one_poll_interval(pbx, processes, k
     assert got["cdr:vm.1:VOICEMAIL"]["event"]["outcome"] == "VOICEMAIL"
     dead = dead_letters(kafka_bootstrap, ns)
     assert len(dead) == 1 and dead[0]["raw"] == b"garbage,line" and "2 columns" in dead[0]["reason"]
+    # The dead letter is counted in the counter every process shares, on the poller's /metrics.
+    wait_for(lambda: scrape(metrics_port).value("ringback_dead_letters_total", source="cdr") >= 1, 10,
+             message="ringback_dead_letters_total{source=cdr} on the poller's /metrics")
+    page = scrape(metrics_port)
+    assert page.value("ringback_dead_letters_total", source="cdr") == 1
+    assert page.value("ringback_dead_letters_total") == 1  # no other source
+    assert page.value("ringback_cdr_lines_total", result="dead_letter") == 1
     cp = checkpoint(kafka_bootstrap, ns)
     assert cp["offset"] == master.stat().st_size and cp["inode"] == master.stat().st_ino and cp["pending"] is None
 

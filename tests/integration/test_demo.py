@@ -144,3 +144,21 @@ def test_ctrl_c_stops_every_process_the_demo_started(kafka_bootstrap):
         wait_for(lambda: not any(alive(p) for p in started), 10, message="every child process to be gone")
     finally:
         demo.kill()
+
+
+def test_children_stop_when_the_demo_is_killed(kafka_bootstrap):
+    # SIGKILL gives the demo no chance to clean up: the kernel's parent-death signal
+    # (ringback/child_process.py) stops what it started.
+    demo = DemoProcess("test_demo_sigkill", ["--practices", "5", "--speed", "1200", "--calls", "30"],
+                       kafka_bootstrap)
+    try:
+        wait_for(lambda: "practice day" in demo.output() or "%  " in demo.output() or demo.proc.poll() is not None,
+                 120, interval=0.2, message="the demo's day to start")
+        assert demo.proc.poll() is None, demo.output()
+        started = descendants(demo.proc.pid)
+        assert len(started) >= 5, started
+        os.kill(demo.proc.pid, signal.SIGKILL)
+        demo.wait(timeout=30)
+        wait_for(lambda: not any(alive(p) for p in started), 30, message="every child process to be gone")
+    finally:
+        demo.kill()

@@ -179,3 +179,38 @@ def test_ndjson_import_and_state_that_survives_restarts(practices, processes, ka
     assert json.loads(done.stdout)["published"] == {"patient_tombstones": 1}
     assert live(topic_view(kafka_bootstrap, ns, "patients", "oak-clinic")) == \
         {O + phone(p).encode() for p in synthea} - {O + phone(synthea[2]).encode(), O + phone(synthea[5]).encode()}
+
+
+def test_import_counts_its_dead_letters_in_the_shared_counter(practices, kafka_bootstrap, service_env, tmp_path):
+    """`ringback ehr import` / `sync` are one-shot commands (nothing scrapes them), so this
+    runs the import in-process on the real broker and reads the default registry: each
+    dead letter written is one more `ringback_dead_letters_total{source}`."""
+    from prometheus_client import REGISTRY
+
+    from connectors.sources import fhir
+    from ringback.settings import Settings
+
+    ns = service_env["RINGBACK_NAMESPACE"]
+    env = Settings(kafka_bootstrap_servers=kafka_bootstrap, ringback_namespace=ns, ringback_partitions=PARTITIONS,
+                   ringback_state_dir=service_env["RINGBACK_STATE_DIR"],
+                   ringback_secrets_dir=service_env["RINGBACK_SECRETS_DIR"])
+    bulk = tmp_path / "Patient.000.ndjson"
+    bulk.write_text("\n".join([
+        json.dumps({"resourceType": "Patient", "id": "ok", "active": True,
+                    "telecom": [{"system": "phone", "value": "(617) 555-0199"}]}),
+        json.dumps({"resourceType": "Patient", "id": "bad-phone", "active": True,
+                    "telecom": [{"system": "phone", "value": "12"}]}),
+        "{malformed",
+    ]) + "\n")
+    sources = ("fhir-ndjson:Patient", "fhir-ndjson:ndjson")
+
+    def counted(source: str) -> float:
+        return REGISTRY.get_sample_value("ringback_dead_letters_total", {"source": source}) or 0.0
+
+    before = {s: counted(s) for s in sources}
+    report = fhir.run_import(env, [bulk], "oak-clinic")
+    assert report.dead_letters == 2
+    dead = [codec.decode("dead_letter", r["value"]) for r in read_topic(kafka_bootstrap, f"{ns}.dead-letters")]
+    assert sorted(d["source"] for d in dead) == sorted(sources)
+    assert {s: counted(s) - before[s] for s in sources} == {s: 1 for s in sources}
+    assert live(topic_view(kafka_bootstrap, ns, "patients", "oak-clinic")) == {b"oak-clinic|+16175550199"}

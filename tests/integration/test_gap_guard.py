@@ -76,6 +76,10 @@ def test_reader_reads_a_range_and_the_group_start(kafka_bootstrap):
         assert [(r.offset, r.key, r.value) for r in reader.read(topic, 1, 3, 7, 500)] == [
             (3, b"k3", b"v3"), (4, b"k4", b"v4"), (5, b"k5", b"v5"), (6, b"k6", b"v6")]
         assert [r.offset for r in reader.read(topic, 1, 0, 10, 4)] == [0, 1, 2, 3]  # at most `limit`
+        # A look-ahead past the end of the log (compacted topics) stops at the end (no
+        # TimeoutError waiting for records never written).
+        assert [r.offset for r in reader.read(topic, 1, 8, 10_000, 500)] == [8, 9]
+        assert reader.read(topic, 1, 10, 10_000, 500) == []
         member = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
         member.commit(offsets=[TopicPartition(topic, 1, 6)], asynchronous=False)
         member.close()

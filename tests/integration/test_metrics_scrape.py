@@ -191,6 +191,8 @@ def test_gateway_counts_requests_events_rejections_and_dead_letters(stack):
     assert m.value("ringback_rejected_inputs_total") == 3
     assert m.value("ringback_dead_letters_total", source=voice) == 1
     assert m.value("ringback_dead_letters_total") == 1
+    # Every endpoint's series exists from the start (at 0), so increase() sees a first dead letter.
+    assert {s["source"] for s in m.series("ringback_dead_letters_total")} >= {voice, "dialpad", "vonage_event"}
     # Broker-acknowledged requests only (the five accepted ones), each well under a second here.
     assert m.value("ringback_gateway_ack_seconds_count") == 5
     assert m.value("ringback_gateway_ack_seconds_bucket", le="1.0") == 5
@@ -218,6 +220,7 @@ def test_worker_counts_cases_actions_gates_and_outcomes(stack):
     assert m.value("ringback_stream_timers_cancelled_total") == 2
     assert m.value("ringback_timers_overdue_seconds") == 0
     assert m.value("ringback_dead_letters_total") == 0
+    assert {s["source"] for s in m.series("ringback_dead_letters_total")} >= {"streams.call_event", "streams.patient"}
     assert m.value("ringback_stream_ignored_total") == 0
     # The state table holds at least the three callers.
     assert m.value("ringback_table_keys", table="state") >= 3
@@ -234,6 +237,7 @@ def test_sinks_count_actions_latency_retries_and_opt_outs(stack):
     assert m.value("ringback_sink_consent_changes_total") == 1
     assert m.value("ringback_sink_sms_deferred_total") == 0
     assert m.value("ringback_dead_letters_total") == 0
+    assert {s["source"] for s in m.series("ringback_dead_letters_total")} >= {"sinks.send_sms", f"{stack.ns}.actions"}
     assert len(stack.twilio.messages()) == 4  # three SMS, one of them tried twice
 
     first = "ringback_first_response_latency_seconds"
@@ -268,9 +272,14 @@ def test_faust_workers_serve_faust_metrics_and_consumer_lag(stack):
         # Faust's own monitor and our registry on one page.
         assert m.value(f"{prefix}_messages_received_total") > 0, process
         assert m.value(f"{prefix}_assignment_operations_total", operation="completed") >= 1, process
-        # Lag per assigned partition the group has committed; caught up on the input topic.
-        lag = [s for s in m.series("ringback_consumer_lag_messages") if s["topic"] == f"{stack.ns}.{topic}"]
-        assert lag and all(s["consumer_group"] == group for s in lag), (process, lag)
+        # Lag per assigned partition the group has committed (a series appears with the first
+        # commit of the partition, every commit interval); caught up on the input topic.
+        def lag_series(process=process, topic=topic):  # noqa: ANN001, ANN202
+            return [s for s in stack.scrape(process).series("ringback_consumer_lag_messages")
+                    if s["topic"] == f"{stack.ns}.{topic}"]
+        wait_for(lambda: lag_series() != [], 30, message=f"{process}: a lag series for {topic}")
+        lag = lag_series()
+        assert all(s["consumer_group"] == group for s in lag), (process, lag)
         wait_for(lambda: stack.scrape(process).value("ringback_consumer_lag_messages",
                                                      topic=f"{stack.ns}.{topic}") == 0, 30,
                  message=f"{process} lag on {topic} back to 0")

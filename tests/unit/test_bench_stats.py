@@ -41,10 +41,14 @@ def test_sustained_rate_is_the_slope_inside_the_band_not_the_start_or_the_tail()
     assert 10_000 / (samples[-1][0] - samples[0][0]) < 700
 
 
-def test_sustained_rate_with_coarse_samples_uses_the_samples_around_the_band():
+def test_sustained_rate_with_coarse_samples_is_the_time_to_reach_the_top_of_the_band():
     # A fast consumer sampled every 1,000 records: only two samples fall inside 10-90 %.
     samples = [(0.0, 0), (0.10, 1000), (0.20, 2000), (0.30, 3000)]
     assert stats.sustained_rate(samples, 3000) == pytest.approx(10_000.0)
+    # A small backlog worked off in two commits: the counts sit on a plateau inside the
+    # band; a slope through it would say 0/s.
+    plateau = [(0.0, 0), (1.0, 0), (1.43, 793), (1.53, 793), (1.63, 793), (1.83, 3000)]
+    assert stats.sustained_rate(plateau, 3000) == pytest.approx(3000 / 1.83)
     assert stats.sustained_rate([(0.0, 0), (1.0, 0)], 100) is None  # never moved
     assert stats.sustained_rate([], 100) is None
     assert stats.sustained_rate([(0.0, 0), (1.0, 50)], 0) is None

@@ -292,6 +292,17 @@ async def drain(poller: cdr.CdrPoller) -> None:
         pass
 
 
+async def started_on_empty_file(tmp_path: Path, producer: RecordingProducer | None = None, **poller_args):
+    """An empty Master.csv and a poller started and drained on it: (path, producer, poller)."""
+    path = tmp_path / "Master.csv"
+    path.write_bytes(b"")
+    producer = producer or RecordingProducer()
+    poller = make_poller(tmp_path, producer, **poller_args)
+    await poller.start()
+    await drain(poller)
+    return path, producer, poller
+
+
 def append(path: Path, *raws: bytes) -> None:
     with open(path, "ab") as fh:
         for raw in raws:
@@ -334,12 +345,7 @@ async def test_from_beginning_reads_history_and_dead_letters_malformed_lines(tmp
 
 
 async def test_restart_from_the_checkpoint_neither_re_emits_nor_skips(tmp_path):
-    path = tmp_path / "Master.csv"
-    path.write_bytes(b"")
-    first = RecordingProducer()
-    poller = make_poller(tmp_path, first)
-    await poller.start()
-    await drain(poller)
+    path, first, poller = await started_on_empty_file(tmp_path)
     append(path, line(uniqueid="1") + b"\n", line(uniqueid="2") + b"\n")
     await drain(poller)
     append(path, line(uniqueid="3") + b"\n")  # written while the poller is down
@@ -376,12 +382,7 @@ async def test_a_crash_mid_batch_is_recovered_without_duplicates(tmp_path):
 
 
 async def test_a_partly_acknowledged_batch_is_retried_for_the_rest_only(tmp_path):
-    path = tmp_path / "Master.csv"
-    path.write_bytes(b"")
-    producer = RecordingProducer()
-    poller = make_poller(tmp_path, producer)
-    await poller.start()
-    await drain(poller)
+    path, producer, poller = await started_on_empty_file(tmp_path)
     append(path, *(line(uniqueid=str(i), src=f"41555501{i:02d}") + b"\n" for i in range(3)))
     producer.refuse = lambda topic, key, value: key == b"maple-family|+14155550101"
     with pytest.raises(BrokerUnavailable):
@@ -395,13 +396,8 @@ async def test_a_partly_acknowledged_batch_is_retried_for_the_rest_only(tmp_path
 
 
 async def test_rotation_finishes_the_old_file_then_reads_the_new_one(tmp_path):
-    path = tmp_path / "Master.csv"
-    path.write_bytes(b"")
     clock = ManualClock(1_772_464_600.0)
-    producer = RecordingProducer()
-    poller = make_poller(tmp_path, producer, clock=clock)
-    await poller.start()
-    await drain(poller)
+    path, producer, poller = await started_on_empty_file(tmp_path, clock=clock)
     append(path, line(uniqueid="old-1") + b"\n")
     await drain(poller)
     # logrotate renames; the PBX had one more line (and half of another) in the old file,
@@ -419,13 +415,8 @@ async def test_rotation_finishes_the_old_file_then_reads_the_new_one(tmp_path):
 
 
 async def test_rotated_file_with_an_unterminated_last_line_is_finished_after_the_grace(tmp_path):
-    path = tmp_path / "Master.csv"
-    path.write_bytes(b"")
     clock = ManualClock(1_772_464_600.0)
-    producer = RecordingProducer()
-    poller = make_poller(tmp_path, producer, clock=clock)
-    await poller.start()
-    await drain(poller)
+    path, producer, poller = await started_on_empty_file(tmp_path, clock=clock)
     append(path, line(uniqueid="last"))  # no newline, ever
     os.rename(path, tmp_path / "Master.csv.1")
     path.write_bytes(line(uniqueid="new") + b"\n")
