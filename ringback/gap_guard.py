@@ -336,7 +336,11 @@ class GapGuard:
             return
         for tp, offset in committed.items():
             if tp[0] in self.labels and not (offset and offset > 0):
-                await consumer.seek(tp, 0)
+                try:
+                    await consumer.seek(tp, 0)
+                except Exception as exc:  # noqa: BLE001 - revoked meanwhile: the next assignment seeks again
+                    log.warning("%s[%d]: rewind to the start failed: %s: %s", self.labels[tp[0]], tp[1],
+                                type(exc).__name__, exc)
 
     # ------------------------------------------------------------------ fetched, never handed over
     async def watch(self) -> None:

@@ -25,6 +25,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from ringback.gap_guard import KafkaGapReader
 from ringback.standin_http import CaptureServer
+from schemas import codec
 from streams import topics
 from streams.rules import recipes
 from tests.conftest import REPO, free_port, wait_for
@@ -59,6 +60,25 @@ def metric_total(port: int, name: str) -> float:
 def guard_report(ports: list[int]) -> dict[str, int]:
     return {name.removeprefix("ringback_gap_").removesuffix("_total"): int(sum(metric_total(p, name) for p in ports))
             for name in GUARD_METRICS}
+
+
+def while_producing(produce, second_worker_joins) -> None:  # noqa: ANN001
+    """Call `produce` every 100 ms from a thread while `second_worker_joins()` runs."""
+    stop = threading.Event()
+
+    def flow() -> None:
+        while not stop.is_set():
+            produce()
+            time.sleep(0.1)
+
+    feeder = threading.Thread(target=flow, daemon=True)
+    feeder.start()
+    try:
+        second_worker_joins()
+    finally:
+        stop.set()
+        feeder.join(10)
+    assert not feeder.is_alive()
 
 
 # ------------------------------------------------------------------ the side reader
@@ -173,23 +193,14 @@ def test_second_stream_worker_joining_loses_and_repeats_no_missed_call(processes
 
         for _ in range(8):
             call()
-        stop = threading.Event()
 
-        def flow() -> None:  # missed calls keep coming while the second worker joins
-            while not stop.is_set():
-                call()
-                time.sleep(0.1)
-
-        feeder = threading.Thread(target=flow, daemon=True)
-        feeder.start()
-        try:
+        def second_worker_joins() -> None:  # missed calls keep coming meanwhile
             processes.start("worker-b", "worker", env=worker_env(
                 RINGBACK_STORE="memory://", RINGBACK_WORKER_WEB_PORT=str(ports[1]), **GUARD))
             wait_for(lambda: sorted(len(m) for m in members(kafka_bootstrap, group, calls_topic)) == [2, 2], 120,
                      interval=0.5, message="two workers sharing the call-event partitions")
-        finally:
-            stop.set()
-            feeder.join(10)
+
+        while_producing(call, second_worker_joins)
         for _ in range(16):  # once both hold two call-event partitions
             call()
 
@@ -208,6 +219,86 @@ def test_second_stream_worker_joining_loses_and_repeats_no_missed_call(processes
         assert not missing, f"{len(missing)} of {len(cases)} missed calls committed but never acted on"
         assert {i: n for i, n in counts.items() if n > 1} == {}, "an action emitted twice"
         assert set(counts) == expected
+        assert all(processes.procs[name].poll() is None for name in ("worker-a", "worker-b"))
+    finally:
+        out.close()
+
+
+def test_second_stream_worker_joining_loses_no_patient_record(processes, service_env, kafka_bootstrap, tmp_path):
+    """The compacted patients topic through the same rebalance: a patient record published
+    while the second worker joins must reach the table, or that patient's missed call is
+    handled as a NEW_PATIENT case (booking-link SMS to a known patient)."""
+    ns = service_env["RINGBACK_NAMESPACE"]
+    assert processes.run("config", "apply", str(REPO / "tests" / "fixtures" / "practices.yaml")).returncode == 0
+    out = Collector(kafka_bootstrap, ns)
+    ports = [free_port(), free_port()]
+    group, calls_topic, patients_topic = f"{ns}-streams", f"{ns}.call-events", f"{ns}.patients"
+    wanted = 40
+    try:
+        # RocksDB, as in production, a state folder per worker: a worker that keeps a partition
+        # keeps its table instead of restoring it from offset 0 (the memory store's path into
+        # faust-streaming #629, a recovery that never gets its changelog records).
+        processes.start("worker-a", "worker", env=worker_env(
+            RINGBACK_STORE="rocksdb://", RINGBACK_STATE_DIR=str(tmp_path / "state-a"),
+            RINGBACK_WORKER_WEB_PORT=str(ports[0]), **GUARD))
+        wait_for(lambda: members(kafka_bootstrap, group, calls_topic) == [{0, 1, 2, 3}], 120, interval=0.5,
+                 message="the first worker owning every call-event partition")
+        feed = Feed(kafka_bootstrap, ns, practice="maple-family", did="+13125550100")  # hold 0: acts at once
+        phones: list[str] = []
+
+        def patient() -> None:  # placed like the EHR publisher: partition_for(practice|phone), explicitly
+            phone = f"+1872666{len(phones):04d}"
+            record = {"practice_id": feed.practice, "phone": phone, "patient_id": "pat-" + phone[-4:],
+                      "display_name": "Test Patient", "deceased": False, "assigned_provider": None,
+                      "updated_at": int(time.time() * 1000) - 86_400_000}
+            feed._send(topics.PATIENTS, feed.key(phone), codec.encode("patient", record),
+                       partition=feed.partition(phone))
+            phones.append(phone)
+
+        for _ in range(8):
+            patient()
+
+        def second_worker_joins() -> None:  # patient records keep coming meanwhile
+            processes.start("worker-b", "worker", env=worker_env(
+                RINGBACK_STORE="rocksdb://", RINGBACK_STATE_DIR=str(tmp_path / "state-b"),
+                RINGBACK_WORKER_WEB_PORT=str(ports[1]), **GUARD))
+            wait_for(lambda: sorted(len(m) for m in members(kafka_bootstrap, group, patients_topic)) == [2, 2],
+                     120, interval=0.5, message="two workers sharing the patient partitions")
+
+        while_producing(patient, second_worker_joins)
+        during = len(phones)
+        while len(phones) < wanted:  # at least `wanted` patients, the rest once the split is done
+            patient()
+
+        # Committed = in the table (a skipped record committed anyway is the loss looked for).
+        try:
+            wait_for(lambda: kafka_tools.caught_up(kafka_bootstrap, group, patients_topic), 90, interval=0.5,
+                     message="the group committed every patient record")
+        except AssertionError as exc:  # say whether a worker is stuck in table recovery (faust-streaming #629)
+            stuck = [name for name in ("worker-a", "worker-b") if any(
+                "No event received for active tp" in line and f"{group}-state-changelog" in line
+                for line in processes.log(name).splitlines())]
+            raise AssertionError(f"{exc}; stuck in table recovery (faust-streaming #629, records late, not "
+                                 f"lost): {stuck or 'no worker'}") from exc
+        cases = {recipes.case_id("maple-family", phone, feed.call(phone)["event_id"]): phone for phone in phones}
+        wait_for(lambda: kafka_tools.caught_up(kafka_bootstrap, group, calls_topic), 90, interval=0.5,
+                 message="the group committed every call event")
+        deadline = time.monotonic() + 30  # the first responses: one tick at most after the call
+        while not set(cases) <= {a["case_id"] for a in out.actions()} and time.monotonic() < deadline:
+            time.sleep(0.5)
+        actions = [a for a in out.actions() if a["case_id"] in cases]
+        counts = Counter(a["action_id"] for a in actions)
+        scenarios = {cases[a["case_id"]]: a["scenario"] for a in actions}
+        as_new = sorted(p for p, s in scenarios.items() if s == "NEW_PATIENT")
+        report = guard_report(ports)
+        print(f"\nstreams/patients: {len(phones)} patient records ({during} before the split), "
+              f"{len(as_new)} of their callers handled as new patients, "
+              f"{len(set(cases) - {a['case_id'] for a in actions})} without an action; gap guard {report}")
+        assert as_new == [], f"{len(as_new)} of {len(phones)} known patients handled as NEW_PATIENT (record lost)"
+        assert set(scenarios) == set(phones), "a missed call without its first response"
+        assert set(scenarios.values()) == {"GENERAL_INQUIRY"}
+        assert {i: n for i, n in counts.items() if n > 1} == {}, "an action emitted twice"
+        assert set(counts) == {recipes.action_id(c, recipes.ADMIN_TASK) for c in cases}
         assert all(processes.procs[name].poll() is None for name in ("worker-a", "worker-b"))
     finally:
         out.close()

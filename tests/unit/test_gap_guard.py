@@ -383,3 +383,18 @@ async def test_no_rewind_when_the_app_starts_at_the_end_or_the_guard_is_off(read
         guard.install(consumer)
         await consumer.seek_to_committed()
         assert consumer.seeks == []
+
+
+async def test_a_rewind_that_fails_does_not_fail_faust_s_seek(reader, app_name):  # noqa: ANN001
+    class Revoked(FakeConsumer):
+        async def seek(self, tp, offset) -> None:  # noqa: ANN001
+            if tp.partition == 0:
+                raise RuntimeError("IllegalStateError: partition is not assigned")
+            await super().seek(tp, offset)
+
+    consumer = Revoked()
+    consumer.committed_offsets = {TP(ACTIONS, 0): None, TP(ACTIONS, 1): None}
+    guard = GapGuard(app_name, {ACTIONS: "actions"}, reader)
+    guard.install(consumer)
+    assert await consumer.seek_to_committed() == consumer.committed_offsets
+    assert consumer.seeks == [(TP(ACTIONS, 1), 0)]  # the other partitions still rewound
