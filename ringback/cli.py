@@ -342,9 +342,15 @@ def _print_report(report) -> None:
 @click.option("--page-size", type=int, default=100, show_default=True)
 @click.option("--token-secret", default=None, help="name of the secret (env var or file) holding a bearer token")
 @click.option("--no-deletions", is_flag=True, help="do not read [type]/_history for deletions")
+@click.option("--every", type=click.FloatRange(min=1), default=None,
+              help="seconds: sync again and again at this interval, serving /metrics (default: once)")
+@click.option("--metrics-port", type=int, default=lambda: int(os.environ.get("RINGBACK_EHR_METRICS_PORT", "0")),
+              help="with --every: serve /metrics on this port (env RINGBACK_EHR_METRICS_PORT; 0: none; "
+                   "a one-shot sync prints its report instead)")
 @_region_opt
 def ehr_sync(base_url: str, practice_id: str, since: str | None, full: bool, overlap: int, page_size: int,
-             token_secret: str | None, no_deletions: bool, region: str | None) -> None:
+             token_secret: str | None, no_deletions: bool, every: float | None, metrics_port: int,
+             region: str | None) -> None:
     """Pull Patient, Appointment and Flag from a FHIR server; publish keyed records and tombstones."""
     from connectors.sources import fhir
     from ringback.settings import read_secret
@@ -355,12 +361,35 @@ def ehr_sync(base_url: str, practice_id: str, since: str | None, full: bool, ove
         token = read_secret(token_secret, env)
         if not token:
             raise click.ClickException(f"secret {token_secret!r} not found (env var or secrets dir)")
+    if every is not None and full:
+        raise click.UsageError("--full reads everything and tombstones the rest: run it once, not --every")
+
+    def sync_once(first: bool):  # noqa: ANN202
+        return fhir.run_sync(env, base_url, practice_id, since=since if first else None, full=full,
+                             region=region, token=token, page_size=page_size, overlap_s=overlap,
+                             deletions=not no_deletions)
+
+    if every is not None:
+        from prometheus_client import start_http_server
+
+        from connectors.sources import ehr_sync_loop
+
+        ehr_sync_loop.declare_series()
+        if metrics_port:
+            start_http_server(metrics_port)
+        ehr_sync_loop.run_forever(sync_once, every, report=_print_report_line)
+        return
     try:
-        report = fhir.run_sync(env, base_url, practice_id, since=since, full=full, region=region, token=token,
-                               page_size=page_size, overlap_s=overlap, deletions=not no_deletions)
+        report = sync_once(True)
     except (LookupError, RuntimeError, fhir.FhirError) as exc:
         raise click.ClickException(str(exc)) from None
     _print_report(report)
+
+
+def _print_report_line(report) -> None:
+    import json
+
+    click.echo(json.dumps(report.as_dict(), sort_keys=True))
 
 
 @ehr.command("import")

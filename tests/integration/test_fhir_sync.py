@@ -8,10 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import codec
 from streams.topics import join_key, partition_for
+from tests.conftest import free_port, wait_for
 from tests.integration.test_cdr_poller import read_topic
 from tests.unit.test_fhir_client import FhirTestServer, seed_harbour
 from tests.unit.test_fhir_mapping import VENDOR, callback_flag, hl7, synthea_patients
@@ -130,6 +133,38 @@ def test_rest_sync_publishes_keyed_records_then_tombstones(practices, fhir_serve
     assert {P + b"+61355556473", P + b"+61334105613", P + b"+61413000111", P + b"+61391234567"} <= set(patients)
     assert live(topic_view(kafka_bootstrap, ns, "appointments", "harbour-gp")) == set()
     assert live(topic_view(kafka_bootstrap, ns, "flags", "harbour-gp")) == {P + b"+61412345678|callback-2"}
+
+
+def test_sync_every_interval_serves_metrics_and_outlives_a_failed_run(practices, fhir_server, processes,
+                                                                       kafka_bootstrap, service_env):
+    ns = service_env["RINGBACK_NAMESPACE"]
+    seed_harbour(fhir_server)
+    port = free_port()
+    processes.start("ehr-sync", "ehr", "sync", "--base-url", fhir_server.base, "--practice", "harbour-gp",
+                    "--every", "1", "--metrics-port", str(port))
+
+    def scrape() -> dict[tuple[str, str], float]:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        except httpx.HTTPError:
+            return {}
+        return {(s.name, s.labels.get("result") or s.labels.get("source") or ""): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    wait_for(lambda: scrape().get(("ringback_ehr_sync_runs_total", "ok"), 0) >= 2, 60,
+             message="two sync runs done")
+    m = scrape()
+    assert m[("ringback_ehr_sync_runs_total", "failed")] == 0
+    assert m[("ringback_ehr_last_success_timestamp_seconds", "")] > 0
+    assert m[("ringback_dead_letters_total", "fhir:Patient")] >= 2  # the two unusable numbers, counted
+    P = b"harbour-gp|"
+    assert P + b"+61412345678" in live(topic_view(kafka_bootstrap, ns, "patients", "harbour-gp"))
+
+    fhir_server.close()  # the EHR goes away: runs fail, are counted, and the process carries on
+    wait_for(lambda: scrape().get(("ringback_ehr_sync_runs_total", "failed"), 0) >= 2, 60,
+             message="failed runs counted")
+    assert processes.procs["ehr-sync"].poll() is None
+    assert "EHR sync run failed" in processes.log("ehr-sync")
 
 
 def test_ndjson_import_and_state_that_survives_restarts(practices, processes, kafka_bootstrap, service_env,
