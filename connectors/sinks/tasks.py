@@ -87,6 +87,10 @@ def apply_update(task: dict, update: dict) -> tuple[dict, str | None]:
     if task["state"] == COMPLETED:
         return task, "task already completed"
     if action == "CLAIM":
+        if task["state"] == CLAIMED and task.get("claimed_by") not in (None, actor):
+            # Two console replicas may each accept a claim at the same instant: the first
+            # in the log holds the task, on every copy of the table alike.
+            return task, "already claimed by someone else"
         new.update(state=CLAIMED, claimed_by=actor, claimed_at=at)
     elif action == "COMPLETE":
         new.update(state=COMPLETED, completed_by=actor, completed_at=at, outcome=update.get("outcome"))

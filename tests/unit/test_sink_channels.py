@@ -261,3 +261,22 @@ def test_package_json_pins_prism_and_the_lock_file_exists():
     lock = json.loads((REPO / "package-lock.json").read_text())
     assert "node_modules/@stoplight/prism-cli" in lock["packages"]
     assert Path(REPO / "node_modules" / ".bin" / "prism").exists()
+
+
+def test_the_first_claim_in_the_log_holds_the_task():
+    # Two console replicas accepted a claim of the same task at the same instant: the
+    # sinks' table and every console's copy apply the log in order and keep the first.
+    task = new_task({"action_id": "t1", "case_id": "c", "practice_id": "maple-family", "reason": "r",
+                     "scenario": "NEW_PATIENT", "step": "s", "due_at": 1000, "priority": "HIGH"}, CALLER, "admin", 0)
+
+    def update(uid: str, action: str, actor: str) -> dict:
+        return {"update_id": uid, "practice_id": "maple-family", "action": action, "actor": actor, "at": 5}
+
+    ana, _ = apply_update(task, update("u1", "CLAIM", "ana"))
+    after, why = apply_update(ana, update("u2", "CLAIM", "bo"))
+    assert (after, why) == (ana, "already claimed by someone else")
+    again, why = apply_update(ana, update("u3", "CLAIM", "ana"))  # claiming one's own task again is fine
+    assert why is None and again["claimed_by"] == "ana"
+    released, _ = apply_update(ana, {**update("u4", "REASSIGN", "ana"), "new_role": "nurse"})
+    bo, why = apply_update(released, update("u5", "CLAIM", "bo"))  # free again after a reassign
+    assert why is None and bo["claimed_by"] == "bo"
