@@ -110,6 +110,14 @@ def child(metric, *values: str):  # noqa: ANN001, ANN201 - a prometheus_client m
 DEAD_LETTERS = Counter("ringback_dead_letters_total",
                        "Records written to the dead-letter topic, by the record's source", ["source"])
 
+
+def declare_dead_letter_sources(sources: Iterable[str]) -> None:
+    """Each process's dead-letter series at 0 from its start: Prometheus' increase() cannot
+    see the first value of a series, so the DeadLetters alert would miss a first dead letter
+    that creates its series."""
+    for source in sources:
+        DEAD_LETTERS.labels(source)
+
 # First response (missed call reported at the gateway -> first patient SMS request sent):
 # fine below 1 s (SPEC section 8: p99 < 1 s with no hold), then the deliberate hold
 # (45 s by default), retries, and the business windows (15 min, 30 min, 2 h, 4 h).

@@ -102,11 +102,9 @@ TIMER_LAG = Histogram("ringback_stream_timer_lag_seconds", "Gate timer fired thi
 NOT_REEMITTED = Counter("ringback_stream_reemissions_dropped_total",
                         "Records found already in the log after a takeover and not sent again", ["topic"])
 DEAD_LETTERED = Counter("ringback_stream_dead_letters_total", "Inputs that could not be decoded", ["input"])
-# Every series at 0 from the start: Prometheus' increase() cannot see a first dead letter
-# that creates its series (the DeadLetters alert would miss it).
 for _input in INPUTS.values():
-    DEAD_LETTERED.labels(_input)
-    shared_metrics.DEAD_LETTERS.labels(f"streams.{_input}")
+    DEAD_LETTERED.labels(_input)  # at 0 from the start, as the shared counter's series below
+shared_metrics.declare_dead_letter_sources(f"streams.{name}" for name in INPUTS.values())
 TIMERS_CANCELLED = Counter("ringback_stream_timers_cancelled_total",
                            "Gate timers dropped unfired because their case closed (answered, converted, ...)",
                            ["timer"])

@@ -95,6 +95,16 @@ class Processes:
 
 
 @pytest.fixture
+def twilio_capture():
+    """A local HTTP server standing in for Twilio's API (and Slack's webhooks): records every request."""
+    from ringback.standin_http import CaptureServer
+
+    server = CaptureServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
 def service_env(kafka_bootstrap, namespace, tmp_path) -> dict[str, str]:
     """Environment for `ringback` processes of this test: own namespace, own state folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "RINGBACK_"))}

@@ -233,12 +233,11 @@ async def _handle_one(schema: str, source: str, handler, key: bytes | None, raw:
                               value.get("practice_id"))
 
 
-# Every dead-letter series at 0 from the start: Prometheus' increase() cannot see a first
-# dead letter that creates its series (the DeadLetters alert would miss it).
-for _source in [topics.topic_name(spec, env) for spec in (topics.ACTIONS, topics.CALL_EVENTS, topics.MESSAGE_STATUS,
-                                                           topics.TASK_UPDATES)] + [
-        f"sinks.{kind.lower()}" for kind in ("SEND_SMS", "NOTIFY_STAFF", "CREATE_TASK", "ALERT_MANAGER")]:
-    shared_metrics.DEAD_LETTERS.labels(_source)
+_ACTION_KINDS = next(f["type"]["symbols"] for f in codec.schema("action_command")["fields"] if f["name"] == "kind")
+shared_metrics.declare_dead_letter_sources(
+    [topics.topic_name(spec, env) for spec in (topics.ACTIONS, topics.CALL_EVENTS, topics.MESSAGE_STATUS,
+                                               topics.TASK_UPDATES)]
+    + [f"sinks.{kind.lower()}" for kind in _ACTION_KINDS])
 
 
 async def _dead_input(source: str, reason: str, raw: bytes | None, practice_id: str | None = None) -> None:

@@ -40,7 +40,7 @@ from prometheus_client import Counter, Gauge
 from connectors.kafka_producer import AckedProducer, BrokerUnavailable
 from connectors.sources.phone_keys import PhoneRejected, normalize, region_of
 from ringback.clock import Clock
-from ringback.metrics import DEAD_LETTERS
+from ringback.metrics import DEAD_LETTERS, declare_dead_letter_sources
 from ringback.practice_directory import PracticeDirectory
 from ringback.settings import Practice, Settings
 from schemas import codec
@@ -523,8 +523,7 @@ class CdrPoller:
         # produced and acknowledged, before their checkpoint (the worst moment to die).
         self._kill_after = kill_after_batches
         self._batches = 0
-        # The series exists at 0 from the start: the first dead letter is then an increase().
-        DEAD_LETTERS.labels(DEAD_LETTER_SOURCE)
+        declare_dead_letter_sources([DEAD_LETTER_SOURCE])
 
     # -- start and recovery
     async def start(self) -> None:

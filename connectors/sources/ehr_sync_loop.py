@@ -16,7 +16,7 @@ from typing import Callable
 from prometheus_client import Counter, Gauge
 
 from connectors.sources.ehr_publisher import DEAD_LETTER_KINDS
-from ringback.metrics import DEAD_LETTERS
+from ringback.metrics import declare_dead_letter_sources
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,8 @@ def declare_series() -> None:
     """Every series at 0 from the start (increase() cannot see the first value of a series)."""
     for result in ("ok", "failed"):
         RUNS.labels(result)
-    for kind in DEAD_LETTER_KINDS:
-        if kind != "ndjson":  # the REST sync's sources; ndjson is the import's
-            DEAD_LETTERS.labels(f"fhir:{kind}")
+    # the REST sync's sources (ndjson is the import's)
+    declare_dead_letter_sources(f"fhir:{kind}" for kind in DEAD_LETTER_KINDS if kind != "ndjson")
 
 
 def run_forever(sync_once: Callable[[bool], object], every_s: float, *, report: Callable[[object], None],

@@ -30,7 +30,7 @@ from connectors.sources import dialpad, ringcentral, twilio as twilio_source, vo
 from connectors.sources.canonical import (PayloadError, SignatureError, compact_jwt, producible, safe_e164,
                                           unverified_claims)
 from ringback.clock import Clock
-from ringback.metrics import DEAD_LETTERS, practice_label
+from ringback.metrics import DEAD_LETTERS, declare_dead_letter_sources, practice_label
 from ringback.practice_directory import PracticeDirectory
 from ringback.settings import PROVIDER_SECRETS, Practice, Settings, read_secret
 from schemas import codec
@@ -92,7 +92,7 @@ class Gateway:
         }
         for path, (name, handler) in routes.items():
             app.router.add_post(path, self._endpoint(name, handler))
-            DEAD_LETTERS.labels(name)  # at 0 from the start: increase() cannot see a series' first value
+        declare_dead_letter_sources(name for name, _ in routes.values())
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)

@@ -222,18 +222,11 @@ class Namespace:
 
     # -- processes
     def start(self, label: str, *args: str, env: dict[str, str] | None = None) -> Proc:
-        log_path = self.log_dir / f"{label}.log"
-        out = open(log_path, "ab")
-        started = time.time()
-        popen = subprocess.Popen([sys.executable, "-m", "ringback.cli", *args], env={**self.env, **(env or {})},
-                                 cwd=str(REPO_ROOT), stdout=out, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
-        out.close()
-        proc = Proc(label, popen, log_path, started)
-        self.procs.append(proc)
-        return proc
+        """A `ringback` command."""
+        return self.start_python(label, "ringback.cli", *args, env=env)
 
     def start_python(self, label: str, module: str, *args: str, env: dict[str, str] | None = None) -> Proc:
+        """`python -m module args`, its output in `<logs>/<label>.log`, stopped with the namespace."""
         log_path = self.log_dir / f"{label}.log"
         out = open(log_path, "ab")
         started = time.time()

@@ -24,7 +24,6 @@ from confluent_kafka import Consumer, ConsumerGroupState, Producer, TopicPartiti
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ringback.gap_guard import KafkaGapReader
-from ringback.standin_http import CaptureServer
 from schemas import codec
 from streams import topics
 from streams.rules import recipes
@@ -60,6 +59,20 @@ def metric_total(port: int, name: str) -> float:
 def guard_report(ports: list[int]) -> dict[str, int]:
     return {name.removeprefix("ringback_gap_").removesuffix("_total"): int(sum(metric_total(p, name) for p in ports))
             for name in GUARD_METRICS}
+
+
+def start_stream_worker(processes, name: str, port: int, state_dir) -> None:  # noqa: ANN001
+    """A guarded stream worker on RocksDB with a state folder of its own, as in production: a
+    worker that keeps a partition keeps its table instead of restoring it from offset 0 (the
+    memory store's path into faust-streaming #629, a recovery that never gets its changelog)."""
+    processes.start(name, "worker", env=worker_env(RINGBACK_STORE="rocksdb://", RINGBACK_STATE_DIR=str(state_dir),
+                                                   RINGBACK_WORKER_WEB_PORT=str(port), **GUARD))
+
+
+def wait_for_shares(bootstrap: str, group: str, topic: str, shares: list[int], message: str) -> None:
+    """Until the stable group's members hold `shares` partitions of `topic` (sorted)."""
+    wait_for(lambda: sorted(len(m) for m in members(bootstrap, group, topic)) == shares, 120, interval=0.5,
+             message=message)
 
 
 def while_producing(produce, second_worker_joins) -> None:  # noqa: ANN001
@@ -114,17 +127,10 @@ def test_reader_reads_a_range_and_the_group_start(kafka_bootstrap):
 
 # ------------------------------------------------------------------ sinks
 @pytest.fixture
-def twilio():
-    server = CaptureServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def sinks(kafka_bootstrap, twilio):
+def sinks(kafka_bootstrap, twilio_capture):
     # RocksDB as in production (the memory store restores a kept partition from offset 0,
     # where faust-streaming #629 can leave a worker waiting for its changelog).
-    s = SinkStack(kafka_bootstrap, "test_gap_guard_sinks", {"TWILIO_API_BASE_URL": twilio.url,
+    s = SinkStack(kafka_bootstrap, "test_gap_guard_sinks", {"TWILIO_API_BASE_URL": twilio_capture.url,
                                                             "RINGBACK_SINKS_STORE": "rocksdb://", **GUARD})
     try:
         yield s.start()
@@ -132,7 +138,7 @@ def sinks(kafka_bootstrap, twilio):
         s.close()
 
 
-def test_second_sinks_worker_joining_loses_and_repeats_no_action(sinks, twilio, tmp_path):
+def test_second_sinks_worker_joining_loses_and_repeats_no_action(sinks, twilio_capture, tmp_path):
     stack = sinks
     group, actions_topic = f"{stack.ns}-sinks", stack.topic(topics.ACTIONS)
     wait_for(lambda: members(stack.bootstrap, group, actions_topic) == [{0, 1, 2, 3}], 90, interval=0.5,
@@ -166,13 +172,13 @@ def test_second_sinks_worker_joining_loses_and_repeats_no_action(sinks, twilio, 
     # The committed offsets say "done": every action must really be done, exactly once.
     results = Counter((o["action_id"], o["action_result"]) for _, o in kafka_tools.read_all(
         stack.bootstrap, stack.topic(topics.OUTCOMES), "outcome"))
-    posts = Counter(m.form.get("To") for m in twilio.messages())
+    posts = Counter(m.form.get("To") for m in twilio_capture.messages())
     report = guard_report([stack.metrics_port, second_port])
     missing = [a for a, _ in sent if not results[(a, "SENT")]]
     print(f"\nsinks: {len(sent)} SMS actions, {len(missing)} committed but not carried out; gap guard {report}")
     assert missing == [], f"{len(missing)} of {len(sent)} actions committed but never carried out"
     assert {c: posts[c] for _, c in sent if posts[c] != 1} == {}, "an SMS sent twice or not at all"
-    assert len(twilio.messages()) == len(sent)
+    assert len(twilio_capture.messages()) == len(sent)
     assert {a: n for (a, r), n in results.items() if r == "SENT" and n > 1} == {}
 
 
@@ -185,11 +191,8 @@ def test_second_stream_worker_joining_loses_and_repeats_no_missed_call(processes
     ports = [free_port(), free_port()]
     group, calls_topic = f"{ns}-streams", f"{ns}.call-events"
     try:
-        processes.start("worker-a", "worker", env=worker_env(
-            RINGBACK_STORE="rocksdb://", RINGBACK_STATE_DIR=str(tmp_path / "state-a"),
-            RINGBACK_WORKER_WEB_PORT=str(ports[0]), **GUARD))
-        wait_for(lambda: members(kafka_bootstrap, group, calls_topic) == [{0, 1, 2, 3}], 120, interval=0.5,
-                 message="the first worker owning every call-event partition")
+        start_stream_worker(processes, "worker-a", ports[0], tmp_path / "state-a")
+        wait_for_shares(kafka_bootstrap, group, calls_topic, [4], "the first worker owning every call-event partition")
         feed = Feed(kafka_bootstrap, ns, practice="maple-family", did="+13125550100")  # hold 0: SMS at once
         cases: dict[str, str] = {}
 
@@ -201,11 +204,9 @@ def test_second_stream_worker_joining_loses_and_repeats_no_missed_call(processes
             call()
 
         def second_worker_joins() -> None:  # missed calls keep coming meanwhile
-            processes.start("worker-b", "worker", env=worker_env(
-                RINGBACK_STORE="rocksdb://", RINGBACK_STATE_DIR=str(tmp_path / "state-b"),
-                RINGBACK_WORKER_WEB_PORT=str(ports[1]), **GUARD))
-            wait_for(lambda: sorted(len(m) for m in members(kafka_bootstrap, group, calls_topic)) == [2, 2], 120,
-                     interval=0.5, message="two workers sharing the call-event partitions")
+            start_stream_worker(processes, "worker-b", ports[1], tmp_path / "state-b")
+            wait_for_shares(kafka_bootstrap, group, calls_topic, [2, 2],
+                            "two workers sharing the call-event partitions")
 
         while_producing(call, second_worker_joins)
         for _ in range(16):  # once both hold two call-event partitions
@@ -242,14 +243,8 @@ def test_second_stream_worker_joining_loses_no_patient_record(processes, service
     group, calls_topic, patients_topic = f"{ns}-streams", f"{ns}.call-events", f"{ns}.patients"
     wanted = 40
     try:
-        # RocksDB, as in production, a state folder per worker: a worker that keeps a partition
-        # keeps its table instead of restoring it from offset 0 (the memory store's path into
-        # faust-streaming #629, a recovery that never gets its changelog records).
-        processes.start("worker-a", "worker", env=worker_env(
-            RINGBACK_STORE="rocksdb://", RINGBACK_STATE_DIR=str(tmp_path / "state-a"),
-            RINGBACK_WORKER_WEB_PORT=str(ports[0]), **GUARD))
-        wait_for(lambda: members(kafka_bootstrap, group, calls_topic) == [{0, 1, 2, 3}], 120, interval=0.5,
-                 message="the first worker owning every call-event partition")
+        start_stream_worker(processes, "worker-a", ports[0], tmp_path / "state-a")
+        wait_for_shares(kafka_bootstrap, group, calls_topic, [4], "the first worker owning every call-event partition")
         feed = Feed(kafka_bootstrap, ns, practice="maple-family", did="+13125550100")  # hold 0: acts at once
         phones: list[str] = []
 
@@ -266,11 +261,9 @@ def test_second_stream_worker_joining_loses_no_patient_record(processes, service
             patient()
 
         def second_worker_joins() -> None:  # patient records keep coming meanwhile
-            processes.start("worker-b", "worker", env=worker_env(
-                RINGBACK_STORE="rocksdb://", RINGBACK_STATE_DIR=str(tmp_path / "state-b"),
-                RINGBACK_WORKER_WEB_PORT=str(ports[1]), **GUARD))
-            wait_for(lambda: sorted(len(m) for m in members(kafka_bootstrap, group, patients_topic)) == [2, 2],
-                     120, interval=0.5, message="two workers sharing the patient partitions")
+            start_stream_worker(processes, "worker-b", ports[1], tmp_path / "state-b")
+            wait_for_shares(kafka_bootstrap, group, patients_topic, [2, 2],
+                            "two workers sharing the patient partitions")
 
         while_producing(patient, second_worker_joins)
         during = len(phones)

@@ -9,7 +9,6 @@ from twilio.request_validator import RequestValidator
 
 from tests.conftest import REPO, free_port, wait_for
 from tests.support import kafka_tools
-from ringback.standin_http import CaptureServer
 
 pytestmark = pytest.mark.integration
 
@@ -24,13 +23,6 @@ def status_callback(call_sid: str, caller: str = CALLER) -> dict[str, str]:
             "CallStatus": "no-answer", "Direction": "inbound", "ApiVersion": "2010-04-01",
             "Timestamp": "Tue, 24 Nov 2026 15:04:05 +0000", "CallbackSource": "call-progress-events",
             "SequenceNumber": "2"}
-
-
-@pytest.fixture
-def twilio_capture():
-    server = CaptureServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture

@@ -239,7 +239,7 @@ def test_open_tasks_order_and_practice_scope():
     assert board.open_tasks("maple-family") == []
 
 
-def test_retry_wait_honours_retry_after_with_a_cap_else_backs_off():
+def test_retry_wait_honours_retry_after_with_a_cap_else_backs_off(monkeypatch):
     policy = RetryPolicy(attempts=5, base_s=1.0, max_s=8.0, retry_after_cap_s=30.0, jitter_s=0.5)
     wait = policy.wait()
 
@@ -251,8 +251,13 @@ def test_retry_wait_honours_retry_after_with_a_cap_else_backs_off():
 
     assert wait(state(Transient("429", retry_after=12), 1)) == 12
     assert wait(state(Transient("429", retry_after=600), 1)) == 30
-    waits = [wait(state(Transient("500"), n)) for n in (1, 2, 3, 4, 5, 6)]
-    assert 1.0 <= waits[0] <= 1.5 and 2.0 <= waits[1] <= 2.5 and all(w <= 8.0 for w in waits)
+    # The jitter drawn (tenacity: random.uniform(0, jitter)) fixed at both ends: doubling from
+    # 1 s, the jitter added on top, never more than 8 s.
+    attempts = (1, 2, 3, 4, 5, 6)
+    monkeypatch.setattr("tenacity.wait.random.uniform", lambda low, high: low)
+    assert [wait(state(Transient("500"), n)) for n in attempts] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    monkeypatch.setattr("tenacity.wait.random.uniform", lambda low, high: high)
+    assert [wait(state(Transient("500"), n)) for n in attempts] == [1.5, 2.5, 4.5, 8.0, 8.0, 8.0]
 
 
 def test_package_json_pins_prism_and_the_lock_file_exists():
