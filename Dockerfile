@@ -13,10 +13,7 @@ WORKDIR /app
 # Only what `pip install .` needs (see [tool.setuptools.packages.find] in
 # pyproject.toml); tests, deploy files and local state stay out of the image.
 COPY pyproject.toml README.md ./
-COPY ringback/ ./ringback/
-COPY streams/ ./streams/
-COPY schemas/ ./schemas/
-COPY connectors/ ./connectors/
+COPY src/ ./src/
 RUN pip install . && rm -rf build ./*.egg-info
 
 # The annotated example practices file, used by `ringback config apply` in

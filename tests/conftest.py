@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ringback.waiting import wait_for  # noqa: F401 - re-exported for the tests (`from tests.conftest import wait_for`)
+from ringback.dev.waiting import wait_for  # noqa: F401 - re-exported: tests import it from here
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -35,7 +35,7 @@ def kafka_bootstrap(tmp_path_factory) -> str:
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
         return
-    from ringback.local_kafka import LocalKafka
+    from ringback.dev.local_kafka import LocalKafka
 
     broker = LocalKafka(port=free_port(), home=tmp_path_factory.mktemp("kafka"))
     broker.start()
@@ -60,17 +60,27 @@ class Processes:
 
     def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "ringback.cli", *args],
-                                env={**self.base_env, **(env or {})}, cwd=str(REPO),
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ringback.cli", *args],
+            env={**self.base_env, **(env or {})},
+            cwd=str(REPO),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.procs[name] = proc
         return proc
 
     def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "ringback.cli", *args],
-                              env={**self.base_env, **(env or {})}, cwd=str(REPO),
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "ringback.cli", *args],
+            env={**self.base_env, **(env or {})},
+            cwd=str(REPO),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs.pop(name)
@@ -97,9 +107,9 @@ class Processes:
 @pytest.fixture
 def twilio_capture():
     """A local HTTP server standing in for Twilio's API (and Slack's webhooks): records every request."""
-    from ringback.standin_http import CaptureServer
+    from ringback.dev.fake_apis import FakeApiServer
 
-    server = CaptureServer()
+    server = FakeApiServer()
     yield server
     server.close()
 
@@ -108,16 +118,18 @@ def twilio_capture():
 def service_env(kafka_bootstrap, namespace, tmp_path) -> dict[str, str]:
     """Environment for `ringback` processes of this test: own namespace, own state folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "RINGBACK_"))}
-    env.update({
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "RINGBACK_NAMESPACE": namespace,
-        "RINGBACK_PARTITIONS": "4",
-        "RINGBACK_STATE_DIR": str(tmp_path / "state"),
-        "RINGBACK_SECRETS_DIR": str(tmp_path / "secrets"),
-        "RINGBACK_WORKER_WEB_PORT": str(free_port()),
-        "RINGBACK_SINKS_METRICS_PORT": str(free_port()),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "RINGBACK_NAMESPACE": namespace,
+            "RINGBACK_PARTITIONS": "4",
+            "RINGBACK_STATE_DIR": str(tmp_path / "state"),
+            "RINGBACK_SECRETS_DIR": str(tmp_path / "secrets"),
+            "RINGBACK_WORKER_WEB_PORT": str(free_port()),
+            "RINGBACK_SINKS_METRICS_PORT": str(free_port()),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 

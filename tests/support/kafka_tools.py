@@ -7,7 +7,7 @@ import uuid
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from schemas import codec
+from ringback.schemas import codec
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
@@ -17,8 +17,7 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         return {}
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}"})
     try:
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in md.partitions}
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions}
     finally:
         consumer.close()
 
@@ -42,15 +41,20 @@ def caught_up(bootstrap: str, group: str, topic: str) -> bool:
     """True once the group has committed everything in the topic (and it is not empty)."""
     ends = end_offsets(bootstrap, topic)
     committed = committed_offsets(bootstrap, group, topic)
-    return bool(ends) and sum(ends.values()) > 0 and all(
-        ends[p] == 0 or committed.get(p, -1) >= ends[p] for p in ends)
+    return bool(ends) and sum(ends.values()) > 0 and all(ends[p] == 0 or committed.get(p, -1) >= ends[p] for p in ends)
 
 
 def read_all(bootstrap: str, topic: str, schema: str | None = None) -> list[tuple[bytes | None, object]]:
     """Every record in the topic now (up to the end offsets seen at the start)."""
     ends = end_offsets(bootstrap, topic)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"probe-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     out: list[tuple[bytes | None, object]] = []
     try:
         consumer.assign([TopicPartition(topic, p, 0) for p in ends])

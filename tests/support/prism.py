@@ -21,12 +21,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PRISM_BIN = REPO / "node_modules" / ".bin" / "prism"
-TWILIO_SPEC = REPO.parent / "shared" / "vendor" / "twilio" / "twilio_api_v2010.json"
+TWILIO_SPEC = REPO / "tests" / "vendor" / "twilio" / "twilio_api_v2010.json"
 
 _REQUEST = re.compile(r"\[HTTP SERVER\] (\w+) (\S+) .*Request received")
 _STATUS = re.compile(r'> Responding with "(\d{3})"')
-_REJECT = re.compile(r"Request did not pass the validation rules|Request terminated with error|"
-                     r"\[VALIDATOR\] \S+\s+error\s+(?!\s|Violation: response)")
+_REJECT = re.compile(
+    r"Request did not pass the validation rules|Request terminated with error|"
+    r"\[VALIDATOR\] \S+\s+error\s+(?!\s|Violation: response)"
+)
 
 
 @dataclass
@@ -49,7 +51,7 @@ class PrismMock:
         if not PRISM_BIN.exists():
             raise RuntimeError(f"{PRISM_BIN} is missing: run `npm ci` in {REPO} (package-lock.json)")
         if not spec.exists():
-            raise RuntimeError(f"{spec} is missing (shared/vendor)")
+            raise RuntimeError(f"{spec} is missing (tests/vendor)")
         self.spec = spec
         self.port = port or _free_port()
         self.log_path = log_path
@@ -60,14 +62,19 @@ class PrismMock:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> "PrismMock":
+    def start(self, timeout: float = 60.0) -> PrismMock:
         self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         # Validation of requests is Prism's default in mock mode; `--errors` would also turn
         # violations of the spec's own response examples into errors, so it stays off.
-        self._proc = subprocess.Popen([str(PRISM_BIN), "mock", "-h", "127.0.0.1", "-p", str(self.port),
-                                       str(self.spec)], stdout=log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, cwd=str(REPO), start_new_session=True)
+        self._proc = subprocess.Popen(
+            [str(PRISM_BIN), "mock", "-h", "127.0.0.1", "-p", str(self.port), str(self.spec)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=str(REPO),
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -112,7 +119,8 @@ class PrismMock:
     def assert_all_valid(self) -> None:
         bad = self.rejected()
         assert not bad, "Prism rejected requests against Twilio's contract:\n" + "\n".join(
-            f"{r.method} {r.path} -> {r.status}: {'; '.join(r.detail)}" for r in bad)
+            f"{r.method} {r.path} -> {r.status}: {'; '.join(r.detail)}" for r in bad
+        )
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

@@ -10,18 +10,57 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ringback.simulator.webhooks import (ACCOUNT_SID, DIALPAD, RINGCENTRAL, TWILIO_SMS_INBOUND,  # noqa: F401
-                                         TWILIO_SMS_STATUS, TWILIO_TRANSCRIPTION, TWILIO_VOICE_STATUS, VONAGE,
-                                         Webhook, dialpad, dialpad_call, ringcentral, ringcentral_handshake,
-                                         ringcentral_session, twilio, twilio_sms_inbound, twilio_sms_status,
-                                         twilio_transcription, twilio_voice_status, vonage, vonage_event)
+from ringback.dev.simulator.webhooks import (
+    ACCOUNT_SID,
+    DIALPAD,
+    RINGCENTRAL,
+    TWILIO_SMS_INBOUND,
+    TWILIO_SMS_STATUS,
+    TWILIO_TRANSCRIPTION,
+    TWILIO_VOICE_STATUS,
+    VONAGE,
+    Webhook,
+    dialpad,
+    dialpad_call,
+    ringcentral,
+    ringcentral_handshake,
+    ringcentral_session,
+    twilio,
+    twilio_sms_inbound,
+    twilio_sms_status,
+    twilio_transcription,
+    twilio_voice_status,
+    vonage,
+    vonage_event,
+)
 
-__all__ = ["ACCOUNT_SID", "DIALPAD", "RINGCENTRAL", "TWILIO_SMS_INBOUND", "TWILIO_SMS_STATUS", "TWILIO_TRANSCRIPTION",
-           "TWILIO_VOICE_STATUS", "VENDOR", "VONAGE", "Webhook", "dialpad", "dialpad_call", "dialpad_vectors",
-           "ringcentral", "ringcentral_handshake", "ringcentral_session", "twilio", "twilio_sms_inbound",
-           "twilio_sms_status", "twilio_transcription", "twilio_voice_status", "vonage", "vonage_event"]
+__all__ = [
+    "ACCOUNT_SID",
+    "DIALPAD",
+    "RINGCENTRAL",
+    "TWILIO_SMS_INBOUND",
+    "TWILIO_SMS_STATUS",
+    "TWILIO_TRANSCRIPTION",
+    "TWILIO_VOICE_STATUS",
+    "VENDOR",
+    "VONAGE",
+    "Webhook",
+    "dialpad",
+    "dialpad_call",
+    "dialpad_vectors",
+    "ringcentral",
+    "ringcentral_handshake",
+    "ringcentral_session",
+    "twilio",
+    "twilio_sms_inbound",
+    "twilio_sms_status",
+    "twilio_transcription",
+    "twilio_voice_status",
+    "vonage",
+    "vonage_event",
+]
 
-VENDOR = Path(__file__).resolve().parents[2].parent / "shared" / "vendor"  # /work/shared/vendor
+VENDOR = Path(__file__).resolve().parents[1] / "vendor"  # tests/vendor: specs and samples, with licences
 
 
 def dialpad_vectors() -> dict:

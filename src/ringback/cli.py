@@ -1,0 +1,571 @@
+"""The `ringback` console command (SPEC section 10)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ringback.config.practices_file import ConfigError, load_practices
+from ringback.config.settings import Settings
+
+
+def _env() -> Settings:
+    return Settings()
+
+
+@click.group()
+@click.option("--log-level", default=lambda: os.environ.get("RINGBACK_LOG_LEVEL", "INFO"), show_default="INFO")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    default=lambda: os.environ.get("RINGBACK_LOG_FORMAT", "text"),
+    show_default="text",
+    help="text for a terminal, json (one object per line) in containers; env RINGBACK_LOG_FORMAT",
+)
+def main(log_level: str, log_format: str) -> None:
+    """Recover the patients a practice loses to missed phone calls."""
+    from ringback.observability import logs
+
+    # Root handler on stderr with the chosen formatter and the phone-number redaction filter.
+    logs.configure(log_format, log_level)
+    # One line per HTTP request is noise at INFO (and would carry URLs into the logs).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------- kafka
+@main.group()
+def kafka() -> None:
+    """The local single-node Kafka broker (no Docker)."""
+
+
+def _broker(port: int | None, data_dir: str | None):
+    from ringback.dev.local_kafka import LocalKafka
+
+    if port is None:
+        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+        port = int(bootstrap.split(",")[0].rsplit(":", 1)[1])
+    return LocalKafka(port=port, home=Path(data_dir) if data_dir else None)
+
+
+_port_opt = click.option(
+    "--port", type=int, default=None, help="listener port (default: from KAFKA_BOOTSTRAP_SERVERS, else 9092)"
+)
+_dir_opt = click.option("--data-dir", default=None, help="broker folder (default var/kafka/<port>)")
+
+
+@kafka.command("start")
+@_port_opt
+@_dir_opt
+def kafka_start(port: int | None, data_dir: str | None) -> None:
+    """Fetch the jars if needed, format storage once, start, wait until it serves metadata."""
+    from ringback.dev.local_kafka import KafkaError
+
+    broker = _broker(port, data_dir)
+    try:
+        broker.start()
+    except KafkaError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"kafka {broker.status()}")
+
+
+@kafka.command("stop")
+@_port_opt
+@_dir_opt
+def kafka_stop(port: int | None, data_dir: str | None) -> None:
+    """Stop the broker cleanly."""
+    broker = _broker(port, data_dir)
+    click.echo("kafka stopped" if broker.stop() else "kafka was not running")
+
+
+@kafka.command("status")
+@_port_opt
+@_dir_opt
+def kafka_status(port: int | None, data_dir: str | None) -> None:
+    """Say whether the broker runs; exit 1 when it does not."""
+    broker = _broker(port, data_dir)
+    click.echo(f"kafka {broker.status()}")
+    sys.exit(0 if broker.pid() else 1)
+
+
+# ---------------------------------------------------------------- config
+@main.group()
+def config() -> None:
+    """The practices file."""
+
+
+@config.command("apply")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="validate only")
+def config_apply(file: Path, dry_run: bool) -> None:
+    """Validate a practices file and publish it to the config topic."""
+    from ringback.clock import Clock
+    from ringback.kafka import topics
+    from ringback.kafka.practice_directory import practice_record
+    from ringback.kafka.producer import AckedProducer
+    from ringback.schemas import codec
+
+    try:
+        practices = load_practices(file)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if dry_run:
+        click.echo(f"{file}: {len(practices.practices)} practices, valid")
+        return
+    env = _env()
+    topics.ensure_topics(env)
+    producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=10)
+    name = topics.topic_name(topics.PRACTICE_CONFIG, env)
+    now = Clock().now_ms()
+    for p in practices.practices:
+        producer.send_sync(name, p.id.encode(), codec.encode("practice_config", practice_record(p, now)))
+    producer.close()
+    click.echo(f"published {len(practices.practices)} practices to {name}")
+
+
+# ---------------------------------------------------------------- processes
+@main.command()
+@click.option("--host", default="0.0.0.0")
+@click.option(
+    "--port", type=int, default=lambda: int(os.environ.get("RINGBACK_GATEWAY_PORT", "8080")), show_default="8080"
+)
+def ingest(host: str, port: int) -> None:
+    """The webhook gateway."""
+    from ringback.sources import gateway
+
+    gateway.run(_env(), host=host, port=port)
+
+
+def _run_faust(app, directory, env: Settings) -> None:
+    import faust
+
+    from ringback.kafka import topics
+
+    Path(app.conf.datadir).mkdir(parents=True, exist_ok=True)
+    topics.ensure_topics(env)
+    directory.follow(env)
+    if not directory.wait_ready(60):
+        raise click.ClickException("could not read the practice config topic within 60 s")
+    from ringback.observability import logs
+
+    # Faust replaces the root handlers at start: hand it ours (format, redaction filter).
+    worker = faust.Worker(app, loglevel=logging.getLevelName(logging.getLogger().level), **logs.faust_worker_options())
+    worker.execute_from_commandline()
+
+
+@main.command()
+def worker() -> None:
+    """A stream worker; several share the work through their consumer group."""
+    from ringback.kafka.preflight import CopartitioningError, check_partitions
+    from ringback.worker import topology
+    from ringback.worker.app import app, directory, env
+
+    try:  # joins are local reads only on co-partitioned topics: refuse to start otherwise
+        check_partitions(env)
+    except CopartitioningError as exc:
+        raise click.ClickException(str(exc)) from None
+    topology.ensure_changelog_topic()  # exists before the group assigns partitions
+    _run_faust(app, directory, env)
+
+
+@main.command()
+def sinks() -> None:
+    """The sink workers: SMS, staff notifications, tasks."""
+    from ringback.sinks.app import app, directory, ensure_sink_topics, env
+
+    ensure_sink_topics()  # changelogs + ticks exist before the group assigns partitions
+    _run_faust(app, directory, env)
+
+
+# ---------------------------------------------------------------- staff console (issue 6)
+@main.group(invoke_without_command=True)
+@click.option("--host", default="0.0.0.0")
+@click.option(
+    "--port", type=int, default=lambda: int(os.environ.get("RINGBACK_CONSOLE_PORT", "8081")), show_default="8081"
+)
+@click.pass_context
+def console(ctx: click.Context, host: str, port: int) -> None:
+    """The staff console: the callback task page (run without a subcommand) and its accounts."""
+    if ctx.invoked_subcommand is None:
+        from ringback.console import app as console_app
+
+        console_app.run(_env(), host=host, port=port)
+
+
+def _console_users():
+    from ringback.console.users import UserStore, users_path
+
+    return UserStore(users_path(_env()))
+
+
+@console.command("add-user")
+@click.option("--practice", "practice_id", required=True, help="the practice id (practices file)")
+@click.option("--username", required=True)
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    required=True,
+    help="a role whose tasks the user works (repeatable): nurse, scheduling_coordinator, admin_team, ...",
+)
+@click.option("--password-stdin", is_flag=True, help="read the password from the first line of stdin")
+@click.option(
+    "--update", is_flag=True, help="replace the password and roles of an existing account (its open sessions end)"
+)
+def console_add_user(
+    practice_id: str, username: str, roles: tuple[str, ...], password_stdin: bool, update: bool
+) -> None:
+    """Create a staff account (password hashed with Argon2id)."""
+    from ringback.clock import Clock
+    from ringback.console.users import UserError
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    store = _console_users()
+    try:
+        user = store.add(practice_id, username.strip().lower(), password, list(roles), Clock().now_ms(), replace=update)
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"{'updated' if update else 'added'} {user.username} at {user.practice_id} "
+        f"(roles: {', '.join(user.roles)}) in {store.path}"
+    )
+
+
+@console.command("remove-user")
+@click.option("--practice", "practice_id", required=True)
+@click.option("--username", required=True)
+def console_remove_user(practice_id: str, username: str) -> None:
+    """Delete a staff account (its sessions end at once)."""
+    if not _console_users().remove(practice_id, username.strip().lower()):
+        raise click.ClickException(f"no user {username!r} at {practice_id}")
+    click.echo(f"removed {username} at {practice_id}")
+
+
+@console.command("list-users")
+@click.option("--practice", "practice_id", default=None)
+def console_list_users(practice_id: str | None) -> None:
+    """The staff accounts (never their password hashes)."""
+    for user in _console_users().list(practice_id):
+        click.echo(f"{user.practice_id}\t{user.username}\t{','.join(user.roles)}")
+
+
+@main.command()
+@click.option(
+    "--practices",
+    type=click.IntRange(1, 200),
+    default=5,
+    show_default=True,
+    help="practices of the health system (the first is the reference practice; phone systems in turn: "
+    "Twilio, RingCentral, Dialpad, Vonage, a legacy PBX)",
+)
+@click.option("--seed", type=int, default=7, show_default=True, help="the same seed plays the same day")
+@click.option(
+    "--speed",
+    type=click.FloatRange(1, 3600),
+    default=600.0,
+    show_default=True,
+    help="practice seconds per wall second (600: the 10-hour day in a minute; windows scale with it)",
+)
+@click.option(
+    "--calls",
+    type=click.IntRange(5, 2000),
+    default=94,
+    show_default=True,
+    help="inbound calls a day at the reference practice (the others vary around it); ~19 % are missed",
+)
+@click.option("--keep-running", is_flag=True, help="after the report, leave the services up (Ctrl-C stops them)")
+def demo(practices: int, seed: int, speed: float, calls: int, keep_running: bool) -> None:
+    """A compressed practice day: local broker + every process + simulated traffic, then the KPI report."""
+    from ringback.dev.demo import run_demo
+
+    sys.exit(run_demo(practices=practices, seed=seed, speed=speed, calls=calls, keep_running=keep_running))
+
+
+# ---------------------------------------------------------------- benchmarks (issue 8, item 3)
+@main.command("bench")
+@click.option("--quick", is_flag=True, help="everything scaled down (CI-sized: a few minutes)")
+@click.option(
+    "--only",
+    default=None,
+    metavar="a,b,c,d,scaling",
+    help="figures to run: a throughput, b latency, c gates, d restart, scaling (default: all)",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="where bench.json and bench.md go (default var/bench/<time>)",
+)
+@click.option(
+    "--profile",
+    "profile_worker",
+    is_flag=True,
+    help="sample the worker with py-spy during figure (a) (pip install py-spy)",
+)
+def bench(quick: bool, only: str | None, out_dir: Path | None, profile_worker: bool) -> None:
+    """The benchmarks of SPEC section 8: throughput, latency, gate delay, restart, scaling."""
+    from ringback.dev.bench import runner
+
+    try:
+        figures = runner.parse_only(only)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--only") from None
+    results = runner.run(
+        quick=quick, only=figures, out_dir=out_dir, command=runner.command_line(), profile_worker=profile_worker
+    )
+    sys.exit(1 if results["errors"] else 0)
+
+
+# ---------------------------------------------------------------- legacy PBX CDRs (issue 3, item 4)
+@main.group()
+def cdr() -> None:
+    """Call detail records of legacy PBXs (Asterisk / FreePBX Master.csv)."""
+
+
+@cdr.command("poll")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--practice", "practice_id", required=True, help="the practice this PBX belongs to")
+@click.option("--interval", type=float, default=30.0, show_default=True, help="seconds between polls")
+@click.option("--file", "file_name", default="Master.csv", show_default=True, help="CDR file in DIRECTORY")
+@click.option("--poller-id", default=None, help="checkpoint name (default: the practice id)")
+@click.option(
+    "--from-beginning", is_flag=True, help="without a checkpoint, read the file from its start (default: from its end)"
+)
+@click.option("--time-zone", default=None, help="the PBX's CDR time zone (default: the practice's)")
+@click.option(
+    "--outbound-context",
+    "outbound_contexts",
+    multiple=True,
+    help="dcontext prefix of outbound calls (repeatable; default from-internal, outrt, ...)",
+)
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=lambda: int(os.environ.get("RINGBACK_CDR_METRICS_PORT", "0")),
+    help="serve /metrics on this port (0: off)",
+)
+def cdr_poll(
+    directory: Path,
+    practice_id: str,
+    interval: float,
+    file_name: str,
+    poller_id: str | None,
+    from_beginning: bool,
+    time_zone: str | None,
+    outbound_contexts: tuple[str, ...],
+    metrics_port: int,
+) -> None:
+    """Turn the inbound calls in DIRECTORY/Master.csv into call events, as the file grows."""
+    from ringback.sources import cdr as cdr_source
+
+    if interval <= 0:
+        raise click.BadParameter("must be above 0", param_hint="--interval")
+    try:
+        cdr_source.run(
+            _env(),
+            str(directory),
+            practice_id,
+            interval=interval,
+            file_name=file_name,
+            poller_id=poller_id,
+            from_beginning=from_beginning,
+            time_zone=time_zone,
+            outbound_contexts=outbound_contexts or cdr_source.DEFAULT_OUTBOUND_CONTEXTS,
+            metrics_port=metrics_port or None,
+        )
+    except (LookupError, RuntimeError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+# ---------------------------------------------------------------- EHR (FHIR R4) (issue 3, item 5)
+@main.group()
+def ehr() -> None:
+    """Patients, appointments and flags from the EHR (FHIR R4)."""
+
+
+_region_opt = click.option(
+    "--region", default=None, help="country for numbers without +CC (default: that of the practice's first number)"
+)
+
+
+def _print_report(report) -> None:
+    import json
+
+    click.echo(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+
+
+@ehr.command("sync")
+@click.option("--base-url", required=True, help="FHIR R4 base URL, e.g. https://ehr.example.org/fhir")
+@click.option("--practice", "practice_id", required=True)
+@click.option(
+    "--since",
+    default=None,
+    help="only resources updated at or after this FHIR instant (default: the saved cursor minus --overlap)",
+)
+@click.option("--full", is_flag=True, help="read everything, and tombstone what the server no longer has")
+@click.option(
+    "--overlap",
+    type=int,
+    default=300,
+    show_default=True,
+    help="seconds re-read before the saved cursor (late commits on the server)",
+)
+@click.option("--page-size", type=int, default=100, show_default=True)
+@click.option("--token-secret", default=None, help="name of the secret (env var or file) holding a bearer token")
+@click.option("--no-deletions", is_flag=True, help="do not read [type]/_history for deletions")
+@click.option(
+    "--every",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="seconds: sync again and again at this interval, serving /metrics (default: once)",
+)
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=lambda: int(os.environ.get("RINGBACK_EHR_METRICS_PORT", "0")),
+    help="with --every: serve /metrics on this port (env RINGBACK_EHR_METRICS_PORT; 0: none; "
+    "a one-shot sync prints its report instead)",
+)
+@_region_opt
+def ehr_sync(
+    base_url: str,
+    practice_id: str,
+    since: str | None,
+    full: bool,
+    overlap: int,
+    page_size: int,
+    token_secret: str | None,
+    no_deletions: bool,
+    every: float | None,
+    metrics_port: int,
+    region: str | None,
+) -> None:
+    """Pull Patient, Appointment and Flag from a FHIR server; publish keyed records and tombstones."""
+    from ringback.config.secrets import read_secret
+    from ringback.sources.ehr import fhir
+
+    env = _env()
+    token = None
+    if token_secret:
+        token = read_secret(token_secret, env)
+        if not token:
+            raise click.ClickException(f"secret {token_secret!r} not found (env var or secrets dir)")
+    if every is not None and full:
+        raise click.UsageError("--full reads everything and tombstones the rest: run it once, not --every")
+
+    def sync_once(first: bool):
+        return fhir.run_sync(
+            env,
+            base_url,
+            practice_id,
+            since=since if first else None,
+            full=full,
+            region=region,
+            token=token,
+            page_size=page_size,
+            overlap_s=overlap,
+            deletions=not no_deletions,
+        )
+
+    if every is not None:
+        from prometheus_client import start_http_server
+
+        from ringback.sources.ehr import sync_loop as ehr_sync_loop
+
+        ehr_sync_loop.declare_series()
+        if metrics_port:
+            start_http_server(metrics_port)
+        ehr_sync_loop.run_forever(sync_once, every, report=_print_report_line)
+        return
+    try:
+        report = sync_once(True)
+    except (LookupError, RuntimeError, fhir.FhirError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_report(report)
+
+
+def _print_report_line(report) -> None:
+    import json
+
+    click.echo(json.dumps(report.as_dict(), sort_keys=True))
+
+
+@ehr.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--practice", "practice_id", required=True)
+@_region_opt
+def ehr_import(files: tuple[Path, ...], practice_id: str, region: str | None) -> None:
+    """Import FHIR Bulk Data NDJSON files (Patient, Appointment, Flag; `deleted` Bundles)."""
+    from ringback.sources.ehr import fhir
+
+    try:
+        report = fhir.run_import(_env(), list(files), practice_id, region=region)
+    except (LookupError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_report(report)
+
+
+# ---------------------------------------------------------------- KPI report
+@main.command("report")
+@click.option(
+    "--since",
+    default=None,
+    help="first day (YYYY-MM-DD, 00:00 UTC) or ISO time of the missed calls; "
+    "default: the beginning of the outcome topic",
+)
+@click.option("--until", default=None, help="end of the period, exclusive (default: now)")
+@click.option("--practice", "practice_id", default=None, help="one practice id (default: every practice)")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="also write the report as an HTML page with charts",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="also write the numbers as JSON",
+)
+@click.option("--as-of", default=None, help="decide pending cases as of this time (default: now)")
+@click.option(
+    "--timeout", type=float, default=120.0, show_default=True, help="seconds to read the outcome topic to its end"
+)
+def report_cmd(
+    since: str | None,
+    until: str | None,
+    practice_id: str | None,
+    html_path: Path | None,
+    json_path: Path | None,
+    as_of: str | None,
+    timeout: float,
+) -> None:
+    """The KPI report (SPEC section 7) from the outcome topic, per practice and in total."""
+    from ringback.report import kpis, reader
+
+    try:
+        reader.run(
+            _env(),
+            since=since,
+            until=until,
+            practice_id=practice_id,
+            html_path=html_path,
+            json_path=json_path,
+            as_of=as_of,
+            timeout_s=timeout,
+        )
+    except kpis.ReportError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Secrets: per-practice and account-wide values named in the practices file, read from
+the environment or a file in the secrets directory (never from the repository)."""
+
+from __future__ import annotations
+
+import os
+
+from ringback.config.settings import Settings, settings
+
+
+def read_secret(name: str, env: Settings | None = None) -> str | None:
+    """A per-practice secret, named in the practices file: env var first, then a file."""
+    value = os.environ.get(name)
+    if value:
+        return value
+    env = env or settings()
+    path = env.ringback_secrets_dir / name
+    if path.is_file():
+        return path.read_text().strip()
+    return None
+
+
+# Webhook secrets of the phone providers: the key a practice's `secrets` map uses, and the
+# name of the account-wide secret (env var or secrets-dir file) used for practices whose map
+# has no such key (one Dialpad company or Vonage account serving several practices).
+PROVIDER_SECRETS: dict[str, tuple[str, str]] = {
+    "twilio": ("twilio_auth_token", "TWILIO_AUTH_TOKEN"),
+    "ringcentral": ("ringcentral_verification_token", "RINGCENTRAL_VERIFICATION_TOKEN"),
+    "dialpad": ("dialpad_webhook_secret", "DIALPAD_WEBHOOK_SECRET"),
+    "vonage": ("vonage_signature_secret", "VONAGE_SIGNATURE_SECRET"),
+}

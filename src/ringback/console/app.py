@@ -1,0 +1,455 @@
+"""The staff console (`ringback console`): the callback task queue as a web page.
+
+A small aiohttp application of its own (not Faust's web server: it consumes nothing
+through a consumer group and holds no table; it reads the sinks' task table from its
+changelog and produces TaskUpdates, so any number of console processes can run
+beside the workers). Routes (the JSON API is described in `openapi.yaml`):
+
+    GET  /                           the page (static/index.html, console.js, console.css)
+    POST /api/login                  practice + username + password → session cookie
+    POST /api/logout
+    GET  /api/session                who is signed in, the CSRF token, roles, outcomes
+    GET  /api/tasks[?role=]          the practice's open tasks, most urgent first
+    GET  /api/tasks/{task_id}
+    POST /api/tasks/{task_id}/claim | /complete | /reassign
+    GET  /api/events                 server-sent events: "tasks" whenever they change
+    GET  /healthz  /readyz  /metrics
+
+Security: every /api route but login needs the session cookie; the practice always
+comes from the session, never from the request, and a task of another practice is
+answered exactly like a task that does not exist (404). Every POST needs a JSON body
+(login, logout included), a same-origin `Origin` when the browser sends one, and,
+once signed in, the session's CSRF token in `X-CSRF-Token`. No URL carries PHI (task
+ids are `practice:hash:step`), and the access log shows method, path and status only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+
+from ringback.clock import Clock
+from ringback.console import views
+from ringback.console.service import ChangeNotifier, ConsoleError, LiveTaskBoard, TaskService
+from ringback.console.sessions import COOKIE, CSRF_HEADER, LoginThrottle, Session, SessionCodec, csrf_ok
+from ringback.console.users import MAX_PASSWORD, PRACTICE_RE, UserStore
+from ringback.kafka.practice_directory import PracticeDirectory
+from ringback.kafka.producer import BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+OPENAPI = Path(__file__).resolve().parent / "openapi.yaml"
+MAX_BODY_BYTES = 16 * 1024
+SSE_KEEPALIVE_S = 15.0
+SSE_MAX_CLIENTS = 500
+
+REQUESTS = Counter("ringback_console_requests_total", "Console HTTP requests by route and status", ["route", "status"])
+UPDATES = Counter(
+    "ringback_console_task_updates_total", "TaskUpdates sent (broker-acknowledged), by action", ["action"]
+)
+LOGINS = Counter("ringback_console_logins_total", "Console sign-ins by result", ["result"])
+SSE_CLIENTS = Gauge("ringback_console_event_streams", "Open server-sent event streams")
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
+
+
+class Console:
+    def __init__(
+        self,
+        service: TaskService,
+        users: UserStore,
+        sessions: SessionCodec,
+        directory: PracticeDirectory | None = None,
+        clock: Clock | None = None,
+        cookie_secure: bool = False,
+        throttle: LoginThrottle | None = None,
+        client_throttle: LoginThrottle | None = None,
+        ready: Callable[[], bool] | None = None,
+    ) -> None:
+        self.service = service
+        self.users = users
+        self.sessions = sessions
+        self.directory = directory
+        self.clock = clock or Clock()
+        self.cookie_secure = cookie_secure
+        # Failed sign-ins: 10 per account, and 100 per client address (a front desk's tablets
+        # may share one address: one mistyped password must not lock the whole office out).
+        self.throttle = throttle or LoginThrottle(limit=10)
+        self.client_throttle = client_throttle or LoginThrottle(limit=100)
+        self.ready = ready or (lambda: True)
+        self.notifier = service.notifier
+        self._streams = 0
+
+    # ------------------------------------------------------------------ application
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._middleware])
+        r = app.router
+        r.add_get("/", self.page, name="page")
+        r.add_static("/static/", STATIC, name="static", append_version=False)
+        r.add_post("/api/login", self.login, name="login")
+        r.add_post("/api/logout", self._signed_in(self.logout, csrf=True), name="logout")
+        r.add_get("/api/session", self._signed_in(self.session_info), name="session")
+        r.add_get("/api/tasks", self._signed_in(self.list_tasks), name="tasks")
+        r.add_get("/api/tasks/{task_id}", self._signed_in(self.get_task), name="task")
+        for action in ("claim", "complete", "reassign"):
+            r.add_post(
+                f"/api/tasks/{{task_id}}/{action}", self._signed_in(self._task_update(action), csrf=True), name=action
+            )
+        r.add_get("/api/events", self._signed_in(self.events), name="events")
+        r.add_get("/api/openapi.yaml", self.openapi, name="openapi")
+        r.add_get("/healthz", self.healthz, name="healthz")
+        r.add_get("/readyz", self.readyz, name="readyz")
+        r.add_get("/metrics", self.metrics, name="metrics")
+        app.on_startup.append(self._startup)
+        app.on_shutdown.append(self._shutdown)
+        return app
+
+    async def _startup(self, app: web.Application) -> None:
+        self.notifier.bind(asyncio.get_running_loop())
+
+    async def _shutdown(self, app: web.Application) -> None:
+        self.notifier.close()  # ends the event streams
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route.name or "unmatched"
+        try:
+            response = await handler(request)
+        except ConsoleError as exc:
+            response = _error(exc.status, exc.code, exc.message)
+        except BrokerUnavailable as exc:
+            log.warning("broker did not acknowledge a task update: %s", exc)
+            response = _error(503, "unavailable", "the update was not stored; try again", {"Retry-After": "5"})
+        except web.HTTPException as exc:
+            if not request.path.startswith("/api/"):
+                raise
+            code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "bad_request")
+            response = _error(exc.status, code, exc.reason)
+        except Exception:
+            log.exception("console error on %s", route)
+            response = _error(500, "internal", "internal error")
+        if not response.prepared:
+            response.headers.update(SECURITY_HEADERS)
+            if request.path.startswith("/api/"):
+                response.headers["Cache-Control"] = "no-store"
+        REQUESTS.labels(route, str(response.status)).inc()
+        return response
+
+    # ------------------------------------------------------------------ session plumbing
+    def _session(self, request: web.Request) -> Session | None:
+        return self.sessions.read(request.cookies.get(COOKIE), self.users)
+
+    @staticmethod
+    def _same_origin(request: web.Request) -> bool:
+        """A browser's Origin (or, without one, Referer) must be this host; no header: not a browser."""
+        origin = request.headers.get("Origin") or request.headers.get("Referer")
+        if not origin:
+            return True
+        if origin == "null":
+            return False
+        parts = urlsplit(origin)
+        return parts.netloc == request.host and parts.scheme in ("http", "https")
+
+    async def _json_body(self, request: web.Request) -> dict:
+        if request.content_type != "application/json":
+            raise ConsoleError(415, "content_type", "send application/json")
+        try:
+            body = json.loads(await request.read() or b"{}")
+        except web.HTTPRequestEntityTooLarge:
+            raise ConsoleError(413, "too_large", f"body over {MAX_BODY_BYTES} bytes") from None
+        except (ValueError, UnicodeDecodeError):
+            raise ConsoleError(400, "bad_json", "the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise ConsoleError(400, "bad_json", "the body must be a JSON object")
+        return body
+
+    def _signed_in(
+        self, handler: Callable[[web.Request, Session], Awaitable[web.StreamResponse]], csrf: bool = False
+    ) -> Handler:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            session = self._session(request)
+            if session is None:
+                return _error(401, "unauthenticated", "sign in first")
+            if csrf:
+                if not self._same_origin(request):
+                    return _error(403, "cross_origin", "cross-origin request refused")
+                if not csrf_ok(session, request.headers.get(CSRF_HEADER)):
+                    return _error(403, "csrf", f"missing or wrong {CSRF_HEADER} header")
+                if request.content_type != "application/json":
+                    return _error(415, "content_type", "send application/json")
+            return await handler(request, session)
+
+        return wrapped
+
+    def _set_cookie(self, response: web.StreamResponse, value: str, secure: bool) -> None:
+        response.set_cookie(
+            COOKIE,
+            value,
+            max_age=self.sessions.max_age_s,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=self.cookie_secure or secure,
+        )
+
+    # ------------------------------------------------------------------ pages
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def openapi(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(OPENAPI, headers={"Content-Type": "application/yaml"})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.ready():
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "starting"}, status=503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # ------------------------------------------------------------------ API: sign in / out
+    async def login(self, request: web.Request) -> web.Response:
+        if not self._same_origin(request):
+            return _error(403, "cross_origin", "cross-origin request refused")
+        body = await self._json_body(request)
+        practice_id, username, password = body.get("practice_id"), body.get("username"), body.get("password")
+        if not all(isinstance(v, str) and v for v in (practice_id, username, password)):
+            return _error(400, "bad_request", "practice_id, username and password are required strings")
+        practice_id, username = practice_id.strip().lower(), username.strip().lower()
+        if len(practice_id) > 64 or len(username) > 64 or len(password) > MAX_PASSWORD:
+            return _error(401, "invalid_credentials", "wrong practice, username or password")
+        account, client = f"{practice_id}/{username}", f"ip:{request.remote}"
+        wait = max(self.throttle.retry_after(account), self.client_throttle.retry_after(client))
+        if wait:
+            LOGINS.labels("throttled").inc()
+            return _error(
+                429, "too_many_attempts", "too many failed sign-ins; wait and try again", {"Retry-After": str(wait)}
+            )
+        # Argon2 takes tens of milliseconds: off the event loop.
+        user = await asyncio.get_running_loop().run_in_executor(
+            None, self.users.verify, practice_id, username, password
+        )
+        if user is None:
+            self.throttle.failed(account)
+            self.client_throttle.failed(client)
+            LOGINS.labels("failed").inc()
+            # What was typed is not logged unless it is a well-formed practice id (it could be anything).
+            shown = practice_id if PRACTICE_RE.match(practice_id) else "(not a practice id)"
+            log.info("console sign-in failed", extra={"practice_id": shown})
+            return _error(401, "invalid_credentials", "wrong practice, username or password")
+        self.throttle.succeeded(account)
+        LOGINS.labels("ok").inc()
+        log.info("console sign-in", extra={"practice_id": user.practice_id, "user": user.username})
+        value, csrf = self.sessions.issue(user)
+        session = Session(user, csrf, time.time())
+        response = web.json_response(self._session_body(session))
+        self._set_cookie(response, value, request.secure)
+        return response
+
+    async def logout(self, request: web.Request, session: Session) -> web.Response:
+        response = web.Response(status=204)
+        response.del_cookie(COOKIE, path="/")
+        return response
+
+    def _practice_name(self, practice_id: str) -> str:
+        practice = self.directory.by_id(practice_id) if self.directory else None
+        return practice.name if practice else practice_id
+
+    def _reassign_roles(self, practice_id: str) -> list[str]:
+        practice = self.directory.by_id(practice_id) if self.directory else None
+        return views.reassign_roles(practice.routing if practice else (), self.users.roles_of_practice(practice_id))
+
+    def _session_body(self, session: Session) -> dict:
+        user = session.user
+        return {
+            "practice_id": user.practice_id,
+            "practice_name": self._practice_name(user.practice_id),
+            "username": user.username,
+            "roles": list(user.roles),
+            "manager": views.is_manager(user),
+            "csrf_token": session.csrf,
+            "expires_at": int((session.issued_at + self.sessions.max_age_s) * 1000),
+            "outcomes": [{"value": k, "label": v} for k, v in views.OUTCOMES.items()],
+            "roles_available": [
+                {"value": r, "label": views.role_label(r)} for r in self._reassign_roles(user.practice_id)
+            ],
+            "server_time": self.clock.now_ms(),
+        }
+
+    async def session_info(self, request: web.Request, session: Session) -> web.Response:
+        return web.json_response(self._session_body(session))
+
+    # ------------------------------------------------------------------ API: tasks
+    async def list_tasks(self, request: web.Request, session: Session) -> web.Response:
+        role = request.query.get("role") or None
+        if role is not None and len(role) > 64:
+            return _error(400, "bad_request", "role too long")
+        user = session.user
+        version = self.notifier.version(user.practice_id)
+        tasks = self.service.open_tasks(user.practice_id, role)
+        return web.json_response(
+            {
+                "practice_id": user.practice_id,
+                "server_time": self.clock.now_ms(),
+                "version": version,
+                "tasks": [views.task_view(t, user) for t in tasks],
+            }
+        )
+
+    @staticmethod
+    def _task_id(request: web.Request) -> str:
+        task_id = request.match_info["task_id"]
+        if len(task_id) > 200:
+            raise ConsoleError(404, "not_found", "no such task")
+        return task_id
+
+    async def get_task(self, request: web.Request, session: Session) -> web.Response:
+        task = self.service.get(session.user.practice_id, self._task_id(request))
+        if task is None:
+            return _error(404, "not_found", "no such task")
+        return web.json_response(views.task_view(task, session.user))
+
+    def _task_update(self, action: str):
+        async def handler(request: web.Request, session: Session) -> web.Response:
+            task_id = self._task_id(request)
+            body = await self._json_body(request)
+            user = session.user
+            outcome = body.get("outcome") if action == "complete" else None
+            new_role = body.get("role") if action == "reassign" else None
+            for value in (outcome, new_role):
+                if value is not None and not isinstance(value, str):
+                    raise ConsoleError(422, "bad_request", "outcome and role are strings")
+            task = await self.service.update(
+                user,
+                task_id,
+                action.upper(),
+                outcome=outcome,
+                new_role=new_role,
+                allowed_roles=self._reassign_roles(user.practice_id),
+            )
+            UPDATES.labels(action.upper()).inc()
+            return web.json_response({"task": views.task_view(task, user), "server_time": self.clock.now_ms()})
+
+        return handler
+
+    async def events(self, request: web.Request, session: Session) -> web.StreamResponse:
+        """Server-sent events: `tasks` with the practice's version, at once and on every change."""
+        if self._streams >= SSE_MAX_CLIENTS:
+            return _error(503, "busy", "too many open event streams", {"Retry-After": "10"})
+        practice = session.user.practice_id
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",
+                **SECURITY_HEADERS,
+            }
+        )
+        await response.prepare(request)
+        self._streams += 1
+        SSE_CLIENTS.inc()
+        try:
+            seen = self.notifier.version(practice)
+            await response.write(f"retry: 3000\nevent: tasks\ndata: {json.dumps({'version': seen})}\n\n".encode())
+            while not self.notifier.closing:
+                changed = await self.notifier.wait(practice, seen, SSE_KEEPALIVE_S)
+                if self.notifier.closing or self._session(request) is None:
+                    break  # shutting down, or the account changed / the session expired
+                if changed:
+                    await asyncio.sleep(0.05)  # coalesce a burst of changelog records into one event
+                    seen = self.notifier.version(practice)
+                    await response.write(f"event: tasks\ndata: {json.dumps({'version': seen})}\n\n".encode())
+                else:
+                    await response.write(b": keep-alive\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self._streams -= 1
+            SSE_CLIENTS.dec()
+        return response
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Method, path, status and time: never the query string, the referrer or the cookies."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, elapsed: float) -> None:
+        self.logger.info("%s %s %s %.1fms", request.method, request.rel_url.path, response.status, elapsed * 1000)
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+
+def run(env, host: str = "0.0.0.0", port: int = 8081) -> None:
+    """`ringback console`: follow the task table and the practices, serve the page and the API."""
+    import os
+
+    from ringback.console.sessions import session_key
+    from ringback.console.users import users_path
+    from ringback.kafka import topics
+    from ringback.kafka.producer import AckedProducer
+
+    topics.ensure_topics(env)
+    notifier = ChangeNotifier()
+    board = LiveTaskBoard(env, notifier).follow()
+    directory = PracticeDirectory().follow(env)
+    producer = AckedProducer(
+        env.kafka_bootstrap_servers, timeout_s=float(os.environ.get("RINGBACK_CONSOLE_ACK_TIMEOUT_S", "5"))
+    )
+    key, key_source = session_key(env)
+    users = UserStore(users_path(env))
+    service = TaskService(board, producer, topics.topic_name(topics.TASK_UPDATES, env), Clock(), notifier)
+    console = Console(
+        service,
+        users,
+        SessionCodec(key, int(os.environ.get("RINGBACK_CONSOLE_SESSION_S", "43200"))),
+        directory=directory,
+        cookie_secure=os.environ.get("RINGBACK_CONSOLE_COOKIE_SECURE") == "1",
+        ready=lambda: board.ready() and directory.ready,
+    )
+    log.info("console: %d user accounts in %s; session key from %s", len(users.list()), users.path, key_source)
+    if not users.list():
+        log.warning("console: no user accounts yet; add one with `ringback console add-user`")
+    try:
+        web.run_app(
+            console.app(),
+            host=host,
+            port=port,
+            access_log=logging.getLogger("ringback.console.access"),
+            access_log_class=AccessLogger,
+            print=None,
+            shutdown_timeout=5,
+        )
+    finally:
+        board.close()
+        directory.close()
+        producer.close()

@@ -1,0 +1,289 @@
+"""A real single-node Apache Kafka broker without Docker.
+
+Maven resolves the pinned `org.apache.kafka:kafka_2.13` jars (deploy/kafka/pom.xml)
+into a cache folder outside git; this module formats KRaft storage once, starts
+`kafka.Kafka` on loopback with a small heap, waits until it serves metadata, and
+stops it cleanly. A broker is identified by its data folder: a second `start`
+with the same folder reuses the data of the first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ringback.dev import child_process
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+DEPLOY_DIR = Path(__file__).resolve().parent / "kafka"
+DEFAULT_CACHE = REPO_ROOT / ".cache" / "kafka"
+DEFAULT_STATE = REPO_ROOT / "var" / "kafka"
+
+
+class KafkaError(RuntimeError):
+    """The local broker could not be fetched, started or stopped."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RINGBACK_KAFKA_CACHE", DEFAULT_CACHE))
+
+
+def libs_dir() -> Path:
+    return cache_dir() / "libs"
+
+
+def kafka_version() -> str:
+    text = (DEPLOY_DIR / "pom.xml").read_text()
+    start = text.index("<kafka.version>") + len("<kafka.version>")
+    return text[start : text.index("</kafka.version>", start)]
+
+
+def fetch_jars(quiet: bool = True) -> Path:
+    """Resolve the broker jars with Maven, once per pinned version."""
+    libs = libs_dir()
+    marker = libs / f".kafka-{kafka_version()}"
+    if marker.exists():
+        return libs
+    if shutil.which("mvn") is None:
+        raise KafkaError("Maven (`mvn`) is not installed; it fetches the Kafka jars from Maven Central")
+    if libs.exists():
+        shutil.rmtree(libs)
+    cmd = ["mvn", "-B", "-f", str(DEPLOY_DIR / "pom.xml"), "dependency:copy-dependencies", f"-DoutputDirectory={libs}"]
+    if quiet:
+        cmd.insert(1, "-q")
+    result = subprocess.run(cmd, capture_output=quiet, text=True)
+    if result.returncode != 0:
+        raise KafkaError(f"Maven could not fetch the Kafka jars:\n{result.stdout}{result.stderr}")
+    marker.touch()
+    return libs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class LocalKafka:
+    """One broker: its port and the folder that holds its data, logs and pid."""
+
+    port: int = 9092
+    home: Path | None = None
+    heap: str = "768m"
+
+    def __post_init__(self) -> None:
+        self.home = Path(self.home) if self.home else DEFAULT_STATE / str(self.port)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "broker.pid"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return pid
+
+    def _controller_port(self) -> int:
+        # Kept with the data: the quorum address is written into the formatted storage.
+        path = self.home / "controller.port"
+        if path.exists():
+            return int(path.read_text())
+        port = free_port()
+        path.write_text(str(port))
+        return port
+
+    def _write_properties(self) -> Path:
+        template = (DEPLOY_DIR / "server.properties.template").read_text()
+        props = template.format(port=self.port, controller_port=self._controller_port(), data_dir=self.data_dir)
+        path = self.home / "server.properties"
+        path.write_text(props)
+        return path
+
+    def _java(self, main: str, *args: str, **popen) -> subprocess.Popen:
+        java = shutil.which("java")
+        if java is None:
+            raise KafkaError("Java 17+ (`java`) is not installed")
+        cmd = [
+            java,
+            f"-Xms{self.heap}",
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
+            f"-Dlog4j2.configurationFile={DEPLOY_DIR / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.log_dir}",
+            "-cp",
+            f"{libs_dir()}/*",
+            main,
+            *args,
+        ]
+        return subprocess.Popen(cmd, **popen)
+
+    def _format(self, props: Path) -> None:
+        if (self.data_dir / "meta.properties").exists():
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cluster_id = (
+            subprocess.run(
+                ["java", "-cp", f"{libs_dir()}/*", "kafka.tools.StorageTool", "random-uuid"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        proc = self._java(
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(props),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        out, _ = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            raise KafkaError(f"formatting KRaft storage failed:\n{out}")
+
+    def start(self, timeout: float = 90.0, die_with_parent: bool = False) -> LocalKafka:
+        """Start the broker (or wait for the one already running here). `die_with_parent`:
+        the broker is stopped when this process dies, even by SIGKILL (the demo's broker);
+        `ringback kafka start` leaves it running on purpose."""
+        if self.pid() is not None:
+            self.wait_ready(timeout)
+            return self
+        if _port_open(self.port):
+            raise KafkaError(
+                f"port {self.port} is already in use by another process; pass --port or set KAFKA_BOOTSTRAP_SERVERS"
+            )
+        fetch_jars()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        props = self._write_properties()
+        self._format(props)
+        out = open(self.log_dir / "stdout.log", "ab")
+        proc = self._java(
+            "kafka.Kafka",
+            str(props),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=child_process.die_with_parent if die_with_parent else None,
+        )
+        self.pid_file.write_text(str(proc.pid))
+        try:
+            self.wait_ready(timeout, proc=proc)
+        except KafkaError:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:
+        """Wait until the broker answers a metadata request with itself in it."""
+        from confluent_kafka.admin import AdminClient
+
+        deadline = time.monotonic() + timeout
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0, "logger": _SilentLogger()})
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise KafkaError(f"the broker exited with {proc.returncode}; see {self.log_dir}/")
+            if _port_open(self.port):
+                try:
+                    md = admin.list_topics(timeout=2)
+                    if md.brokers:
+                        return
+                except Exception:  # noqa: BLE001 - not ready yet: retry until the deadline
+                    pass
+            time.sleep(0.2)
+        raise KafkaError(f"the broker did not serve metadata within {timeout:.0f}s; see {self.log_dir}/")
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL, for crash tests."""
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+            self.pid_file.unlink(missing_ok=True)
+
+    def status(self) -> str:
+        pid = self.pid()
+        if pid is None:
+            return f"stopped (data in {self.home})"
+        return f"running, pid {pid}, on {self.bootstrap} (data in {self.home})"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); /proc tells the truth on Linux.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+class _SilentLogger:
+    """librdkafka logs connection refusals while the broker boots; they are expected."""
+
+    def log(self, *args, **kwargs) -> None:
+        pass

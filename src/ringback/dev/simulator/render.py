@@ -1,0 +1,278 @@
+"""A planned event → the real input, at the moment it is played (pure: `now` comes in).
+
+* webhook providers: the requests the provider sends for that call, in order (a
+  ringing/progress callback the gateway acknowledges and drops, then the one that
+  says missed / voicemail / answered), signed with the provider's secret;
+* the legacy PBX: the line Asterisk's `cdr_csv` appends to `Master.csv`;
+* the EHR: FHIR R4 resources with `meta.lastUpdated` and appointment times filled in.
+
+Timestamps are the wall clock at play time (as a provider would report them); call
+lengths are practice seconds (what the caller experienced).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import formatdate
+from zoneinfo import ZoneInfo
+
+from ringback.dev.simulator import webhooks as wh
+from ringback.dev.simulator.plan import ANSWERED, CALL, EHR, JUNK, MISSED, SMS, TRANSCRIPT, VOICEMAIL, SimEvent
+from ringback.domain.practice import Practice
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """The webhook secret of each provider account (the practices file names them)."""
+
+    twilio: str
+    ringcentral: str
+    dialpad: str
+    vonage: str
+
+    def of(self, provider: str) -> str:
+        return getattr(self, provider)
+
+
+def _iso_ms(now: float) -> str:
+    return datetime.fromtimestamp(now, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _forge(secret: str) -> str:
+    return "forged-" + secret[::-1]
+
+
+# ---------------------------------------------------------------- webhooks
+def webhooks(event: SimEvent, base_url: str, secrets: Secrets, now: float) -> list[wh.Webhook]:
+    """The requests of a CALL, TRANSCRIPT, SMS or webhook JUNK event (empty for the others)."""
+    if event.kind == SMS:
+        params = wh.twilio_sms_inbound(event.call_id, event.caller, event.called, event.text or "")
+        return [wh.twilio(base_url, wh.TWILIO_SMS_INBOUND, params, secrets.twilio)]
+    if event.kind == TRANSCRIPT:
+        return [_transcript(event, base_url, secrets, now)]
+    if event.kind == CALL and event.provider != "cdr":
+        return _call(event, base_url, secrets, now)
+    if event.kind == JUNK and event.junk in ("forged", "unknown_number", "malformed", "redelivery"):
+        final = _call(event, base_url, secrets, now, secret_for=_forge if event.junk == "forged" else None)[-1]
+        return [final]
+    return []
+
+
+def _call(event: SimEvent, base_url: str, secrets: Secrets, now: float, secret_for=None) -> list[wh.Webhook]:
+    secret = secrets.of(event.provider)
+    if secret_for is not None:
+        secret = secret_for(secret)
+    render = {
+        "twilio": _twilio_call,
+        "ringcentral": _ringcentral_call,
+        "dialpad": _dialpad_call,
+        "vonage": _vonage_call,
+    }[event.provider]
+    return render(event, base_url, secret, now)
+
+
+def _twilio_call(event: SimEvent, base_url: str, token: str, now: float) -> list[wh.Webhook]:
+    stamp = formatdate(math.floor(now), usegmt=True)  # RFC 2822, to the second (as Twilio sends it)
+    sid, caller, called = event.call_id, event.caller, event.called
+    common = {"Timestamp": stamp, "CallbackSource": "call-progress-events"}
+    ringing = wh.twilio_voice_status(sid, caller, called, "ringing", SequenceNumber="0", **common)
+    if event.outcome == MISSED:
+        final = wh.twilio_voice_status(sid, caller, called, event.status, SequenceNumber="1", **common)
+    elif event.outcome == VOICEMAIL:
+        final = wh.twilio_voice_status(
+            sid,
+            caller,
+            called,
+            "completed",
+            SequenceNumber="2",
+            CallDuration=str(event.duration_s),
+            RecordingSid="RE" + sid[2:],
+            RecordingDuration=str(max(1, event.duration_s - 8)),
+            RecordingUrl=f"https://api.twilio.com/2010-04-01/Accounts/{wh.ACCOUNT_SID}/Recordings/RE{sid[2:]}",
+            **common,
+        )
+    else:
+        final = wh.twilio_voice_status(
+            sid, caller, called, "completed", SequenceNumber="2", CallDuration=str(event.duration_s), **common
+        )
+    return [wh.twilio(base_url, wh.TWILIO_VOICE_STATUS, p, token) for p in (ringing, final)]
+
+
+def _transcript(event: SimEvent, base_url: str, secrets: Secrets, now: float) -> wh.Webhook:
+    if event.provider == "twilio":
+        params = wh.twilio_transcription(event.call_id, event.caller, event.called, event.text or "")
+        return wh.twilio(base_url, wh.TWILIO_TRANSCRIPTION, params, secrets.twilio)
+    if event.provider == "dialpad":
+        claims = _dialpad_claims(event, "voicemail_uploaded", now)
+        claims.update(
+            transcription_text=event.text or "",
+            voicemail_share_link=f"https://dialpad.com/shared/voicemail/{event.call_id}",
+        )
+        return wh.dialpad(claims, secrets.dialpad)
+    raise ValueError(f"{event.provider} sends no transcripts")
+
+
+def _ringcentral_call(event: SimEvent, base_url: str, token: str, now: float) -> list[wh.Webhook]:
+    when = _iso_ms(now)
+    session, caller, called = event.call_id, event.caller, event.called
+    notes = [wh.ringcentral_session(session, caller, called, "Proceeding", event_time=when)]
+    if event.outcome == MISSED:
+        notes.append(
+            wh.ringcentral_session(
+                session, caller, called, "Disconnected", reason=event.status, missed=True, event_time=when
+            )
+        )
+    elif event.outcome == VOICEMAIL:
+        notes.append(wh.ringcentral_session(session, caller, called, "VoiceMail", event_time=when))
+    else:
+        notes.append(wh.ringcentral_session(session, caller, called, "Answered", event_time=when))
+        notes.append(
+            wh.ringcentral_session(session, caller, called, "Disconnected", reason="CallerDropped", event_time=when)
+        )
+    return [wh.ringcentral(n, token) for n in notes]
+
+
+def _dialpad_claims(event: SimEvent, state: str, now: float, connected: bool = False, duration_ms: int = 0) -> dict:
+    ms = int(now * 1000)
+    claims = wh.dialpad_call(
+        int(event.call_id), state, event.caller, event.called, connected=connected, duration_ms=duration_ms
+    )
+    claims.update(
+        date_started=ms - 1,
+        date_rang=ms - 1,
+        date_ended=ms if state != "ringing" else None,
+        event_timestamp=ms,
+        entry_point_target={"phone": event.called, "type": "office"},
+        date_connected=ms - 1 if connected else None,
+    )
+    return claims
+
+
+def _dialpad_call(event: SimEvent, base_url: str, secret: str, now: float) -> list[wh.Webhook]:
+    claims = [_dialpad_claims(event, "ringing", now)]
+    if event.outcome == MISSED:
+        claims.append(_dialpad_claims(event, "missed", now))
+    elif event.outcome == VOICEMAIL:
+        claims.append(_dialpad_claims(event, "voicemail", now))
+    else:
+        claims.append(_dialpad_claims(event, "connected", now, connected=True))
+        claims.append(_dialpad_claims(event, "hangup", now, connected=True, duration_ms=event.duration_s * 1000))
+    return [wh.dialpad(c, secret) for c in claims]
+
+
+def _vonage_call(event: SimEvent, base_url: str, secret: str, now: float) -> list[wh.Webhook]:
+    when, uuid_, caller, called = _iso_ms(now), event.call_id, event.caller, event.called
+    payloads = [
+        wh.vonage_event(uuid_, "started", caller, called, timestamp=when),
+        wh.vonage_event(uuid_, "ringing", caller, called, timestamp=when),
+    ]
+    if event.outcome == ANSWERED:
+        payloads.append(wh.vonage_event(uuid_, "answered", caller, called, timestamp=when))
+        payloads.append(
+            wh.vonage_event(
+                uuid_,
+                "completed",
+                caller,
+                called,
+                timestamp=when,
+                duration=str(event.duration_s),
+                start_time=when,
+                end_time=when,
+            )
+        )
+    else:  # missed (Vonage reports no inbound voicemail of its own)
+        payloads.append(wh.vonage_event(uuid_, event.status or "unanswered", caller, called, timestamp=when))
+    return [wh.vonage(p, secret, iat=int(now)) for p in payloads]
+
+
+# ---------------------------------------------------------------- legacy PBX (Asterisk cdr_csv)
+def _national(e164: str) -> str:
+    return e164[2:] if e164.startswith("+1") else e164.lstrip("+")
+
+
+def cdr_line(event: SimEvent, practice: Practice, now: float) -> bytes:
+    """The `Master.csv` line (with its newline) Asterisk writes when the call ends."""
+    if event.kind == JUNK:
+        return b'"","7735550000","' + _national(practice.phone_numbers[0]).encode() + b'","from-trunk","\n'
+    local = datetime.fromtimestamp(math.floor(now), tz=ZoneInfo(practice.time_zone)).replace(tzinfo=None)
+    start = local.strftime("%Y-%m-%d %H:%M:%S")
+    src, dst = _national(event.caller), _national(event.called)
+    ring = 25 if event.outcome == MISSED else 12
+    if event.outcome == MISSED:
+        disposition, app, data, dstchannel, billsec, answer = (
+            event.status,
+            "Dial",
+            "PJSIP/201&PJSIP/202,25",
+            f"PJSIP/201-{int(now * 1000) % 16**8:08x}",
+            0,
+            "",
+        )
+    elif event.outcome == VOICEMAIL:
+        disposition, app, data, dstchannel, billsec, answer = (
+            "ANSWERED",
+            "VoiceMail",
+            "201@default,u",
+            "",
+            event.duration_s,
+            start,
+        )
+    else:
+        disposition, app, data, dstchannel, billsec, answer = (
+            "ANSWERED",
+            "Dial",
+            "PJSIP/201&PJSIP/202,25",
+            f"PJSIP/202-{int(now * 1000) % 16**8:08x}",
+            event.duration_s,
+            start,
+        )
+    end = start  # the line is written as the call ends: now, to the second
+    row = [
+        "",
+        src,
+        dst,
+        "ext-group",
+        f"WIRELESS CALLER <{src}>",
+        f"PJSIP/trunk-{int(now * 1000) % 16**8:08x}",
+        dstchannel,
+        app,
+        data,
+        start,
+        answer,
+        end,
+        str(ring + billsec),
+        str(billsec),
+        disposition,
+        "DOCUMENTATION",
+        event.call_id or "",
+        "",
+    ]
+    numeric = {12, 13}  # cdr_csv quotes text fields and leaves the numbers bare
+    return (",".join(col if i in numeric else _quote(col) for i, col in enumerate(row)) + "\n").encode()
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
+# ---------------------------------------------------------------- EHR (FHIR R4)
+def fhir_resources(event: SimEvent, now: float) -> list[dict]:
+    """The event's resources with their times: `meta.lastUpdated` = now - `_updated_ago_s`,
+    Appointment `start` = now + `_start_in_s` (`end` `_minutes` later)."""
+    if event.kind != EHR:
+        return []
+    out = []
+    for template in event.resources:
+        resource = {k: v for k, v in template.items() if not k.startswith("_")}
+        updated = now - float(template.get("_updated_ago_s", 0))
+        resource["meta"] = {"lastUpdated": _iso_ms(updated), "versionId": "1"}
+        if "_start_in_s" in template:
+            start = datetime.fromtimestamp(now + float(template["_start_in_s"]), tz=UTC)
+            start = start.replace(minute=(start.minute // 15) * 15, second=0, microsecond=0)
+            resource["start"] = start.isoformat()
+            resource["end"] = (start + timedelta(minutes=int(template.get("_minutes", 20)))).isoformat()
+        if resource.get("resourceType") == "Flag":
+            resource["period"] = {"start": _iso_ms(updated)}
+        out.append(resource)
+    return out

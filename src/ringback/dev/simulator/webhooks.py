@@ -1,0 +1,300 @@
+"""Webhooks as the phone providers send them, signed: the builders the traffic simulator
+posts and the gateway tests use (`tests/support/webhooks.py` re-exports them).
+
+Payload shapes follow the vendor material in tests/vendor/ (Twilio callback
+fields from its README and OpenAPI enums, Dialpad's CallProto and JWT vector, Vonage's
+webhook reference, RingCentral's notification format as the README describes it).
+Each builder returns a `Webhook` (path, body, headers) that any HTTP client can post;
+the payload builders take the times they report (defaults: fixed example times, which
+the unit tests rely on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+import jwt
+from twilio.request_validator import RequestValidator
+
+ACCOUNT_SID = "AC" + "0" * 31 + "1"
+
+
+@dataclass
+class Webhook:
+    path: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def with_body(self, body: bytes) -> Webhook:
+        return Webhook(self.path, body, dict(self.headers))
+
+    def with_headers(self, **headers: str) -> Webhook:
+        return Webhook(self.path, self.body, {**self.headers, **headers})
+
+
+# ---------------------------------------------------------------- Twilio
+TWILIO_VOICE_STATUS = "/webhooks/twilio/voice/status"
+TWILIO_TRANSCRIPTION = "/webhooks/twilio/voice/transcription"
+TWILIO_SMS_INBOUND = "/webhooks/twilio/sms/inbound"
+TWILIO_SMS_STATUS = "/webhooks/twilio/sms/status"
+
+
+def twilio(base_url: str, path: str, params: dict[str, str], token: str | None) -> Webhook:
+    """A form POST signed like Twilio: HMAC-SHA1 over the full URL and the sorted params."""
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if token is not None:
+        headers["X-Twilio-Signature"] = RequestValidator(token).compute_signature(base_url + path, params)
+    return Webhook(path, urlencode(params).encode(), headers)
+
+
+def twilio_voice_status(
+    call_sid: str, caller: str, called: str, status: str = "no-answer", **extra: str
+) -> dict[str, str]:
+    params = {
+        "CallSid": call_sid,
+        "AccountSid": ACCOUNT_SID,
+        "From": caller,
+        "To": called,
+        "CallStatus": status,
+        "Direction": "inbound",
+        "ApiVersion": "2010-04-01",
+        "Timestamp": "Tue, 24 Nov 2026 15:04:05 +0000",
+        "CallbackSource": "call-progress-events",
+        "SequenceNumber": "2",
+        "Caller": caller,
+        "Called": called,
+    }
+    if status == "completed":
+        params.setdefault("CallDuration", "0")
+    params.update(extra)
+    return params
+
+
+def twilio_transcription(
+    call_sid: str, caller: str, called: str, text: str = "Hi, this is a test.", status: str = "completed"
+) -> dict[str, str]:
+    params = {
+        "CallSid": call_sid,
+        "AccountSid": ACCOUNT_SID,
+        "From": caller,
+        "To": called,
+        "CallStatus": "completed",
+        "Direction": "inbound",
+        "ApiVersion": "2010-04-01",
+        "TranscriptionSid": "TR" + call_sid[2:],
+        "TranscriptionStatus": status,
+        "TranscriptionType": "fast",
+        "TranscriptionUrl": f"https://api.twilio.com/2010-04-01/Accounts/{ACCOUNT_SID}/Transcriptions/TR"
+        + call_sid[2:],
+        "RecordingSid": "RE" + call_sid[2:],
+        "RecordingUrl": f"https://api.twilio.com/2010-04-01/Accounts/{ACCOUNT_SID}/Recordings/RE" + call_sid[2:],
+        "url": "https://example.org/twiml",
+    }
+    if status == "completed":
+        params["TranscriptionText"] = text
+    return params
+
+
+def twilio_sms_inbound(message_sid: str, sender: str, practice_number: str, body: str) -> dict[str, str]:
+    return {
+        "ToCountry": "US",
+        "ToState": "IL",
+        "SmsMessageSid": message_sid,
+        "NumMedia": "0",
+        "ToCity": "CHICAGO",
+        "FromZip": "94105",
+        "SmsSid": message_sid,
+        "FromState": "CA",
+        "SmsStatus": "received",
+        "FromCity": "SAN FRANCISCO",
+        "Body": body,
+        "FromCountry": "US",
+        "To": practice_number,
+        "ToZip": "60601",
+        "NumSegments": "1",
+        "MessageSid": message_sid,
+        "AccountSid": ACCOUNT_SID,
+        "From": sender,
+        "ApiVersion": "2010-04-01",
+    }
+
+
+def twilio_sms_status(
+    message_sid: str, patient: str, sender: str, status: str = "delivered", error_code: str | None = None
+) -> dict[str, str]:
+    params = {
+        "SmsSid": message_sid,
+        "SmsStatus": status,
+        "MessageStatus": status,
+        "To": patient,
+        "MessageSid": message_sid,
+        "AccountSid": ACCOUNT_SID,
+        "From": sender,
+        "ApiVersion": "2010-04-01",
+    }
+    if error_code:
+        params["ErrorCode"] = error_code
+    return params
+
+
+# ---------------------------------------------------------------- RingCentral
+RINGCENTRAL = "/webhooks/ringcentral"
+
+
+def ringcentral(notification: dict, token: str | None) -> Webhook:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Verification-Token"] = token
+    return Webhook(RINGCENTRAL, json.dumps(notification).encode(), headers)
+
+
+def ringcentral_handshake(validation_token: str) -> Webhook:
+    return Webhook(RINGCENTRAL, b"", {"Validation-Token": validation_token, "Content-Type": "application/json"})
+
+
+def ringcentral_session(
+    session_id: str,
+    caller: str,
+    called: str,
+    code: str,
+    reason: str | None = None,
+    missed: bool = False,
+    direction: str = "Inbound",
+    event_time: str = "2026-11-24T15:04:05.123Z",
+) -> dict:
+    """A telephony-session notification with one party (account-level subscription)."""
+    status: dict = {"code": code, "rcc": False}
+    if reason:
+        status["reason"] = reason
+    ours, theirs = (
+        {"phoneNumber": called, "name": "Front desk", "extensionId": "400112233008"},
+        {"phoneNumber": caller, "name": "WIRELESS CALLER"},
+    )
+    party = {
+        "accountId": "400112233004",
+        "extensionId": "400112233008",
+        "id": f"p-{session_id}-1",
+        "direction": direction,
+        "to": ours if direction == "Inbound" else theirs,
+        "from": theirs if direction == "Inbound" else ours,
+        "recordings": [],
+        "status": status,
+        "missedCall": missed,
+        "standAlone": False,
+        "muted": False,
+    }
+    return {
+        "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{session_id}/{code}/{reason}/{missed}")),
+        "event": "/restapi/v1.0/account/~/telephony/sessions",
+        "timestamp": event_time,
+        "subscriptionId": "b7f4a3c1-0000-4000-8000-000000000001",
+        "ownerId": "400112233004",
+        "body": {
+            "sequence": 7,
+            "sessionId": "4000" + session_id[-6:],
+            "telephonySessionId": session_id,
+            "serverId": "10.13.22.241.TAM",
+            "eventTime": event_time,
+            "origin": {"type": "Call"},
+            "parties": [party],
+        },
+    }
+
+
+# ---------------------------------------------------------------- Dialpad
+DIALPAD = "/webhooks/dialpad"
+
+
+def dialpad(claims: dict, secret: str | None) -> Webhook:
+    """With a secret the body is the compact JWT (HS256); without, plain JSON (as Dialpad does)."""
+    if secret is None:
+        return Webhook(DIALPAD, json.dumps(claims).encode(), {"Content-Type": "application/json"})
+    return Webhook(DIALPAD, jwt.encode(claims, secret, algorithm="HS256").encode(), {"Content-Type": "application/jwt"})
+
+
+def dialpad_call(
+    call_id: int,
+    state: str,
+    caller: str,
+    called: str,
+    direction: str = "inbound",
+    connected: bool = False,
+    duration_ms: int = 0,
+    **extra,
+) -> dict:
+    """A call event with the fields of Dialpad's CallProto (as in the vendor JWT vector)."""
+    claims = {
+        "call_id": call_id,
+        "master_call_id": call_id,
+        "state": state,
+        "direction": direction,
+        "date_started": 1772550245000,
+        "date_rang": 1772550245000,
+        "date_connected": 1772550250000 if connected else None,
+        "date_ended": 1772550275000,
+        "event_timestamp": 1772550275000,
+        "external_number": caller,
+        "internal_number": called,
+        "target": {"id": 5000000001, "type": "office", "name": "Main Line", "phone": called},
+        "contact": {"id": "synthetic", "type": "local", "name": "Caller", "phone": caller},
+        "was_recorded": False,
+        "duration": duration_ms,
+        "total_duration": 30000,
+    }
+    claims.update(extra)
+    return claims
+
+
+# ---------------------------------------------------------------- Vonage
+VONAGE = "/webhooks/vonage/event"
+
+
+def vonage(payload: dict, secret: str | None, iat: int = 1_767_000_000, hash_body: bytes | None = None) -> Webhook:
+    """An event webhook: compact JSON body, `Authorization: Bearer` JWT (HS256) whose
+    `payload_hash` is the SHA-256 of the body (`hash_body` to sign another body)."""
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    headers = {"Content-Type": "application/json"}
+    if secret is not None:
+        claims = {
+            "iat": iat,
+            "jti": str(uuid.uuid5(uuid.NAMESPACE_URL, body.decode())),
+            "iss": "Vonage",
+            "payload_hash": hashlib.sha256(hash_body if hash_body is not None else body).hexdigest(),
+            "api_key": "abcd1234",
+            "application_id": "aaaaaaaa-bbbb-cccc-dddd-0123456789ab",
+        }
+        headers["Authorization"] = "Bearer " + jwt.encode(claims, secret, algorithm="HS256")
+    return Webhook(VONAGE, body, headers)
+
+
+def vonage_event(call_uuid: str, status: str, caller: str, called: str, direction: str = "inbound", **extra) -> dict:
+    """Fields as in Vonage's webhook reference; numbers without the `+`."""
+    payload = {
+        "from": caller.lstrip("+"),
+        "to": called.lstrip("+"),
+        "uuid": call_uuid,
+        "conversation_uuid": "CON-" + call_uuid,
+        "status": status,
+        "direction": direction,
+        "timestamp": "2026-11-24T15:04:05.000Z",
+    }
+    if status == "completed":
+        payload.update(
+            {
+                "end_time": "2026-11-24T15:06:05.000Z",
+                "network": "US-FIXED",
+                "duration": "120",
+                "start_time": "2026-11-24T15:04:05.000Z",
+                "rate": "0.00450000",
+                "price": "0.00900000",
+            }
+        )
+    if status in ("human", "machine"):
+        payload["call_uuid"] = payload.pop("uuid")
+        payload.pop("direction")
+    payload.update(extra)
+    return payload

@@ -1,0 +1,263 @@
+"""What each scenario sends at each step, as action commands (SPEC section 6).
+
+Pure: no Kafka, no clock (`now_ms` comes in). The workflow (streams/agents/workflow.py)
+decides *when* a step runs; this module decides *what* it says and to whom.
+
+Action contract (schemas/action_command.avsc), relied on by the sinks and the console:
+
+* `action_id` = `case_id:step`; one action per case and step, ever.
+* `recipient`: the patient's E.164 for SEND_SMS; for staff actions the routing target of
+  the role (`practice.routing[role]`, e.g. `email:...`, `slack:...`), or `role:<role>`
+  when the practice has no route for it.
+* `params` (all strings): `role` (staff actions: the routing key used), `caller` (patient
+  E.164, staff actions), `fallback_role` (SMS: who calls back if the sink holds it back),
+  `call_time` (local time of the missed call), `todo` (what staff should do),
+  `template` (SMS), `deferred_until` (epoch ms, SMS in quiet hours; also `due_at`),
+  `instead_of` + `blocked_reason` (a task created because an SMS step was blocked),
+  `patient_name` + `urgency_reason` (clinical task only), `appointment_id` +
+  `appointment_start` (epoch ms) + `appointment_time` (reschedule steps),
+  `consent_confirmation`="1" (the single opt-out confirmation text).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from ringback.domain.practice import Practice
+
+# ------------------------------------------------------------------ steps
+FIRST_SMS = "first_sms"  # new patient: booking link
+NOTIFY_COORDINATOR = "notify_coordinator"  # new patient: scheduling coordinator told
+CALLBACK_TASK = "callback_task"  # manual callback (new patient 2 h gate, or an SMS step blocked)
+SECOND_SMS = "second_sms"  # new patient 2 h gate
+CLINICAL_TASK = "clinical_task"  # urgent: task straight to provider/nurse
+ACK_SMS = "ack_sms"  # urgent: patient acknowledgement
+MANAGER_ALERT = "manager_alert"  # urgent 45 min gate
+RESCHEDULE_SMS = "reschedule_sms"  # reschedule: link (appointment within 14 days)
+NOTIFY_SCHEDULING = "notify_scheduling"  # reschedule: coordinator told, with appointment details
+PROTECT_TASK = "protect_task"  # reschedule 4 h gate (appointment within 48 h)
+PROTECT_ALERT = "protect_alert"  # reschedule 4 h gate: internal alert
+ADMIN_TASK = "admin_task"  # general inquiry
+OPTOUT_CONFIRMATION = "optout_confirmation"  # the single confirmation of a sentence opt-out
+
+# Steps whose completion (task update COMPLETE) means the patient was called back.
+CALLBACK_STEPS = frozenset({CALLBACK_TASK, CLINICAL_TASK, PROTECT_TASK, ADMIN_TASK})
+
+# ------------------------------------------------------------------ roles and routing
+SCHEDULING_COORDINATOR = "scheduling_coordinator"
+SCHEDULING_QUEUE = "scheduling_queue"
+NURSE = "nurse"
+ASSIGNED_PROVIDER = "assigned_provider"
+DEPARTMENT_MANAGER = "department_manager"
+ADMIN_TEAM = "admin_team"
+
+_FALLBACK_ROLES = {
+    SCHEDULING_QUEUE: (SCHEDULING_COORDINATOR,),
+    NURSE: ("provider", "clinical"),
+    DEPARTMENT_MANAGER: ("manager",),
+    ADMIN_TEAM: ("admin", "front_desk", SCHEDULING_COORDINATOR),
+    SCHEDULING_COORDINATOR: ("scheduling", "front_desk"),
+}
+
+
+def resolve_role(practice: Practice, role: str) -> str:
+    """The routing key that serves `role` at this practice (the role itself, or a fallback)."""
+    for name in (role, *_FALLBACK_ROLES.get(role, ())):
+        if practice.routing.get(name):
+            return name
+    return role
+
+
+def route(practice: Practice, role: str) -> str:
+    """The routing target for a role; `role:<role>` when the practice has none."""
+    return practice.routing.get(resolve_role(practice, role)) or f"role:{role}"
+
+
+# ------------------------------------------------------------------ windows
+SCENARIO_WINDOW = {
+    "NEW_PATIENT": "new_patient_window",
+    "URGENT_EXISTING": "urgent_window",
+    "RESCHEDULE": "reschedule_window",
+    "GENERAL_INQUIRY": "general_window",
+}
+
+
+def window_ms(practice: Practice, name: str) -> int:
+    """A window of the practice (SPEC defaults unless overridden), in milliseconds."""
+    return int(getattr(practice.windows, name)) * 1000
+
+
+def response_window_ms(practice: Practice, scenario: str) -> int:
+    return window_ms(practice, SCENARIO_WINDOW[scenario])
+
+
+def first_response_delay_ms(practice: Practice, scenario: str) -> int:
+    """How long after the missed call the first response waits (cancel if answered).
+
+    The hold applies to every scenario; the urgent acknowledgement is due within
+    `urgent_ack` (5 min) at the latest, so a longer hold never delays it."""
+    hold = window_ms(practice, "first_response_hold")
+    if scenario == "URGENT_EXISTING":
+        return min(hold, window_ms(practice, "urgent_ack"))
+    return hold
+
+
+# ------------------------------------------------------------------ texts
+DEFAULT_TEMPLATES = {
+    "new_patient_first": (
+        "Hi, this is {practice_name}. Sorry we missed your call! "
+        "Reply to book, or book here: {booking_link} Reply STOP to opt out."
+    ),
+    "new_patient_second": (
+        "{practice_name}: we'd still love to help you. Reply to this text or book here: "
+        "{booking_link} Reply STOP to opt out."
+    ),
+    "urgent_ack": (
+        "{practice_name}: your call is flagged for our clinical team; a staff member will reach "
+        "you within {urgent_minutes} minutes. Reply STOP to opt out."
+    ),
+    "reschedule_link": (
+        "{practice_name}: sorry we missed your call. To reschedule, use {reschedule_link} "
+        "or reply here. Reply STOP to opt out."
+    ),
+    "optout_confirmation": (
+        "{practice_name}: you will not get more texts from us. Reply START to receive texts again."
+    ),
+}
+
+
+class _Blank(dict):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def render(practice: Practice, template: str, **extra: str) -> str:
+    """A patient SMS body: the practice's template (if it set one) or the default.
+
+    Only non-clinical placeholders exist (practice name, links, callback number)."""
+    text = practice.templates.get(template) or DEFAULT_TEMPLATES[template]
+    values = _Blank(
+        practice_name=practice.name,
+        booking_link=practice.booking_link,
+        reschedule_link=practice.reschedule_link or practice.booking_link,
+        callback_number=practice.phone_numbers[0] if practice.phone_numbers else "",
+        **extra,
+    )
+    try:
+        return text.format_map(values)
+    except (ValueError, IndexError, AttributeError):  # a malformed override: the default still works
+        return DEFAULT_TEMPLATES[template].format_map(values)
+
+
+def urgent_minutes(practice: Practice) -> str:
+    return str(max(1, math.ceil(practice.windows.urgent_window / 60)))
+
+
+def local_time(ms: int, time_zone: str) -> str:
+    return datetime.fromtimestamp(ms / 1000, ZoneInfo(time_zone)).strftime("%a %d %b %H:%M %Z")
+
+
+# ------------------------------------------------------------------ ids and actions
+def case_id(practice_id: str, caller: str, opening_event_id: str) -> str:
+    """Deterministic: a replay of the same opening event yields the same case id."""
+    digest = hashlib.sha256(f"{practice_id}|{caller}|{opening_event_id}".encode()).hexdigest()[:20]
+    return f"{practice_id}:{digest}"
+
+
+def action_id(cid: str, step: str) -> str:
+    return f"{cid}:{step}"
+
+
+def step_of(task_id: str) -> tuple[str, str]:
+    """(case_id, step) of an action id."""
+    cid, _, step = task_id.rpartition(":")
+    return cid, step
+
+
+def action(
+    case: Mapping,
+    kind: str,
+    step: str,
+    recipient: str,
+    body: str | None,
+    reason: str,
+    now_ms: int,
+    priority: str = "NORMAL",
+    due_at: int | None = None,
+    params: Mapping[str, str] | None = None,
+) -> dict:
+    """One action command of a case step (schemas/action_command.avsc)."""
+    return {
+        "action_id": action_id(case["case_id"], step),
+        "case_id": case["case_id"],
+        "practice_id": case["practice_id"],
+        "kind": kind,
+        "step": step,
+        "scenario": case["scenario"],
+        "recipient": recipient,
+        "body": body,
+        "reason": reason,
+        "priority": priority,
+        "created_at": now_ms,
+        "due_at": due_at,
+        "missed_at": case["missed_at"],
+        "call_reported_at": case["call_reported_at"],
+        "params": {k: str(v) for k, v in (params or {}).items() if v is not None},
+    }
+
+
+def staff_params(practice: Practice, case: Mapping, role: str, todo: str, **extra) -> dict:
+    if role != ASSIGNED_PROVIDER:
+        role = resolve_role(practice, role)
+    return {
+        "role": role,
+        "caller": case["caller"],
+        "call_time": local_time(case["missed_at"], practice.time_zone),
+        "todo": todo,
+        **extra,
+    }
+
+
+def sms(
+    practice: Practice,
+    case: Mapping,
+    step: str,
+    template: str,
+    reason: str,
+    now_ms: int,
+    send_at: int,
+    fallback_role: str | None = None,
+    **extra: str,
+) -> dict:
+    """A patient SMS; `send_at` later than now means quiet hours (the sink defers it).
+    `fallback_role`: who calls back if the sink has to hold the SMS back after all."""
+    params = {"template": template}
+    if fallback_role:
+        params["fallback_role"] = resolve_role(practice, fallback_role)
+    if send_at > now_ms:
+        params["deferred_until"] = str(send_at)
+    return action(
+        case,
+        "SEND_SMS",
+        step,
+        case["caller"],
+        render(practice, template, **extra),
+        reason,
+        now_ms,
+        due_at=send_at if send_at > now_ms else None,
+        params=params,
+    )
+
+
+def appointment_params(practice: Practice, appointment: Mapping | None) -> dict:
+    if not appointment:
+        return {}
+    return {
+        "appointment_id": appointment["appointment_id"],
+        "appointment_start": str(appointment["start"]),
+        "appointment_time": local_time(appointment["start"], practice.time_zone),
+    }

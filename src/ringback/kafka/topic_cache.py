@@ -1,0 +1,84 @@
+"""Following a topic from its start in a background thread, reading it again after an error.
+
+The task board (connectors/sinks/tasks.py) and the practice directory
+(ringback/practice_directory.py) each keep a topic's content in memory. A read stops
+on an error (for instance a topic just created, whose partition leaders are not
+elected yet); the follower then waits a moment and reads the topic again from the
+start with a new consumer. Applying the records again must be idempotent; the
+owner keeps serving what it has meanwhile.
+
+    follower = TopicFollower("task board", "the task changelog", read, thread_name="task-board")
+    follower.start(lambda: from_start_consumer(bootstrap, group_id))
+    follower.wait_ready(30)   # `read` sets follower.ready once it has caught up
+    follower.close()
+
+`read(consumer)` reads until `follower.stop` is set or it raises (or returns early);
+the follower closes the consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from confluent_kafka import Consumer
+
+log = logging.getLogger(__name__)
+
+
+def from_start_consumer(bootstrap_servers: str, group_id: str) -> Consumer:
+    """A consumer for reading partitions from the start: never commits, reports each
+    partition's end (`_PARTITION_EOF`)."""
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+        }
+    )
+
+
+class TopicFollower:
+    """Runs `read(consumer)` in a daemon thread, again from the start after each stop."""
+
+    def __init__(
+        self, name: str, what: str, read: Callable[[Consumer], None], thread_name: str, retry_s: float = 1.0
+    ) -> None:
+        self.name = name  # for the logs: "task board"
+        self.what = what  # for the logs: "the task changelog"
+        self.read = read
+        self.thread_name = thread_name
+        self.retry_s = retry_s
+        self.ready = threading.Event()  # set by `read` once it has caught up
+        self.stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, new_consumer: Callable[[], Consumer]) -> None:
+        self._thread = threading.Thread(target=self._run, args=(new_consumer,), name=self.thread_name, daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        return self.ready.wait(timeout)
+
+    def close(self) -> None:
+        self.stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self, new_consumer: Callable[[], Consumer]) -> None:
+        while not self.stop.is_set():
+            self._read_once(new_consumer())
+            if self.stop.wait(self.retry_s):
+                return
+            log.warning("%s: reading %s again", self.name, self.what)
+
+    def _read_once(self, consumer: Consumer) -> None:
+        try:
+            self.read(consumer)
+        except Exception:
+            log.exception("%s stopped following %s", self.name, self.what)
+        finally:
+            consumer.close()

@@ -1,0 +1,127 @@
+"""Every topic of the service, declared once: name, key, value schema, partitions.
+
+Names start with the namespace (env `RINGBACK_NAMESPACE`, default "ringback") so
+that test runs and environments never share topics. The call-event topic and the
+patient/appointment/flag topics are co-partitioned: same key
+(`practice_id|caller E.164`) and the same partition count, so a worker joins a
+call with the patient tables by a local read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ringback.config.settings import Settings
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    suffix: str
+    key: str  # what the record key is, for readers of this file
+    schema: str  # schemas/<schema>.avsc
+    compacted: bool = False
+    co_partitioned: bool = False  # takes the call-event partition count
+    partitions: int | None = None  # a fixed count, when not co-partitioned
+    retention_ms: int | None = None  # delete-policy retention, when not the broker default
+
+
+CALL_EVENTS = TopicSpec("call-events", "practice_id|caller", "call_event", co_partitioned=True)
+PATIENTS = TopicSpec("patients", "practice_id|phone", "patient", compacted=True, co_partitioned=True)
+# One record per appointment (or flag) and patient phone: the key carries the record id so
+# compaction keeps every one, and the producer places it in partition_for(practice_id|phone),
+# the partition of the caller it joins with.
+APPOINTMENTS = TopicSpec(
+    "appointments", "practice_id|phone|appointment_id", "appointment", compacted=True, co_partitioned=True
+)
+FLAGS = TopicSpec("flags", "practice_id|phone|flag_id", "flag", compacted=True, co_partitioned=True)
+# Every process needs every practice: one partition, read whole at start.
+PRACTICE_CONFIG = TopicSpec("practice-config", "practice_id", "practice_config", compacted=True, partitions=1)
+ACTIONS = TopicSpec("actions", "practice_id|caller", "action_command", co_partitioned=True)
+TASK_UPDATES = TopicSpec("task-updates", "practice_id|caller", "task_update", co_partitioned=True)
+OUTCOMES = TopicSpec("outcomes", "case_id", "outcome", co_partitioned=True)
+DEAD_LETTERS = TopicSpec("dead-letters", "source", "dead_letter", partitions=1)
+# Delivery receipts of the SMS we sent, for the sinks (Twilio status callbacks).
+MESSAGE_STATUS = TopicSpec("message-status", "practice_id|recipient", "message_status", co_partitioned=True)
+# Where each CDR file poller has read up to (value: JSON, not Avro: it is private to the poller).
+CDR_CHECKPOINTS = TopicSpec("cdr-checkpoints", "poller_id|file", "-", compacted=True, partitions=1)
+# Private to the stream workers: the TICK each worker sends to its partitions so the agent
+# that owns a partition fires its due gate timers (streams/timers.py). Value: "-" (none).
+TICKS = TopicSpec("stream-ticks", "-", "-", co_partitioned=True, retention_ms=3_600_000)
+
+ALL = (
+    CALL_EVENTS,
+    PATIENTS,
+    APPOINTMENTS,
+    FLAGS,
+    PRACTICE_CONFIG,
+    ACTIONS,
+    TASK_UPDATES,
+    OUTCOMES,
+    DEAD_LETTERS,
+    MESSAGE_STATUS,
+    CDR_CHECKPOINTS,
+    TICKS,
+)
+
+
+def topic_name(spec: TopicSpec, env: Settings) -> str:
+    return f"{env.ringback_namespace}.{spec.suffix}"
+
+
+def partition_count(spec: TopicSpec, env: Settings) -> int:
+    return env.ringback_partitions if spec.co_partitioned else (spec.partitions or 1)
+
+
+def join_key(practice_id: str, phone_e164: str) -> bytes:
+    """The key that co-partitions calls with patient data."""
+    return f"{practice_id}|{phone_e164}".encode()
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as in Java, aiokafka and
+    confluent-kafka's `murmur2_random`) gives a key. Producers of records whose key
+    differs from the join key (an appointment keyed by its id) pass this explicitly
+    with the join key, so the record still lands with its caller's partition."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def ensure_topics(env: Settings, timeout: float = 30.0) -> None:
+    """Create every topic with its partition count and cleanup policy (idempotent),
+    and refuse to go on if an existing co-partitioned topic has another count."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": env.kafka_bootstrap_servers})
+    existing = admin.list_topics(timeout=timeout).topics
+    wanted = []
+    for spec in ALL:
+        name = topic_name(spec, env)
+        count = partition_count(spec, env)
+        if name in existing:
+            have = len(existing[name].partitions)
+            if spec.co_partitioned and have != count:
+                raise RuntimeError(
+                    f"topic {name} has {have} partitions but the co-partitioned topics need "
+                    f"{count} (RINGBACK_PARTITIONS): joins would read the wrong partition"
+                )
+            continue
+        config = {"cleanup.policy": "compact"} if spec.compacted else {}
+        if spec.retention_ms is not None:
+            config["retention.ms"] = str(spec.retention_ms)
+        wanted.append(
+            NewTopic(name, num_partitions=count, replication_factor=1 if _single(admin) else 3, config=config)
+        )
+    if not wanted:
+        return
+    for name, fut in admin.create_topics(wanted, request_timeout=timeout).items():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise
+
+
+def _single(admin) -> bool:
+    return len(admin.list_topics(timeout=10).brokers) < 3

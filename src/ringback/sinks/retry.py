@@ -1,0 +1,90 @@
+"""How the sinks retry: exponential backoff with full jitter, Retry-After honoured,
+a fixed budget of attempts, then a dead letter.
+
+Every sink raises one of three errors for a failed attempt:
+  * `Transient` - worth another try (HTTP 429/5xx, timeouts, connection errors);
+    `retry_after` (seconds) says how long the other side asked us to wait.
+  * `Permanent` - the other side refused for good (HTTP 4xx, SMTP 5xx, bad input):
+    retrying would only repeat the refusal.
+  * `OptedOut` - Twilio error 21610: the number unsubscribed (a consent fact).
+The waiting itself is tenacity's (`wait_exponential_jitter`), with Retry-After in front.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from tenacity import wait_exponential_jitter
+from tenacity.wait import wait_base
+
+
+class SinkError(Exception):
+    """A failed attempt; the message carries no PHI (no numbers, no text)."""
+
+
+class Transient(SinkError):
+    def __init__(self, message: str, retry_after: float | None = None, ambiguous: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        # True when the request may have been carried out (it left, no answer came back).
+        self.ambiguous = ambiguous
+
+
+class Permanent(SinkError):
+    pass
+
+
+class OptedOut(SinkError):
+    pass
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6  # API calls per action, including the first
+    base_s: float = 1.0  # first backoff; doubles each attempt, plus jitter
+    max_s: float = 60.0  # one backoff at most
+    retry_after_cap_s: float = 120.0  # a Retry-After longer than this is cut to it
+    jitter_s: float = 1.0
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        e = os.environ
+        return cls(
+            attempts=int(e.get("RINGBACK_SINK_RETRY_ATTEMPTS", cls.attempts)),
+            base_s=float(e.get("RINGBACK_SINK_RETRY_BASE_S", cls.base_s)),
+            max_s=float(e.get("RINGBACK_SINK_RETRY_MAX_S", cls.max_s)),
+            retry_after_cap_s=float(e.get("RINGBACK_SINK_RETRY_AFTER_CAP_S", cls.retry_after_cap_s)),
+            jitter_s=float(e.get("RINGBACK_SINK_RETRY_JITTER_S", min(cls.jitter_s, cls.base_s))),
+        )
+
+    def wait(self) -> wait_base:
+        return wait_retry_after(
+            wait_exponential_jitter(multiplier=self.base_s, max=self.max_s, jitter=self.jitter_s),
+            cap=self.retry_after_cap_s,
+        )
+
+
+class wait_retry_after(wait_base):  # noqa: N801 - tenacity's naming
+    """Wait what the server asked for (Retry-After), else fall back to another wait."""
+
+    def __init__(self, fallback: wait_base, cap: float) -> None:
+        self.fallback = fallback
+        self.cap = cap
+
+    def __call__(self, retry_state) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        after = getattr(exc, "retry_after", None)
+        if after is not None:
+            return max(0.0, min(float(after), self.cap))
+        return self.fallback(retry_state)
+
+
+def parse_retry_after(value: str | None, default: float = 1.0) -> float:
+    """Retry-After in seconds (Slack sends seconds; an HTTP date is taken as the default)."""
+    if not value:
+        return default
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return default

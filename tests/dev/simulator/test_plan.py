@@ -1,0 +1,193 @@
+"""The traffic simulator's plan (ringback/simulator/plan.py): pure, seeded, shaped like the
+reference practice's day (SPEC section 1), with every reaction inside the window it must beat."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import yaml
+
+from ringback.config.practices_file import parse_practices
+from ringback.dev.simulator import plan as sim
+from ringback.dev.simulator.practices import demo_practices, scaled_windows
+from ringback.domain import classify, consent, recipes
+
+
+def sites(n: int = 5, speed: float = 600, calls: int = 94):
+    data, providers = demo_practices(n, speed)
+    practices = parse_practices(yaml.safe_load(yaml.safe_dump(data))).practices
+    return sim.sites_for(practices, providers, calls=calls)
+
+
+def day_plan(seed=7, n=5, speed=600.0, calls=94) -> sim.Plan:
+    return sim.plan_day(seed, sites(n, speed, calls), sim.Day(speed=speed))
+
+
+def test_the_same_seed_gives_the_same_day_and_another_seed_another():
+    a, b, c = day_plan(7), day_plan(7), day_plan(8)
+    assert a.events == b.events and a.preload == b.preload
+    assert [(x.case, x.caller, x.sms_steps) for x in a.cases] == [(x.case, x.caller, x.sms_steps) for x in b.cases]
+    assert a.events != c.events
+
+
+def test_a_practice_has_the_same_day_whatever_the_number_of_practices():
+    one, five = day_plan(n=1), day_plan(n=5)
+    maple = [e for e in five.events if e.practice_id == "maple-family"]
+    assert [(e.at, e.kind, e.caller, e.call_id) for e in one.events] == [
+        (e.at, e.kind, e.caller, e.call_id) for e in maple
+    ]
+
+
+def test_the_reference_practice_takes_94_calls_and_misses_18_with_the_reference_mix():
+    plan = day_plan()
+    counts = plan.counts["maple-family"]
+    assert (counts["calls"], counts["missed"], counts["answered"]) == (94, 18, 76)
+    cases = [c for c in plan.cases if c.practice_id == "maple-family"]
+    assert Counter(c.scenario for c in cases) == {sim.NEW: 7, sim.URGENT: 3, sim.RESCHEDULE: 4, sim.GENERAL: 2}
+    maple_calls = [e for e in plan.events if e.practice_id == "maple-family" and e.kind == sim.CALL]
+    blocked = sites()[0].practice.blocked_numbers[0]
+    assert sum(1 for e in maple_calls if e.caller == blocked) == 1  # the spam call
+    assert [c.calls for c in cases].count(2) == 1  # the caller who misses twice: one case
+    repeat = next(c for c in cases if c.calls == 2)
+    assert repeat.scenario == sim.NEW and repeat.behaviour in ("silent", "silent_staff")
+
+
+def test_calls_peak_at_8_to_10_and_12_to_2_and_misses_more_so():
+    plan = day_plan(seed=3, n=20)
+    calls = [e for e in plan.events if e.kind == sim.CALL]
+    hour = Counter(sim.DAY_OPEN_H + int(e.at * plan.day.speed // 3600) for e in calls)
+    peak = [hour[h] for h in sim.PEAK_HOURS]
+    off = [hour[h] for h in range(8, 18) if h not in sim.PEAK_HOURS]
+    assert min(peak) > max(off)
+    missed = [e for e in calls if e.outcome != sim.ANSWERED]
+    at_peak = sum(1 for e in missed if sim.DAY_OPEN_H + int(e.at * plan.day.speed // 3600) in sim.PEAK_HOURS)
+    share_calls_at_peak = sum(peak) / len(calls)
+    assert at_peak / len(missed) > share_calls_at_peak + 0.1
+
+
+def test_the_miss_rate_is_about_19_percent():
+    plan = day_plan(seed=11, n=30)
+    total = Counter()
+    for counts in plan.counts.values():
+        total.update(counts)
+    assert total["calls"] == total["missed"] + total["answered"]
+    assert 0.16 <= total["missed"] / total["calls"] <= 0.22
+    assert Counter(c.scenario for c in plan.cases).most_common(1)[0][0] == sim.NEW
+
+
+def test_providers_are_mixed_and_the_day_runs_in_about_a_minute():
+    plan = day_plan()
+    assert {s.provider for s in plan.sites} == set(sim.PROVIDERS)
+    assert plan.day.length_s == 60
+    assert 60 <= plan.length_s <= 120  # reactions to the last calls come after closing
+    assert plan.events == sorted(plan.events, key=lambda e: (e.at, e.practice_id, e.seq))
+    assert {e.kind for e in plan.events} == {sim.CALL, sim.TRANSCRIPT, sim.SMS, sim.EHR, sim.STAFF, sim.JUNK}
+    assert {e.junk for e in plan.events if e.kind == sim.JUNK} == {
+        "forged",
+        "unknown_number",
+        "malformed",
+        "redelivery",
+        "bad_cdr_line",
+    }
+
+
+def test_calls_of_one_second_resolution_providers_start_on_whole_seconds():
+    plan = day_plan()
+    for e in plan.events:
+        if e.kind == sim.CALL and e.provider in sim.SECOND_RESOLUTION:
+            assert e.at == int(e.at)
+
+
+def test_reactions_come_inside_the_windows_they_must_beat():
+    plan = day_plan(seed=5, n=10)
+    by_practice = {s.practice.id: s.practice.windows for s in plan.sites}
+    cases = {c.case: c for c in plan.cases}
+    for e in plan.events:
+        if e.case is None or e.kind == sim.JUNK:
+            continue
+        case, w = cases[e.case], by_practice[e.practice_id]
+        after = e.at - case.missed_at
+        if e.kind == sim.SMS or (e.kind in (sim.EHR, sim.CALL) and e.after_sms):
+            assert e.after_sms and e.caller == case.caller and case.sms_steps  # it answers an SMS it got
+            window = w.new_patient_followup if case.scenario == sim.NEW else w.reschedule_gate
+            assert 0 < after <= 0.5 * window + 1, (e, case)  # +1: whole-second alignment
+        if e.kind == sim.STAFF:
+            assert after < w.case_expiry
+            if case.behaviour == "nurse_in_time":
+                assert after < w.urgent_escalation
+            if case.behaviour == "nurse_late":
+                assert after > w.urgent_escalation
+            if e.step == recipes.CALLBACK_TASK and case.scenario == sim.NEW:
+                assert after > w.new_patient_followup
+            if e.step == recipes.PROTECT_TASK:
+                assert after > w.reschedule_gate
+        if e.kind == sim.TRANSCRIPT:
+            assert 0 < after < 1
+
+
+def test_expected_sms_follow_the_workflow_rules():
+    plan = day_plan(seed=9, n=10)
+    for c in plan.cases:
+        steps = c.sms_steps
+        if c.scenario == sim.NEW:
+            assert steps[0] == recipes.FIRST_SMS or c.behaviour == "through_in_hold"
+            assert (recipes.SECOND_SMS in steps) == c.behaviour.startswith("silent")
+            assert (recipes.OPTOUT_CONFIRMATION in steps) == (c.behaviour == "stop_sentence")
+        elif c.scenario == sim.URGENT:
+            assert steps == (recipes.ACK_SMS,)
+        elif c.scenario == sim.RESCHEDULE:
+            assert steps in ((recipes.RESCHEDULE_SMS,), ())
+        else:
+            assert steps == ()
+    expected = plan.expected_sms()
+    assert expected[recipes.FIRST_SMS] == sum(1 for c in plan.cases if c.scenario == sim.NEW)
+    assert plan.summary()["sms_expected"] == sum(expected.values()) > 0
+
+
+def test_texts_mean_what_the_plan_says_they_mean():
+    for text in sim.RESCHEDULE_VOICEMAILS:
+        assert classify.reschedule_intent(text), text
+    for text in sim.GENERAL_VOICEMAILS + sim.URGENT_VOICEMAILS + sim.NEW_PATIENT_VOICEMAILS:
+        assert not classify.reschedule_intent(text), text
+    for text in sim.REPLIES:
+        assert consent.sms_intent(text) is None, text
+    assert consent.sms_intent("STOP") == consent.OPT_OUT
+    assert consent.sms_intent("Please stop texting me") == consent.OPT_OUT
+    for _, code, display, priority in sim.URGENT_FLAGS:
+        assert classify.is_urgent_flag({"status": "active", "code": code, "display": display, "priority": priority})
+
+
+def test_scaled_windows_keep_their_order_and_the_hold_may_be_zero():
+    w = scaled_windows(600)
+    assert w["first_response_hold"] == 0 and w["urgent_ack"] == 1
+    assert w["new_patient_followup"] == 12 and w["urgent_escalation"] == 5 and w["reschedule_gate"] == 24
+    assert w["case_expiry"] == 36 and "reschedule_link_horizon" not in w
+    assert scaled_windows(1)["first_response_hold"] == 45 and scaled_windows(1)["case_expiry"] == 6 * 3600
+    for speed in (30, 300, 600, 1200, 1800):
+        w = scaled_windows(speed)
+        assert w["urgent_escalation"] < w["new_patient_followup"] <= w["reschedule_gate"] < w["case_expiry"]
+
+
+def test_the_demo_practices_file_is_valid_and_names_its_secrets_only():
+    data, providers = demo_practices(12, 600)
+    parsed = parse_practices(yaml.safe_load(yaml.safe_dump(data))).practices
+    assert [p.id for p in parsed][:2] == ["maple-family", "lakeside-peds"]
+    assert providers[:5] == list(sim.PROVIDERS)
+    numbers = [n for p in parsed for n in p.phone_numbers]
+    assert len(numbers) == len(set(numbers))
+    for p in parsed:
+        assert all(v.isupper() for v in p.secrets.values())
+        assert p.sms_from == p.phone_numbers[0]
+
+
+@pytest.mark.parametrize("speed", [1, 45])
+def test_slower_days_keep_the_hold_and_can_suppress_a_response(speed):
+    plan = sim.plan_day(7, sites(1, speed), sim.Day(speed=speed))
+    hold = plan.sites[0].practice.windows.first_response_hold
+    assert hold == round(45 / speed)
+    suppressed = [c for c in plan.cases if c.behaviour == "through_in_hold"]
+    assert len(suppressed) == (1 if hold >= 3 else 0)
+    for c in suppressed:
+        back = next(e for e in plan.events if e.case == c.case and e.outcome == sim.ANSWERED)
+        assert back.at - c.missed_at < hold and c.sms_steps == ()

@@ -1,0 +1,184 @@
+"""The simulator's inputs are what the real connectors accept: every planned webhook through
+the real gateway (in-process, in-memory producer), every CDR line through the CDR mapping,
+every FHIR resource through the EHR connector's mapping; each gives the planned records."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from ringback.clock import ManualClock
+from ringback.config.settings import Settings
+from ringback.dev.simulator import plan as sim
+from ringback.dev.simulator import render
+from ringback.dev.simulator.practices import SECRET_NAMES
+from ringback.kafka import topics
+from ringback.kafka.practice_directory import PracticeDirectory
+from ringback.schemas import codec
+from ringback.sources import cdr
+from ringback.sources.ehr.fhir import appointment_facts, flag_facts, patient_facts
+from ringback.sources.ehr.publisher import EhrProjector
+from ringback.sources.gateway import Gateway
+from tests.dev.simulator.test_plan import day_plan
+
+pytestmark = pytest.mark.filterwarnings("ignore::jwt.InsecureKeyLengthWarning")
+
+PUBLIC = "https://gateway.example.org"
+NOW = 1_790_000_000.0
+SECRETS = render.Secrets(
+    twilio="sim-twilio-token",
+    ringcentral="sim-rc-token",
+    dialpad="sim-dialpad-secret",
+    vonage="sim-vonage-signature-secret-0123456789",
+)
+
+
+class MemoryProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None]] = []
+
+    async def send(self, topic, key, value, headers=None, partition=None):
+        self.sent.append((topic, key, value))
+        return 0, len(self.sent) - 1
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return day_plan(seed=7, n=5)
+
+
+@pytest.fixture(scope="module")
+def gateway(plan, tmp_path_factory):
+    secrets_dir = tmp_path_factory.mktemp("secrets")
+    for provider, (_, name) in SECRET_NAMES.items():
+        (secrets_dir / name).write_text(SECRETS.of(provider))
+    env = Settings(
+        kafka_bootstrap_servers="127.0.0.1:1",
+        ringback_namespace="sim",
+        ringback_secrets_dir=secrets_dir,
+        ringback_public_url=PUBLIC,
+        twilio_auth_token=None,
+    )
+    producer = MemoryProducer()
+    gw = Gateway(env, PracticeDirectory([s.practice for s in plan.sites]), producer, ManualClock(NOW))
+    loop = asyncio.new_event_loop()
+
+    async def start() -> TestClient:
+        client = TestClient(TestServer(gw.app()))
+        await client.start_server()
+        return client
+
+    client = loop.run_until_complete(start())
+
+    def post(hook):
+        before = len(producer.sent)
+
+        async def go():
+            async with client.post(hook.path, data=hook.body, headers=hook.headers) as resp:
+                await resp.read()
+                return resp.status
+
+        return loop.run_until_complete(go()), producer.sent[before:]
+
+    yield post, env
+    loop.run_until_complete(client.close())
+    loop.close()
+
+
+def test_every_planned_webhook_is_authentic_and_gives_the_planned_event(plan, gateway):
+    post, env = gateway
+    call_topic = topics.topic_name(topics.CALL_EVENTS, env)
+    dead_topic = topics.topic_name(topics.DEAD_LETTERS, env)
+    statuses: Counter = Counter()
+    opening = {c.opening_event_id for c in plan.cases}
+    produced_ids: set[str] = set()
+    for event in plan.events:
+        hooks = render.webhooks(event, PUBLIC, SECRETS, NOW)
+        if event.provider == "cdr" or event.kind in (sim.STAFF, sim.EHR):
+            assert hooks == []
+            continue
+        records = []
+        for hook in hooks:
+            status, sent = post(hook)
+            statuses[status] += 1
+            expected = event.expect_status
+            assert status == expected if expected else status in (200, 204), (event, status)
+            records += sent
+        if event.junk in ("forged", "unknown_number"):
+            assert records == []
+            continue
+        if event.junk == "malformed":
+            assert [t for t, _, _ in records] == [dead_topic]
+            continue
+        events = [codec.decode("call_event", v) for t, _, v in records if t == call_topic]
+        assert events, event
+        assert len({e["event_id"] for e in events}) == 1  # a call's several callbacks collapse to one id
+        got = events[-1]
+        assert got["practice_id"] == event.practice_id and got["caller"] == event.caller
+        produced_ids.add(got["event_id"])
+        if event.kind == sim.CALL:
+            assert (got["event_type"], got["outcome"], got["direction"]) == ("CALL", event.outcome, "INBOUND")
+            assert got["event_id"] == event.opening_event_id
+            assert got["occurred_at"] // 1000 == int(NOW)  # the provider's own time of the call
+        elif event.kind == sim.TRANSCRIPT:
+            assert got["event_type"] == "TRANSCRIPTION" and got["transcript"] == event.text
+        elif event.kind == sim.SMS:
+            assert got["event_type"] == "SMS" and got["sms_body"] == event.text
+    webhook_cases = {c.opening_event_id for c in plan.cases if not c.opening_event_id.startswith("cdr:")}
+    assert webhook_cases <= produced_ids and webhook_cases <= opening
+    assert statuses[403] and statuses[404] and statuses[400]
+
+
+def test_every_planned_cdr_line_maps_to_the_planned_event(plan):
+    site = next(s for s in plan.sites if s.provider == "cdr")
+    ctx = cdr.Context.of(site.practice, PracticeDirectory([s.practice for s in plan.sites]))
+    events = [e for e in plan.events if e.practice_id == site.practice.id and e.kind in (sim.CALL, sim.JUNK)]
+    assert events
+    for event in events:
+        line = render.cdr_line(event, site.practice, NOW)
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        mapped = cdr.map_line(line[:-1], ctx, int(NOW * 1000))
+        if event.kind == sim.JUNK:
+            assert mapped.kind == "dead"
+            continue
+        assert mapped.kind == "event", (event, mapped.reason)
+        record = mapped.record
+        assert (record["caller"], record["called"], record["outcome"]) == (event.caller, event.called, event.outcome)
+        assert record["event_id"] == event.opening_event_id
+        assert abs(record["occurred_at"] - NOW * 1000) < 1000
+
+
+def test_fhir_resources_map_to_the_callers_records(plan):
+    projector: dict[str, EhrProjector] = {}
+    kinds: Counter = Counter()
+    now_ms = int(NOW * 1000)
+    for event in plan.preload + [e for e in plan.events if e.kind == sim.EHR]:
+        p = projector.setdefault(event.practice_id, EhrProjector(event.practice_id))
+        site = next(s for s in plan.sites if s.practice.id == event.practice_id)
+        for resource in render.fhir_resources(event, NOW):
+            kind = resource["resourceType"]
+            kinds[kind] += 1
+            if kind == "Patient":
+                facts = patient_facts(resource, "US", now_ms)
+                assert facts.phones and not facts.rejected
+                ops = p.patient(facts)
+            elif kind == "Appointment":
+                facts = appointment_facts(resource, now_ms)
+                assert facts.live and facts.start > now_ms
+                ops = p.appointment(facts)
+            else:
+                facts = flag_facts(resource, now_ms, now_ms)
+                assert facts.live
+                ops = p.flag(facts)
+            assert all(op.value is not None for op in ops)
+        assert site.practice.id == event.practice_id
+    assert kinds["Patient"] > kinds["Appointment"] > 0 and kinds["Flag"] > 0
+    # Every known caller of a case has a patient record under the key its calls carry.
+    for case in plan.cases:
+        if case.scenario != sim.NEW:
+            assert projector[case.practice_id].owner(case.caller) is not None, case.case
+        elif case.behaviour != "book":
+            assert projector[case.practice_id].owner(case.caller) is None, case.case

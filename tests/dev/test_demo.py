@@ -1,0 +1,178 @@
+"""`ringback demo` as a user runs it, against the session's broker: a compressed practice
+day of five practices (one per phone system) ends with the KPI table, and the SMS the
+Twilio stand-in received are exactly the ones the simulator's plan expects; Ctrl-C
+(SIGINT) in the middle stops every process the demo started."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ringback.dev.demo import SUMMARY_PREFIX
+from tests.conftest import ARTIFACTS, REPO, wait_for
+
+pytestmark = pytest.mark.integration
+
+# A fast day: 10 practice hours in 30 s, 40 calls a day at the reference practice.
+FAST = ["--practices", "5", "--calls", "40", "--speed", "1200", "--seed", "11"]
+
+
+class DemoProcess:
+    """`ringback demo` in its own session, its output collected line by line."""
+
+    def __init__(self, name: str, args: list[str], bootstrap: str) -> None:
+        self.log_path = ARTIFACTS / name / "demo.out"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGBACK_", "TWILIO_", "SMTP_"))}
+        env.update({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PYTHONUNBUFFERED": "1"})
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ringback.cli", "demo", *args],
+            cwd=str(REPO),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        with open(self.log_path, "w") as log:
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+                log.write(line)
+                log.flush()
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait(self, timeout: float) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(10)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (from /proc: parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def finished_demo(kafka_bootstrap):
+    demo = DemoProcess("test_demo", FAST, kafka_bootstrap)
+    try:
+        code = demo.wait(timeout=170)
+    finally:
+        demo.kill()
+    return code, demo.output()
+
+
+def test_the_demo_day_ends_with_the_kpi_report_and_exit_0(finished_demo):
+    code, out = finished_demo
+    assert code == 0, out[-3000:]
+    assert "Ringback KPI report - all practices" in out
+    table = out[out.index("Ringback KPI report") :]
+    total = next(line for line in table.splitlines() if line.startswith("TOTAL"))
+    cells = total.split()
+    assert int(cells[1]) > 0  # cases
+    assert "%" in total and not total.split("%")[0].endswith(" 0.0")
+    assert "Against manual call-log review" in out and "manual 6.2 h" in out
+    assert "The reference practice (Maple Family Practice" in out
+
+
+def test_the_sms_at_the_twilio_standin_are_the_plans_first_responses_and_follow_ups(finished_demo):
+    code, out = finished_demo
+    assert code == 0, out[-3000:]
+    line = next(l for l in out.splitlines() if l.startswith(SUMMARY_PREFIX))
+    summary = json.loads(line[len(SUMMARY_PREFIX) :])
+    assert summary["first_responses_expected"] > 0
+    assert summary["first_responses_sent"] == summary["first_responses_expected"], summary
+    assert summary["sms_sent_by_step"] == summary["sms_expected_by_step"], summary
+    assert summary["sms_not_planned"] == 0 and summary["sms_missing"] == 0, summary
+    assert summary["sms_requests"] == summary["sms_sent"]  # no SMS was posted twice
+    assert summary["player"]["unexpected"] == [], summary["player"]
+    assert summary["cases_closed"] == summary["cases_expected"] > 0
+    assert summary["kpi"]["cases"] == summary["cases_expected"]
+    assert summary["kpi"]["new_patient_recovery"] > 0 and summary["kpi"]["first_response_median_s"] > 0
+    assert summary["emails"] > 0 and summary["plan"]["practices"] == 5
+
+
+def test_ctrl_c_stops_every_process_the_demo_started(kafka_bootstrap):
+    demo = DemoProcess("test_demo_sigint", ["--practices", "5", "--speed", "1200", "--calls", "30"], kafka_bootstrap)
+    try:
+        wait_for(
+            lambda: "practice day" in demo.output() or "%  " in demo.output() or demo.proc.poll() is not None,
+            120,
+            interval=0.2,
+            message="the demo's day to start",
+        )
+        assert demo.proc.poll() is None, demo.output()
+        started = descendants(demo.proc.pid)
+        assert len(started) >= 5, started  # gateway, worker, sinks, console, CDR poller
+        time.sleep(1.0)  # mid-day
+        os.kill(demo.proc.pid, signal.SIGINT)
+        code = demo.wait(timeout=60)
+        assert code == 130, demo.output()[-2000:]
+        assert "interrupted" in demo.output()
+        wait_for(lambda: not any(alive(p) for p in started), 10, message="every child process to be gone")
+    finally:
+        demo.kill()
+
+
+def test_children_stop_when_the_demo_is_killed(kafka_bootstrap):
+    # SIGKILL gives the demo no chance to clean up: the kernel's parent-death signal
+    # (ringback/child_process.py) stops what it started.
+    demo = DemoProcess("test_demo_sigkill", ["--practices", "5", "--speed", "1200", "--calls", "30"], kafka_bootstrap)
+    try:
+        wait_for(
+            lambda: "practice day" in demo.output() or "%  " in demo.output() or demo.proc.poll() is not None,
+            120,
+            interval=0.2,
+            message="the demo's day to start",
+        )
+        assert demo.proc.poll() is None, demo.output()
+        started = descendants(demo.proc.pid)
+        assert len(started) >= 5, started
+        os.kill(demo.proc.pid, signal.SIGKILL)
+        demo.wait(timeout=30)
+        wait_for(lambda: not any(alive(p) for p in started), 30, message="every child process to be gone")
+    finally:
+        demo.kill()

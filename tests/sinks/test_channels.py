@@ -1,0 +1,331 @@
+"""The sink channels one by one, against real local servers (no broker): Twilio's
+contract (Prism) and the capture server, Slack's HTTP contract, a real SMTP server;
+plus templates, staff texts, task ordering and the retry waits."""
+
+from __future__ import annotations
+
+import copy
+import json
+from email import message_from_bytes
+from pathlib import Path
+
+import pytest
+import yaml
+from aiosmtpd.controller import Controller
+from tenacity import RetryCallState
+
+from ringback.config.practices_file import ConfigError, load_practices, parse_practices
+from ringback.config.settings import Settings
+from ringback.dev.fake_apis import FakeApiServer
+from ringback.sinks import records as rec
+from ringback.sinks.channels.email import SmtpMailer, message_id
+from ringback.sinks.channels.slack import SlackWebhook
+from ringback.sinks.channels.tasks import TaskBoard, apply_update, new_task, open_tasks
+from ringback.sinks.channels.twilio_sms import SmsRejected, TwilioSms, classify_rest_error, status_callback_url
+from ringback.sinks.retry import OptedOut, Permanent, RetryPolicy, Transient
+from tests.conftest import REPO, free_port
+from tests.support.prism import PrismMock
+
+ACCOUNT_SID = "AC" + "0" * 31 + "1"
+CALLER = "+14155550123"
+
+
+@pytest.fixture(scope="module")
+def practices():
+    return load_practices(REPO / "examples" / "practices.yaml").practices
+
+
+def twilio_env(url: str) -> Settings:
+    return Settings(twilio_account_sid=ACCOUNT_SID, twilio_auth_token="tok", twilio_api_base_url=url, _env_file=None)
+
+
+# ------------------------------------------------------------------ Twilio
+async def test_both_sender_kinds_and_the_lookup_pass_twilios_contract(practices, tmp_path):
+    prism = PrismMock(tmp_path / "prism.log").start()
+    try:
+        sms = TwilioSms(twilio_env(prism.url), timeout_s=10)
+        callback = "https://rb.example.org/webhooks/twilio/sms/status?practice=maple-family&action=a%3Ab"
+        assert (await sms.send(practices[0], CALLER, "hello", callback)).startswith("SM")  # From
+        assert (await sms.send(practices[1], CALLER, "hello")).startswith("SM")  # MessagingServiceSid
+        assert await sms.find_sent(practices[0], CALLER, "hello", 1_767_000_000_000) is None
+        await sms.close()
+        assert [r.method for r in prism.requests()] == ["POST", "POST", "GET", "GET"]
+        prism.assert_all_valid()
+    finally:
+        prism.stop()
+
+
+async def test_prism_helper_reports_a_request_the_contract_rejects(tmp_path):
+    import httpx
+
+    prism = PrismMock(tmp_path / "prism.log").start()
+    try:
+        httpx.post(
+            f"{prism.url}/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json",
+            data={"Body": "x"},
+            auth=(ACCOUNT_SID, "tok"),
+        )
+        with pytest.raises(AssertionError, match="required property 'To'"):
+            prism.assert_all_valid()
+    finally:
+        prism.stop()
+
+
+async def test_form_fields_and_lookup_against_the_capture_server(practices):
+    server = FakeApiServer()
+    try:
+        sms = TwilioSms(twilio_env(server.url), timeout_s=5)
+        sid = await sms.send(practices[0], CALLER, "Hi there", "https://cb.example.org/x")
+        await sms.send(practices[1], CALLER, "Hi there")
+        first, second = server.messages()
+        assert (first.form["To"], first.form["From"], first.form["Body"], first.form["StatusCallback"]) == (
+            CALLER,
+            "+13125550100",
+            "Hi there",
+            "https://cb.example.org/x",
+        )
+        assert second.form["MessagingServiceSid"] == practices[1].messaging_service_sid and "From" not in second.form
+        assert await sms.find_sent(practices[0], CALLER, "Hi  there", 0) == sid  # whitespace-insensitive
+        assert await sms.find_sent(practices[0], CALLER, "another text", 0) is None
+        assert await sms.find_sent(practices[0], "+14155550999", "Hi there", 0) is None
+        with pytest.raises(SmsRejected):
+            await sms.send(practices[0], CALLER, "  ")
+        await sms.close()
+    finally:
+        server.close()
+
+
+async def test_twilio_failures_are_classified(practices):
+    server = FakeApiServer(script=[500, 429, ("hang", 2)])
+    try:
+        sms = TwilioSms(twilio_env(server.url), timeout_s=0.5)
+        with pytest.raises(Transient) as e500:
+            await sms.send(practices[0], CALLER, "x")
+        with pytest.raises(Transient) as e429:
+            await sms.send(practices[0], CALLER, "x")
+        with pytest.raises(Transient) as slow:
+            await sms.send(practices[0], CALLER, "x")
+        assert (e500.value.ambiguous, e429.value.ambiguous, slow.value.ambiguous) == (True, False, True)
+        await sms.close()
+    finally:
+        server.close()
+    refused = TwilioSms(twilio_env(f"http://127.0.0.1:{free_port()}"), timeout_s=2)
+    with pytest.raises(Transient) as nobody:
+        await refused.send(practices[0], CALLER, "x")
+    assert nobody.value.ambiguous is False  # never left: a resend is safe
+    await refused.close()
+
+
+def test_rest_error_mapping_and_callback_url():
+    from twilio.base.exceptions import TwilioRestException
+
+    assert isinstance(classify_rest_error(TwilioRestException(400, "u", code=21610)), OptedOut)
+    assert isinstance(classify_rest_error(TwilioRestException(400, "u", code=21211)), Permanent)
+    assert classify_rest_error(TwilioRestException(503, "u")).ambiguous is True
+    env = Settings(ringback_public_url="https://rb.example.org/", _env_file=None)
+    assert status_callback_url(env, "maple-family", "maple-family:abc:first_sms") == (
+        "https://rb.example.org/webhooks/twilio/sms/status?practice=maple-family&action=maple-family%3Aabc%3Afirst_sms"
+    )
+    assert status_callback_url(Settings(ringback_public_url=None, _env_file=None), "p", "a") is None
+
+
+# ------------------------------------------------------------------ Slack
+async def test_slack_contract():
+    server = FakeApiServer(other_script=[(429, {"Retry-After": "3"}), 500, 404])
+    try:
+        slack = SlackWebhook(timeout_s=5)
+        url = server.url + "/services/T/B/x"
+        with pytest.raises(Transient) as limited:
+            await slack.post(url, "hello")
+        assert limited.value.retry_after == 3.0
+        with pytest.raises(Transient):
+            await slack.post(url, "hello")
+        with pytest.raises(Permanent, match="404"):
+            await slack.post(url, "hello")
+        await slack.post(url, "hello")  # 200 ok
+        assert [json.loads(r.body) for r in server.posts("/services/T/B/x")] == [{"text": "hello"}] * 4
+        await slack.close()
+    finally:
+        server.close()
+
+
+# ------------------------------------------------------------------ e-mail
+async def test_email_through_a_real_smtp_server():
+    got = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802
+            got.append(envelope)
+            return "250 OK"
+
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+            if address.startswith("nobody@"):
+                return "550 no such user"
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+    port = free_port()
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        mailer = SmtpMailer(f"smtp://127.0.0.1:{port}", sender="ringback@maple.example.org")
+        await mailer.send("maple-family:abc:notify", "desk@maple.example.org", "[Maple] Missed call", "Call back")
+        msg = message_from_bytes(got[0].content)
+        assert got[0].rcpt_tos == ["desk@maple.example.org"] and got[0].mail_from == "ringback@maple.example.org"
+        assert msg["Subject"] == "[Maple] Missed call" and msg["Message-ID"] == message_id("maple-family:abc:notify")
+        assert msg.get_payload().strip() == "Call back"
+        with pytest.raises(Permanent):
+            await mailer.send("a", "nobody@maple.example.org", "s", "t")
+    finally:
+        controller.stop()
+    with pytest.raises(Transient):
+        await SmtpMailer(f"smtp://127.0.0.1:{free_port()}", timeout_s=2).send("a", "x@y.org", "s", "t")
+    with pytest.raises(ValueError):
+        SmtpMailer("http://mail.example.org")
+
+
+# ------------------------------------------------------------------ templates (practices file)
+EXAMPLE = yaml.safe_load((REPO / "examples" / "practices.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    "template, reason",
+    [
+        ("Your results for {diagnosis} are in", "placeholder {diagnosis} is not allowed"),
+        ("Hi {patient_name}", "placeholder {patient_name} is not allowed"),
+        ("Hi {practice_name!r}", "format spec or conversion"),
+        ("Hi {practice_name:>20}", "format spec or conversion"),
+        ("Hi {}", "placeholder {} is not allowed"),
+        ("Hi {practice_name.__class__}", "is not allowed"),
+        ("Hi {booking_link", "not a valid template"),
+    ],
+)
+def test_template_with_unknown_or_clinical_field_is_rejected_with_its_path(template, reason):
+    data = copy.deepcopy(EXAMPLE)
+    data["practices"][1]["templates"] = {"new_patient_first": template}
+    with pytest.raises(ConfigError) as err:
+        parse_practices(data)
+    assert "practices.1.templates.new_patient_first" in str(err.value)
+    assert reason in str(err.value)
+
+
+def test_templates_with_the_allowed_placeholders_pass():
+    data = copy.deepcopy(EXAMPLE)
+    data["practices"][0]["templates"] = {
+        "new_patient_first": "Hi, {practice_name} here. Book: {booking_link} or call {callback_number}. "
+        "Reschedule: {reschedule_link} {{literal}} Reply STOP to opt out."
+    }
+    assert parse_practices(data).practices[0].templates["new_patient_first"].startswith("Hi, {practice_name}")
+
+
+# ------------------------------------------------------------------ staff text, tasks, waits
+def test_staff_message_says_what_and_what_to_do_with_minimum_data():
+    action = {
+        "action_id": "maple-family:c1:alert",
+        "kind": "ALERT_MANAGER",
+        "reason": "callback overdue",
+        "created_at": 1_764_000_000_000,
+        "missed_at": None,
+        "priority": "URGENT",
+        "body": None,
+        "params": {},
+        "due_at": None,
+    }
+    subject, text = rec.staff_message(action, "Maple Family Practice", "America/Chicago", CALLER)
+    assert "Escalation" in subject and CALLER not in text and "+1••••••0123" in text and "To do:" in text
+    _, notify = rec.staff_message({**action, "kind": "NOTIFY_STAFF"}, "Maple", "America/Chicago", CALLER)
+    assert CALLER in notify
+
+
+def test_open_tasks_order_and_practice_scope():
+    base = {
+        "action_id": "x",
+        "case_id": "c",
+        "practice_id": "maple-family",
+        "reason": "r",
+        "scenario": "NEW_PATIENT",
+        "step": "s",
+    }
+    late = new_task({**base, "action_id": "t1", "due_at": 2000, "priority": "URGENT"}, CALLER, "nurse", 0)
+    early = new_task({**base, "action_id": "t2", "due_at": 1000, "priority": "LOW"}, CALLER, "nurse", 0)
+    same_due_high = new_task({**base, "action_id": "t3", "due_at": 1000, "priority": "HIGH"}, CALLER, "admin", 0)
+    other = new_task({**base, "action_id": "t4", "practice_id": "lakeside-peds", "due_at": 1}, CALLER, "nurse", 0)
+    done, _ = apply_update(
+        late, {"update_id": "u", "practice_id": "maple-family", "action": "COMPLETE", "actor": "a", "at": 5}
+    )
+    assert [t["task_id"] for t in open_tasks([late, early, same_due_high, other], "maple-family")] == ["t3", "t2", "t1"]
+    assert [t["task_id"] for t in open_tasks([done, early, other], "maple-family", role="nurse")] == ["t2"]
+    assert (
+        apply_update(
+            late, {"update_id": "v", "practice_id": "lakeside-peds", "action": "CLAIM", "actor": "a", "at": 1}
+        )[1]
+        == "update from another practice"
+    )
+    board = TaskBoard(Settings(_env_file=None))
+    board.apply(json.dumps("t2").encode(), json.dumps(early).encode())
+    board.apply(json.dumps("t4").encode(), json.dumps(other).encode())
+    assert [t["task_id"] for t in board.open_tasks("maple-family")] == ["t2"]
+    assert board.get("maple-family", "t4") is None and board.get("lakeside-peds", "t4")["task_id"] == "t4"
+    board.apply(json.dumps("t2").encode(), None)
+    assert board.open_tasks("maple-family") == []
+
+
+def test_retry_wait_honours_retry_after_with_a_cap_else_backs_off(monkeypatch):
+    policy = RetryPolicy(attempts=5, base_s=1.0, max_s=8.0, retry_after_cap_s=30.0, jitter_s=0.5)
+    wait = policy.wait()
+
+    def state(exc: Exception, attempt: int) -> RetryCallState:
+        rs = RetryCallState(None, None, (), {})
+        rs.attempt_number = attempt
+        rs.set_exception((type(exc), exc, None))
+        return rs
+
+    assert wait(state(Transient("429", retry_after=12), 1)) == 12
+    assert wait(state(Transient("429", retry_after=600), 1)) == 30
+    # The jitter drawn (tenacity: random.uniform(0, jitter)) fixed at both ends: doubling from
+    # 1 s, the jitter added on top, never more than 8 s.
+    attempts = (1, 2, 3, 4, 5, 6)
+    monkeypatch.setattr("tenacity.wait.random.uniform", lambda low, high: low)
+    assert [wait(state(Transient("500"), n)) for n in attempts] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    monkeypatch.setattr("tenacity.wait.random.uniform", lambda low, high: high)
+    assert [wait(state(Transient("500"), n)) for n in attempts] == [1.5, 2.5, 4.5, 8.0, 8.0, 8.0]
+
+
+def test_package_json_pins_prism_and_the_lock_file_exists():
+    pkg = json.loads((REPO / "package.json").read_text())
+    assert "@stoplight/prism-cli" in pkg["devDependencies"]
+    lock = json.loads((REPO / "package-lock.json").read_text())
+    assert "node_modules/@stoplight/prism-cli" in lock["packages"]
+    assert Path(REPO / "node_modules" / ".bin" / "prism").exists()
+
+
+def test_the_first_claim_in_the_log_holds_the_task():
+    # Two console replicas accepted a claim of the same task at the same instant: the
+    # sinks' table and every console's copy apply the log in order and keep the first.
+    task = new_task(
+        {
+            "action_id": "t1",
+            "case_id": "c",
+            "practice_id": "maple-family",
+            "reason": "r",
+            "scenario": "NEW_PATIENT",
+            "step": "s",
+            "due_at": 1000,
+            "priority": "HIGH",
+        },
+        CALLER,
+        "admin",
+        0,
+    )
+
+    def update(uid: str, action: str, actor: str) -> dict:
+        return {"update_id": uid, "practice_id": "maple-family", "action": action, "actor": actor, "at": 5}
+
+    ana, _ = apply_update(task, update("u1", "CLAIM", "ana"))
+    after, why = apply_update(ana, update("u2", "CLAIM", "bo"))
+    assert (after, why) == (ana, "already claimed by someone else")
+    again, why = apply_update(ana, update("u3", "CLAIM", "ana"))  # claiming one's own task again is fine
+    assert why is None and again["claimed_by"] == "ana"
+    released, _ = apply_update(ana, {**update("u4", "REASSIGN", "ana"), "new_role": "nurse"})
+    bo, why = apply_update(released, update("u5", "CLAIM", "bo"))  # free again after a reassign
+    assert why is None and bo["claimed_by"] == "bo"
