@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from ringback.schemas import codec
+
+_LEADERSHIP_MOVING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
@@ -17,9 +24,21 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         return {}
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}"})
     try:
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions}
+        return {p: _high_watermark(consumer, topic, p) for p in md.partitions}
     finally:
         consumer.close()
+
+
+def _high_watermark(consumer: Consumer, topic: str, partition: int, timeout: float = 20.0) -> int:
+    """The end offset of one partition; asked again while leadership moves (a new topic, a busy broker)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+        except KafkaException as exc:
+            if time.monotonic() > deadline or exc.args[0].code() not in _LEADERSHIP_MOVING:
+                raise
+            time.sleep(0.2)
 
 
 def total_records(bootstrap: str, topic: str) -> int:
