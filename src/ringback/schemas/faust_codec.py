@@ -1,26 +1,28 @@
-"""Faust codec adapter (kept apart so that importing schemas.codec does not import faust).
+"""Faust codecs over ``schemas.codec``: ``value_serializer="avro_<name>"``.
 
-Use ``schemas.codec.AvroFaustCodec`` / ``schemas.codec.register_faust_codecs``.
+Kept apart from ``schemas.codec`` so that processes without faust never import it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from faust.serializers import codecs as faust_codecs
 from faust.types.codecs import CodecT
 
-from ringback.schemas import codec as _codec
+from ringback.schemas import codec
+
+__all__ = ["AvroFaustCodec", "register_faust_codecs"]
 
 
 class AvroFaustCodec(faust_codecs.Codec):
-    """Faust codec for one schema: ``_dumps`` = ``schemas.codec.encode``,
-    ``_loads`` = ``schemas.codec.decode``.
+    """Faust codec for one schema: ``_dumps`` is ``codec.encode``, ``_loads`` is ``codec.decode``.
 
     ``topic`` (optional) only names the Schema Registry subject (``<topic>-value``);
-    by default the subject is ``<name>-value``. Codec chaining/cloning
-    (``codec | other``) keeps ``name``/``topic`` because faust re-creates the codec
-    with ``type(self)(children=..., **self.kwargs)``.
+    by default the subject is ``<name>-value``. Chaining (``codec | other``) keeps
+    ``name`` and ``topic``: faust re-creates the codec as
+    ``type(self)(children=..., **self.kwargs)``.
     """
 
     def __init__(
@@ -31,7 +33,7 @@ class AvroFaustCodec(faust_codecs.Codec):
         children: tuple[CodecT, ...] | None = None,
         **kwargs: Any,
     ) -> None:
-        _codec.default_codec()._get(name)  # fail fast on an unknown schema name
+        codec.schema(name)  # fail fast on an unknown schema name
         if topic is not None:
             kwargs["topic"] = topic
         super().__init__(children=children, name=name, **kwargs)
@@ -39,7 +41,16 @@ class AvroFaustCodec(faust_codecs.Codec):
         self.topic = topic
 
     def _dumps(self, obj: Any) -> bytes:
-        return _codec.encode(self.schema_name, obj, topic=self.topic)
+        return codec.encode(self.schema_name, obj, topic=self.topic)
 
     def _loads(self, s: bytes) -> Any:
-        return _codec.decode(self.schema_name, s)
+        return codec.decode(self.schema_name, s)
+
+
+def register_faust_codecs(names: Iterable[str] | None = None) -> dict[str, AvroFaustCodec]:
+    """Register an ``avro_<name>`` faust codec per schema (all by default); returns them."""
+    registered = {}
+    for name in names if names is not None else codec.SCHEMA_NAMES:
+        registered[f"avro_{name}"] = AvroFaustCodec(name)
+        faust_codecs.register(f"avro_{name}", registered[f"avro_{name}"])
+    return registered

@@ -35,7 +35,7 @@ from ringback.kafka.faust_app import faust_app
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.observability import metrics as shared_metrics
 from ringback.schemas import codec
-from ringback.schemas.codec import register_faust_codecs
+from ringback.schemas.faust_codec import register_faust_codecs
 from ringback.sinks.channels.slack import SlackWebhook
 from ringback.sinks.channels.twilio_sms import TwilioSms
 from ringback.sinks.clock import sink_clock

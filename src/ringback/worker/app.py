@@ -13,7 +13,7 @@ from ringback.clock import Clock
 from ringback.config.settings import Settings
 from ringback.kafka.faust_app import faust_app
 from ringback.kafka.practice_directory import PracticeDirectory
-from ringback.schemas.codec import register_faust_codecs
+from ringback.schemas.faust_codec import register_faust_codecs
 
 env = Settings()
 register_faust_codecs()
