@@ -69,10 +69,9 @@ def test_every_package_has_a_layer():
     assert packages - {"__main__"} == set(LAYERS), "give every new package a layer in LAYERS"
 
 
-# Being removed: the console reads the sinks' task functions, the workflow names the directory's type.
+# Being removed: the console reads the sinks' task functions.
 NOT_YET = {
     ("ringback.console.service", "ringback.sinks.channels.tasks"),
-    ("ringback.workflow.engine", "ringback.kafka.practice_directory"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Classification of missed calls (streams/rules/classify.py): every branch."""
+"""Classification of missed calls (domain/classify.py): every branch."""
 
 from __future__ import annotations
 

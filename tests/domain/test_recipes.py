@@ -1,10 +1,10 @@
-"""Texts, routing, ids and action commands of the recipes (streams/rules/recipes.py)."""
+"""Texts, routing, ids and action commands of the recipes (domain/recipes.py)."""
 
 from __future__ import annotations
 
 from ringback.domain import recipes
 from ringback.schemas import codec
-from tests.workflow.test_workflow import T0, practice
+from tests.workflow.harness import T0, practice
 
 CASE = {
     "case_id": "maple-family:abc",

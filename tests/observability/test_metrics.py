@@ -16,10 +16,11 @@ from ringback.observability.metrics import OTHER, PracticeLabels
 from ringback.sinks import records as rec
 from ringback.sinks.executor import FIRST_RESPONSE_STEPS
 from ringback.workflow import timers
-from ringback.workflow.engine import caller_key, index_entry_pending
+from ringback.workflow.state import caller_key
+from ringback.workflow.timers import index_entry_pending
 from tests.conftest import REPO
 from tests.sinks.test_executor import CHICAGO, NOON, action, key, make
-from tests.workflow.test_workflow import NEW_CALLER, PRACTICE_ID, T0, Harness
+from tests.workflow.harness import NEW_CALLER, PRACTICE_ID, T0, Harness
 
 HOLD_MS = 45_000  # the default first_response_hold
 

@@ -1,12 +1,13 @@
-"""Durable gate timers (streams/timers.py and the TICK handling of the workflow)."""
+"""Durable gate timers (workflow/timers.py) and the TICK that fires them (workflow/gates.py)."""
 
 from __future__ import annotations
 
 import json
 
 from ringback.workflow import timers
-from ringback.workflow.engine import DELETE, Tx, Workflow
-from tests.workflow.test_workflow import DAY, HOUR, KNOWN, NEW_CALLER, T0, Harness
+from ringback.workflow.inputs import Workflow
+from ringback.workflow.state import DELETE, Tx
+from tests.workflow.harness import DAY, HOUR, KNOWN, NEW_CALLER, T0, Harness
 
 
 class DictStore:

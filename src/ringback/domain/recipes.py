@@ -1,6 +1,6 @@
 """What each scenario sends at each step, as action commands (SPEC section 6).
 
-Pure: no Kafka, no clock (`now_ms` comes in). The workflow (streams/agents/workflow.py)
+Pure: no Kafka, no clock (`now_ms` comes in). The workflow (ringback/workflow/)
 decides *when* a step runs; this module decides *what* it says and to whom.
 
 Action contract (schemas/action_command.avsc), relied on by the sinks and the console:

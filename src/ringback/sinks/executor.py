@@ -396,35 +396,23 @@ class ActionExecutor:
             return await self._fail(action, "an SMS needs a body")
         now = self.clock.now_ms()
         confirmation = (action.get("params") or {}).get("consent_confirmation") == "1"
-        why = self._sms_blocked(action, practice, to, now, confirmation)
-        if why:
-            return await self._suppress(action, practice, caller, why, fallback=not confirmation)
-        if not confirmation:  # the confirmation answers the patient's own text: it goes at once
-            qh = practice.quiet_hours
-            allowed = rules.next_allowed_send(now, practice.time_zone, qh.start, qh.end)
-            if allowed > now:
-                return await self._defer(action, caller, partition, allowed, practice, fired)
+        number = f"{practice.id}|{to}"
+        consent = self.t.consent.get(number) or {}
+        refused, send_at = rules.sms_decision(
+            practice,
+            now,
+            recipient=to,
+            body=body,
+            opted_out=consent.get("state") == "OUT",
+            sent_at_ms=self.t.sms_history.get(number) or [],
+            confirmation=confirmation,
+            already_confirmed=bool(consent.get("confirmed_at")),
+        )
+        if refused:
+            return await self._suppress(action, practice, caller, refused, fallback=not confirmation)
+        if send_at > now:
+            return await self._defer(action, caller, partition, send_at, practice, fired)
         return await self._deliver(action, practice, None, fired)
-
-    def _sms_blocked(self, action: dict, practice: Practice, to: str, now: int, confirmation: bool) -> str | None:
-        if to in practice.blocked_numbers:
-            return "blocked number"
-        state = self.t.consent.get(f"{practice.id}|{to}")
-        if state and state.get("state") == "OUT":
-            if not confirmation:
-                return "opted out"
-            if state.get("confirmed_at"):
-                return "opt-out already confirmed once"
-        if confirmation:
-            return None
-        caps = practice.sms_caps
-        per_day, per_week = rules.caps_for(caps.per_day, caps.per_week, caps.fcc_healthcare_exemption)
-        blocked = rules.cap_blocks(self.t.sms_history.get(f"{practice.id}|{to}") or [], now, per_day, per_week)
-        if blocked:
-            return blocked
-        if caps.fcc_healthcare_exemption:
-            return rules.fcc_profile_violation(action["body"], practice.name)
-        return None
 
     async def _defer(
         self, action: dict, caller: str | None, partition: int, due_at: int, practice: Practice, fired: bool

@@ -41,7 +41,9 @@ from ringback.observability.metrics import child
 from ringback.schemas import codec
 from ringback.worker.app import app, clock, directory, env
 from ringback.workflow import timers
-from ringback.workflow.engine import DELETE, Tx, Workflow, index_entry_pending
+from ringback.workflow.inputs import Workflow
+from ringback.workflow.state import DELETE, Tx
+from ringback.workflow.timers import index_entry_pending
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Durable gate timers in the changelog-backed state table (NOTES: "the pattern that works").
+"""Durable gate timers in the changelog-backed state table: arming a case's timers, the
+due-index that finds them, and which are due (what a due timer does: workflow/gates.py).
 
 Faust tables can only be written while an event is processed, so a timer cannot
 write state by itself. Instead:
@@ -15,7 +16,7 @@ write state by itself. Instead:
   with `memory://`; RocksDB keeps one database per partition anyway).
 * `m|<partition>` holds the cursor: the last second whose bucket was fully handled.
 * Every worker sends a TICK to each partition of the tick topic it is assigned
-  (streams/topology.py); the agent that owns the partition reads it *in order* with
+  (worker/topology.py); the agent that owns the partition reads it *in order* with
   the other events of that partition (a cancel ahead of the TICK is handled first)
   and fires everything due up to now (`due_entries`) - not only the last interval:
   ticks are missed during downtime and a worker taking over must catch up.
@@ -36,9 +37,20 @@ advance only re-reads a few buckets).
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ringback.workflow.run import Run
+from ringback.workflow.state import CallerState, Case
 
 BUCKET_MS = 1000
+
+# The timers of a case.
+FIRST_RESPONSE = "first_response"  # the cancel-if-answered hold, then the first response
+FOLLOWUP = "followup"  # new patient: 2 h without a reply or booking
+ESCALATION = "escalation"  # urgent: 45 min without the clinical callback
+PROTECT = "protect"  # reschedule: 4 h, the appointment still to protect
+EXPIRE = "expire"  # case_expiry (24 h): the case closes
 
 
 class Store(Protocol):
@@ -131,7 +143,7 @@ def oldest_overdue(
     """The due time of the oldest index entry of `partition` due at or before `until_ms`
     that no TICK has handled yet and `pending(entry)` says still stands, or None.
 
-    For the `ringback_timers_overdue_seconds` gauge (streams/topology.py), read outside
+    For the `ringback_timers_overdue_seconds` gauge (worker/topology.py), read outside
     the agent (`read(key)` -> value or None, no writes). Looks at the buckets after the
     cursor only, oldest first: when ticks are handled in time that range is empty. At most
     `max_buckets` buckets and `max_entries` due entries are read; past that the start of
@@ -156,3 +168,40 @@ def oldest_overdue(
         if oldest is not None:
             return oldest
     return None
+
+
+# ------------------------------------------------------------------ the timers of a case
+def arm(case: Case, name: str, due_ms: int) -> None:
+    """Set (or move) a timer of the case; it is indexed when the case is written (`save_caller`)."""
+    case["gen"] += 1
+    case["timers"][name] = [due_ms, case["gen"]]
+
+
+def next_due(case: Case, now_ms: int) -> str | None:
+    """The case's timer that is due first, or None when none is due at `now_ms`."""
+    due = sorted((t[0], name) for name, t in case["timers"].items() if t[0] <= now_ms)
+    return due[0][1] if due else None
+
+
+def save_caller(run: Run, ck: str, state: CallerState) -> None:
+    """Write the caller; first index the case at its next due timer if it is not yet.
+
+    One index entry per case (not per timer): it says "look at this case at that
+    second"; the tick then fires whatever of the case is due and indexes it again."""
+    case = state["case"]
+    if case is not None and case["timers"]:
+        due = min(t[0] for t in case["timers"].values())
+        if case.get("indexed") != due:
+            index(run.tx, run.partition, ck, "case", due, due, run.now)
+            case["indexed"] = due
+    run.tx.set(ck, state)
+
+
+def index_entry_pending(read: Callable[[str], Any], entry: list) -> bool:
+    """Whether a due-index entry `[caller_key, "case", indexed]` still stands for pending
+    timers: the check a TICK makes before firing (workflow/gates.py)."""
+    state = read(entry[0])
+    case = state.get("case") if state else None
+    if not case:
+        return False
+    return case.get("indexed") == entry[2] and bool(case.get("timers"))

@@ -26,7 +26,8 @@ from ringback.sources import cdr
 from ringback.sources.ehr.fhir import appointment_facts, flag_facts, patient_facts
 from ringback.sources.ehr.publisher import EhrProjector
 from ringback.sources.gateway import Gateway
-from ringback.workflow.engine import DELETE, Tx, Workflow
+from ringback.workflow.inputs import Workflow
+from ringback.workflow.state import DELETE, Tx
 from tests.dev.simulator.test_plan import day_plan
 from tests.dev.simulator.test_render import PUBLIC, SECRETS, MemoryProducer
 

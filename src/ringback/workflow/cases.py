@@ -1,0 +1,235 @@
+"""The life of a case: opened by a missed call, joined by the next ones, responded to,
+escalated by its gates, converted or closed; and the outcome record of each change.
+
+One case per practice + caller, opened by a CALL with outcome MISSED or VOICEMAIL; its
+timers (workflow/timers.py) run the recipe of its scenario (new_patient.py, urgent.py,
+reschedule.py, general_inquiry.py). Every case ends in exactly one final outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ringback.domain import classify as cls
+from ringback.domain import recipes
+from ringback.domain.practice import Practice
+from ringback.workflow import ehr, timers
+from ringback.workflow.run import Run
+from ringback.workflow.state import Appointment, CallerState, Case, ehr_key
+
+# Case states (schemas/outcome.avsc CaseState).
+OPEN, RESPONDED, ESCALATED = "OPEN", "RESPONDED", "ESCALATED"
+CONVERTED, ESCALATED_AND_CLOSED, EXPIRED, SUPPRESSED = "CONVERTED", "ESCALATED_AND_CLOSED", "EXPIRED", "SUPPRESSED"
+
+CLOSED_MAX = 8  # ids of closed cases a caller keeps
+CALL_IDS_MAX = 10
+
+
+def open_case(run: Run, practice: Practice, state: CallerState, event: Mapping) -> None:
+    """A missed call without an open case: classify it, arm the hold and the expiry."""
+    data = ehr.load(run, ehr_key(practice.id, state["caller"]))
+    transcript = (state["transcripts"].get(event["provider_call_id"]) or [None])[0]
+    decided = cls.classify(data["patient"], data["flags"].values(), transcript)
+    case: Case = {
+        "case_id": recipes.case_id(practice.id, state["caller"], event["event_id"]),
+        "practice_id": practice.id,
+        "caller": state["caller"],
+        "scenario": decided.scenario,
+        "reason": decided.reason,
+        "state": OPEN,
+        "opened_at": event["received_at"],
+        "missed_at": event["occurred_at"],
+        "call_reported_at": event["received_at"],
+        "calls": 1,
+        "call_ids": [event["provider_call_id"]],
+        "voicemail": event.get("outcome") == "VOICEMAIL",
+        "transcript": transcript,
+        "steps": {},
+        "timers": {},
+        "gen": 0,
+        "first_response_at": None,
+        "channel": None,
+        "escalations": 0,
+        "appointment": None,
+        "tasks_done": {},
+        "replied_at": None,
+        "converted": False,
+        "converted_at": None,
+        "conversion_channel": None,
+        "outcome_seq": {},
+        "notes": [],
+    }
+    state["case"] = case
+    run.tx.opened.append(case["scenario"])
+    _outcome(run, case, OPEN, final=False)
+    opened = case["opened_at"]
+    timers.arm(case, timers.FIRST_RESPONSE, opened + recipes.first_response_delay_ms(practice, case["scenario"]))
+    timers.arm(case, timers.EXPIRE, opened + recipes.window_ms(practice, "case_expiry"))
+
+
+def join(case: Case, state: CallerState, event: Mapping) -> None:
+    """A further missed call joins the open case (no second sequence)."""
+    case["calls"] += 1
+    case["call_ids"] = (case["call_ids"] + [event["provider_call_id"]])[-CALL_IDS_MAX:]
+    if event.get("outcome") == "VOICEMAIL":
+        case["voicemail"] = True
+    text = (state["transcripts"].get(event["provider_call_id"]) or [None])[0]
+    if text:
+        case["transcript"] = text
+
+
+def answered(run: Run, state: CallerState, case: Case, event: Mapping) -> None:
+    """The caller got through: before the first response the case is suppressed (cancel if
+    answered), after it converted (not an urgent case: it needs its clinical callback)."""
+    if event["occurred_at"] < case["missed_at"]:
+        return  # an older call delivered late: it answers nothing
+    if case["first_response_at"] is None:
+        close(run, state, SUPPRESSED, "the caller reached staff before the first response (cancel if answered)")
+    elif case["scenario"] != cls.URGENT_EXISTING:
+        convert(run, state, "answered_call", event["occurred_at"])
+
+
+def task_completed(run: Run, state: CallerState, case: Case, step: str, outcome: str | None, at: int) -> None:
+    """Staff completed the task of a step: its gate closes either way. A callback task
+    (clinical, callback, admin, protect) with outcome reached_patient (or none) converts
+    the case, with wrong_number closes it without a conversion, with left_message leaves
+    it open for a reply or booking."""
+    case["tasks_done"][step] = at
+    if step in recipes.CALLBACK_STEPS and step in case["steps"]:
+        outcome = outcome or "reached_patient"
+        if outcome == "reached_patient":
+            convert(run, state, "callback", at)
+        elif outcome == "wrong_number":
+            # Nobody to recover: close without counting a conversion.
+            close(run, state, ESCALATED_AND_CLOSED, "callback task: wrong number")
+
+
+def appointment_conversion(case: Case, old: Appointment | None, new: Appointment) -> str | None:
+    """How an appointment change converts the case, if it does (bookings after the call only)."""
+    if (new.get("updated_at") or 0) <= case["missed_at"]:
+        return None
+    if old and old.get("start") == new.get("start") and old.get("status") == new.get("status"):
+        return None  # the same record again
+    status = new.get("status")
+    was_booked = bool(old and old.get("status") in ehr.BOOKED)
+    if status in ehr.BOOKED:
+        if was_booked and old and old.get("start") == new.get("start"):
+            return None  # booked -> arrived etc.: not a new booking
+        kind = "reschedule" if was_booked else "booking"
+    elif status == "cancelled" and was_booked:
+        kind = "cancellation"
+    else:
+        return None
+    scenario = case["scenario"]
+    if scenario == cls.RESCHEDULE:
+        return "reschedule" if kind == "booking" else kind
+    if scenario in (cls.NEW_PATIENT, cls.GENERAL_INQUIRY) and kind in ("booking", "reschedule"):
+        return "booking"
+    return None  # urgent: only the clinical callback closes it
+
+
+def expire(run: Run, practice: Practice, state: CallerState, case: Case) -> None:
+    """The `expire` timer: the case window ended without a conversion."""
+    if case["escalations"]:
+        close(run, state, ESCALATED_AND_CLOSED, "escalated; case window ended without a conversion")
+    else:
+        close(run, state, EXPIRED, "case window ended without a conversion")
+
+
+# ------------------------------------------------------------------ changes of a case
+def emit(run: Run, case: Case, command: dict) -> None:
+    """Emit the action of a step: one action per case and step, ever."""
+    steps = case["steps"]
+    if command["step"] in steps:
+        return
+    steps[command["step"]] = run.now
+    _flush_open(run, case)
+    run.tx.actions.append((action_key(case["practice_id"], case["caller"]), command))
+
+
+def action_key(practice_id: str, caller: str) -> bytes:
+    """The record key of an action: practice|caller (the patient's number, also for staff actions)."""
+    return f"{practice_id}|{caller}".encode()
+
+
+def responded(run: Run, case: Case, at: int, channel: str) -> None:
+    if case["first_response_at"] is not None:
+        return
+    case["first_response_at"] = at
+    case["channel"] = channel
+    case["state"] = RESPONDED
+    _outcome(run, case, RESPONDED, final=False)
+
+
+def escalate(run: Run, case: Case) -> None:
+    case["escalations"] += 1
+    case["state"] = ESCALATED
+    _outcome(run, case, ESCALATED, final=False)
+
+
+def convert(run: Run, state: CallerState, channel: str, at: int) -> None:
+    case = state["case"]
+    assert case is not None
+    case["converted"], case["converted_at"], case["conversion_channel"] = True, at, channel
+    close(run, state, CONVERTED, None)
+
+
+def close(run: Run, state: CallerState, final_state: str, reason: str | None) -> None:
+    case = state["case"]
+    assert case is not None
+    case["state"] = final_state
+    run.tx.cancelled.extend(case["timers"])
+    case["timers"] = {}  # their index entries become stale and are skipped
+    _outcome(run, case, final_state, final=True, reason=reason)
+    state["closed"] = (state["closed"] + [case["case_id"]])[-CLOSED_MAX:]
+    state["case"] = None
+
+
+def _outcome(run: Run, case: Case, state_name: str, final: bool, reason: str | None = None) -> None:
+    seq = case["outcome_seq"].get(state_name, 0) + 1
+    case["outcome_seq"][state_name] = seq
+    practice = run.practices.by_id(case["practice_id"])
+    first = case["first_response_at"]
+    latency = first - case["missed_at"] if first is not None else None
+    within = None
+    if latency is not None and practice is not None:
+        within = latency <= recipes.response_window_ms(practice, case["scenario"])
+    record: dict[str, Any] = {
+        "outcome_id": f"{case['case_id']}:{state_name}" + (f":{seq}" if seq > 1 else ""),
+        "case_id": case["case_id"],
+        "practice_id": case["practice_id"],
+        "scenario": case["scenario"],
+        "state": state_name,
+        "final": final,
+        "missed_at": case["missed_at"],
+        "first_response_at": first,
+        "response_latency_ms": latency,
+        "within_window": within,
+        "escalations": case["escalations"],
+        "converted": case["converted"],
+        "converted_at": case["converted_at"],
+        "conversion_channel": case["conversion_channel"],
+        "channel": case["channel"],
+        "reason": reason,
+        "at": run.now,
+        "record_type": "CASE",
+        "action_id": None,
+        "action_kind": None,
+        "action_result": None,
+    }
+    if state_name == OPEN:
+        # Sent with the case's next record (its first response, usually): opening a case
+        # then writes state only, and a TICK sends the first responses of many cases
+        # together. A crash in between loses nothing: the record waits in the case.
+        case["open_record"] = record
+        return
+    _flush_open(run, case)
+    run.tx.outcomes.append(record)
+
+
+def _flush_open(run: Run, case: Case) -> None:
+    record = case.pop("open_record", None)
+    if record is not None:
+        record["scenario"] = case["scenario"]  # as decided at the first response
+        run.tx.outcomes.append(record)

@@ -1,0 +1,104 @@
+"""A missed call from an existing patient with an urgent flag (SPEC section 6, recipe 2).
+
+After the hold (5 min at the latest): an URGENT clinical callback task to the patient's
+assigned provider, else the nurse route, due within the urgent window, and an
+acknowledgement SMS to the patient (nothing clinical in it). At 45 min without the
+clinical task completed: an alert to the department manager. Only the clinical callback
+closes the case: not a call that reached the front desk, not a booking.
+"""
+
+from __future__ import annotations
+
+from ringback.domain import classify as cls
+from ringback.domain import recipes
+from ringback.domain.practice import Practice
+from ringback.workflow import cases, sms, timers
+from ringback.workflow.run import Run
+from ringback.workflow.state import CallerState, Case, Ehr
+
+
+def first_response(
+    run: Run, practice: Practice, state: CallerState, case: Case, ehr: Ehr, decided: cls.Classification
+) -> None:
+    patient = ehr["patient"]
+    provider = patient.get("assigned_provider") if patient else None
+    if provider:
+        role, recipient = recipes.ASSIGNED_PROVIDER, provider
+    else:
+        role, recipient = recipes.NURSE, recipes.route(practice, recipes.NURSE)
+    reason = cls.urgency_reason(decided.urgent_flag) if decided.urgent_flag else "urgent"
+    name = (patient.get("display_name") if patient else None) or "patient (name not on file)"
+    cases.emit(
+        run,
+        case,
+        recipes.action(
+            case,
+            "CREATE_TASK",
+            recipes.CLINICAL_TASK,
+            recipient,
+            f"Urgent clinical callback: {name} ({reason}).",
+            "existing patient with an urgent flag called and was missed",
+            run.now,
+            priority="URGENT",
+            due_at=case["opened_at"] + recipes.window_ms(practice, "urgent_window"),
+            params=recipes.staff_params(
+                practice,
+                case,
+                role,
+                "Call the patient back within the urgent window.",
+                patient_name=name,
+                urgency_reason=reason,
+            ),
+        ),
+    )
+    minutes = recipes.urgent_minutes(practice)
+    body = recipes.render(practice, "urgent_ack", urgent_minutes=minutes)
+    blocked, send_at = sms.decide(run, practice, state, body, patient)
+    if blocked is None:
+        sms.send(
+            run,
+            practice,
+            state,
+            case,
+            recipes.ACK_SMS,
+            "urgent_ack",
+            "acknowledgement of an urgent missed call",
+            send_at,
+            fallback_role=recipes.NURSE,
+            urgent_minutes=minutes,
+        )
+        cases.responded(run, case, min(send_at, run.now), "sms" if send_at <= run.now else "task")
+    else:
+        case["notes"].append(f"acknowledgement SMS not sent: {blocked}")
+        cases.responded(run, case, run.now, "task")
+    timers.arm(case, timers.ESCALATION, case["opened_at"] + recipes.window_ms(practice, "urgent_escalation"))
+
+
+def escalation(run: Run, practice: Practice, state: CallerState, case: Case) -> None:
+    """The `escalation` timer, 45 min without the clinical callback marked complete: alert the manager."""
+    if recipes.CLINICAL_TASK in case["tasks_done"]:
+        return
+    role = recipes.DEPARTMENT_MANAGER
+    minutes = round(recipes.window_ms(practice, "urgent_escalation") / 60_000)
+    cases.emit(
+        run,
+        case,
+        recipes.action(
+            case,
+            "ALERT_MANAGER",
+            recipes.MANAGER_ALERT,
+            recipes.route(practice, role),
+            f"An urgent clinical callback was not completed within {minutes} min of the missed call.",
+            "urgent callback not completed in time",
+            run.now,
+            priority="URGENT",
+            params=recipes.staff_params(
+                practice,
+                case,
+                role,
+                "Make sure the urgent callback happens now, or reassign it.",
+                task_id=recipes.action_id(case["case_id"], recipes.CLINICAL_TASK),
+            ),
+        ),
+    )
+    cases.escalate(run, case)
