@@ -39,7 +39,7 @@ MAX_BODY_BYTES = 64 * 1024
 REQUESTS = Counter("ringback_gateway_requests_total", "Webhook requests by endpoint and status", ["endpoint", "status"])
 EVENTS = Counter(
     "ringback_call_events_total",
-    "Canonical call events produced (practice: ringback/metrics.py)",
+    "Canonical call events produced (practice: observability/metrics.py)",
     ["provider", "outcome", "practice"],
 )
 MESSAGE_STATUSES = Counter("ringback_message_status_total", "SMS delivery receipts produced", ["status"])

@@ -100,7 +100,7 @@ def start_poller(processes, folder: Path, name: str, env: dict | None = None, *a
 
 
 def scrape(port: int):
-    """The poller's /metrics page, parsed (as tests/integration/test_metrics_scrape.py does)."""
+    """The poller's /metrics page, parsed (as tests/observability/test_metrics_scrape.py does)."""
     from tests.observability.test_metrics_scrape import Scrape
 
     response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)

@@ -4,7 +4,7 @@ Pulls Patient, Appointment and Flag resources from a FHIR server's REST API
 (`GET [base]/[type]?_lastUpdated=ge<cursor>&_count=N`, following `Bundle.link`
 `next`), finds deletions in the type's history (`[type]/_history?_since=`), and
 imports FHIR Bulk Data NDJSON files (deletions as the Bulk Data `deleted` Bundles).
-The mapping to keyed records lives in `ehr_publisher.py`; keys, tombstones, state
+The mapping to keyed records lives in `publisher.py`; keys, tombstones, state
 and what is unverified: docs/sources-cdr-fhir.md.
 """
 
