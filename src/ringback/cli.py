@@ -363,12 +363,13 @@ def cdr_poll(
     metrics_port: int,
 ) -> None:
     """Turn the inbound calls in DIRECTORY/Master.csv into call events, as the file grows."""
-    from ringback.sources import cdr as cdr_source
+    from ringback.sources.cdr import poller as cdr_poller
+    from ringback.sources.cdr.records import DEFAULT_OUTBOUND_CONTEXTS
 
     if interval <= 0:
         raise click.BadParameter("must be above 0", param_hint="--interval")
     try:
-        cdr_source.run(
+        cdr_poller.run(
             _env(),
             str(directory),
             practice_id,
@@ -377,7 +378,7 @@ def cdr_poll(
             poller_id=poller_id,
             from_beginning=from_beginning,
             time_zone=time_zone,
-            outbound_contexts=outbound_contexts or cdr_source.DEFAULT_OUTBOUND_CONTEXTS,
+            outbound_contexts=outbound_contexts or DEFAULT_OUTBOUND_CONTEXTS,
             metrics_port=metrics_port or None,
         )
     except (LookupError, RuntimeError, ValueError) as exc:

@@ -1,6 +1,6 @@
 """The KPI report computed from a hand-written scenario, checked against numbers
 computed by hand (in the comments), without Kafka. The integration test
-(tests/integration/test_report_cli.py) produces the same records to a real topic."""
+(tests/report/test_report_cli.py) produces the same records to a real topic."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`ringback report` on the real broker: the hand-computed scenario of
-tests/unit/test_report.py is produced to a fresh namespace's outcome topic and the
+tests/report/test_kpis.py is produced to a fresh namespace's outcome topic and the
 command's JSON must equal the hand computation; the HTML must embed its charts."""
 
 from __future__ import annotations

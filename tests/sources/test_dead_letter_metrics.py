@@ -14,9 +14,11 @@ from ringback.kafka.producer import BrokerUnavailable
 from ringback.schemas import codec
 from ringback.sources.ehr import fhir
 from ringback.sources.ehr.publisher import EhrPublisher, dead_letter_label
+from tests.sources.cdr.harness import append, drain, started_on_empty_file
+from tests.sources.cdr.master_csv import line
 from tests.sources.ehr.test_fhir_client import make_sync
 from tests.sources.ehr.test_fhir_mapping import hl7
-from tests.sources.test_cdr import RecordingProducer, append, drain, line, started_on_empty_file
+from tests.sources.recording_producer import RecordingProducer
 
 NAME = "ringback_dead_letters_total"
 

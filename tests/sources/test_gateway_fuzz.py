@@ -2,7 +2,7 @@
 
 The gateway runs in-process (aiohttp TestServer/TestClient) with an in-memory producer
 that has AckedProducer's `send` signature: a pure logic test, no broker (the broker
-behaviour, 503 included, is tested in tests/integration/test_gateway_endpoints.py).
+behaviour, 503 included, is tested in tests/sources/test_gateway_endpoints.py).
 
 Properties: every answer is a 2xx or 4xx (never a 5xx: the in-memory producer never
 fails, so not even 503); a request that is not authentic produces nothing at all (no

@@ -18,7 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from ringback.config.settings import Settings
 from ringback.domain.practice import Practice
 from ringback.kafka import topics
-from ringback.kafka.topic_cache import TopicFollower, from_start_consumer
+from ringback.kafka.topic_cache import TopicCacheReader, from_start_consumer
 from ringback.schemas import codec
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ class PracticeDirectory:
         self._by_number: dict[str, Practice] = {}
         for p in practices:
             self.put(p)
-        # Reads the config topic from the start, and again after an error (ringback/topic_follower.py).
-        self._follower = TopicFollower(
+        # Reads the config topic from the start, and again after an error (kafka/topic_cache.py).
+        self._reader = TopicCacheReader(
             "practice directory", "the config topic", self._read, thread_name="practice-directory"
         )
 
@@ -95,24 +95,24 @@ class PracticeDirectory:
         """Read the config topic from the beginning in a background thread (and again from
         the beginning after an error, serving the last directory meanwhile)."""
         self._name = topics.topic_name(topics.PRACTICE_CONFIG, env)
-        self._follower.start(
+        self._reader.start(
             lambda: from_start_consumer(env.kafka_bootstrap_servers, f"{env.ringback_namespace}.practice-directory")
         )  # never committed
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> bool:
-        return self._follower.wait_ready(timeout)
+        return self._reader.wait_ready(timeout)
 
     @property
     def ready(self) -> bool:
-        return self._follower.ready.is_set()
+        return self._reader.ready.is_set()
 
     def close(self) -> None:
-        self._follower.close()
+        self._reader.close()
 
     def _read(self, consumer: Consumer) -> None:
         """Read the config topic from the start (applying records again is idempotent)."""
-        name, ready, stop = self._name, self._follower.ready, self._follower.stop
+        name, ready, stop = self._name, self._reader.ready, self._reader.stop
         end = self._end_offset(consumer, name)
         consumer.assign([TopicPartition(name, 0, OFFSET_BEGINNING)])
         position = 0
@@ -122,14 +122,15 @@ class PracticeDirectory:
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
-            if msg.error():
+            error, offset = msg.error(), msg.offset()
+            if error is not None or offset is None:  # an event, not a record (only those lack an offset)
                 # End of partition (or a passing error): whatever we have read is current.
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("config topic: %s", msg.error())
+                if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("config topic: %s", error)
                 if position >= end:
                     ready.set()
                 continue
-            position = msg.offset() + 1
+            position = offset + 1
             self._apply(msg.key(), msg.value())
             if position >= end:
                 ready.set()

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Mapping
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 
 class BrokerUnavailable(RuntimeError):
@@ -48,7 +49,7 @@ class AckedProducer:
         topic: str,
         key: bytes | None,
         value: bytes | None,
-        headers: dict[str, bytes] | None = None,
+        headers: Mapping[str, bytes] | None = None,
         partition: int | None = None,
     ) -> tuple[int, int]:
         """Produce and wait for the acknowledgement; returns (partition, offset).
@@ -57,25 +58,26 @@ class AckedProducer:
         e.g. appointments, go to `topics.partition_for(join_key, n)`); None lets the
         murmur2 partitioner hash the key."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future = loop.create_future()
+        fut: asyncio.Future[tuple[int, int]] = loop.create_future()
 
-        def delivered(err, msg) -> None:
+        def delivered(err: KafkaError | None, msg: Message) -> None:
             def settle() -> None:
                 if fut.done():
                     return
                 if err is not None:
                     fut.set_exception(BrokerUnavailable(str(err)))
                 else:
-                    fut.set_result((msg.partition(), msg.offset()))
+                    fut.set_result((msg.partition() or 0, msg.offset() or 0))  # both set on a delivered record
 
             loop.call_soon_threadsafe(settle)
 
+        record_headers: dict[str, str | bytes | None] | None = dict(headers) if headers else None
         try:
             if partition is None:
-                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
+                self._producer.produce(topic, value=value, key=key, headers=record_headers, on_delivery=delivered)
             else:
                 self._producer.produce(
-                    topic, value=value, key=key, headers=headers, on_delivery=delivered, partition=partition
+                    topic, value=value, key=key, headers=record_headers, on_delivery=delivered, partition=partition
                 )
         except BufferError as exc:
             raise BrokerUnavailable(f"producer queue full: {exc}") from None
@@ -88,8 +90,13 @@ class AckedProducer:
 
     def send_sync(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         """Blocking variant for command-line tools."""
-        errors: list = []
-        self._producer.produce(topic, value=value, key=key, on_delivery=lambda err, msg: err and errors.append(err))
+        errors: list[KafkaError] = []
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                errors.append(err)
+
+        self._producer.produce(topic, value=value, key=key, on_delivery=delivered)
         remaining = self._producer.flush(self.timeout_s + 1.0)
         if errors or remaining:
             raise BrokerUnavailable(str(errors[0]) if errors else "no acknowledgement in time")

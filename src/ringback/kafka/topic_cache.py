@@ -1,19 +1,20 @@
-"""Following a topic from its start in a background thread, reading it again after an error.
+"""A topic cached in memory: the reader that fills the cache, in a background thread.
 
-The task board (connectors/sinks/tasks.py) and the practice directory
-(ringback/practice_directory.py) each keep a topic's content in memory. A read stops
-on an error (for instance a topic just created, whose partition leaders are not
-elected yet); the follower then waits a moment and reads the topic again from the
-start with a new consumer. Applying the records again must be idempotent; the
-owner keeps serving what it has meanwhile.
+The task board (sinks/channels/tasks.py) and the practice directory
+(kafka/practice_directory.py) each keep a topic's content in memory (the cache) and
+give a `read(consumer)` that applies the topic's records to it. The reader runs it
+from the start of the topic; a read stops on an error (for instance a topic just
+created, whose partition leaders are not elected yet), and the reader then waits a
+moment and reads the topic again from the start with a new consumer. Applying the
+records again must be idempotent; the owner keeps serving what it has meanwhile.
 
-    follower = TopicFollower("task board", "the task changelog", read, thread_name="task-board")
-    follower.start(lambda: from_start_consumer(bootstrap, group_id))
-    follower.wait_ready(30)   # `read` sets follower.ready once it has caught up
-    follower.close()
+    reader = TopicCacheReader("task board", "the task changelog", read, thread_name="task-board")
+    reader.start(lambda: from_start_consumer(bootstrap, group_id))
+    reader.wait_ready(30)   # `read` sets reader.ready once it has caught up
+    reader.close()
 
-`read(consumer)` reads until `follower.stop` is set or it raises (or returns early);
-the follower closes the consumer.
+`read(consumer)` reads until `reader.stop` is set or it raises (or returns early);
+the reader closes the consumer.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def from_start_consumer(bootstrap_servers: str, group_id: str) -> Consumer:
     )
 
 
-class TopicFollower:
+class TopicCacheReader:
     """Runs `read(consumer)` in a daemon thread, again from the start after each stop."""
 
     def __init__(

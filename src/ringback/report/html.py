@@ -60,7 +60,7 @@ def _style(ax) -> None:
 
 
 def _label_bars(ax, bars, labels, tops=None) -> None:
-    for i, (bar, label) in enumerate(zip(bars, labels)):
+    for i, (bar, label) in enumerate(zip(bars, labels, strict=True)):
         top = max(bar.get_height(), tops[i]) if tops else bar.get_height()
         ax.annotate(
             label,
@@ -172,7 +172,7 @@ def chart_outcomes(total: dict) -> str:
         if not any(counts):
             continue
         bars = ax.barh(names, counts, left=left, color=color, label=label, height=0.6, zorder=2)
-        for bar, n in zip(bars, counts):
+        for bar, n in zip(bars, counts, strict=True):
             if n and n >= 0.035 * widest:  # a label only where it fits in its segment
                 ax.text(
                     bar.get_x() + bar.get_width() / 2,
@@ -182,7 +182,7 @@ def chart_outcomes(total: dict) -> str:
                     va="center",
                     fontsize=9,
                 )
-        left = [a + b for a, b in zip(left, counts)]
+        left = [a + b for a, b in zip(left, counts, strict=True)]
     ax.set_xlim(0, max(left) * 1.05)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("cases")
@@ -218,7 +218,9 @@ def chart_practices(report: dict) -> str | None:
         values = [100 * m[key]["share"] if m[key]["of"] else 0 for _, m in items]
         bars = ax.bar(xs, values, width=width, color=color, label=label, zorder=2)
         if labelled:
-            _label_bars(ax, bars, [f"{v:.0f}%" if m[key]["of"] else "-" for v, (_, m) in zip(values, items)])
+            _label_bars(
+                ax, bars, [f"{v:.0f}%" if m[key]["of"] else "-" for v, (_, m) in zip(values, items, strict=True)]
+            )
     ax.set_xticks(
         range(len(items)),
         [p for p, _ in items],

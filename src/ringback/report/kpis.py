@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from fractions import Fraction
+from typing import TypedDict
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,26 @@ LATENCY_BUCKETS: tuple[tuple[str, float | None], ...] = (
     (">4 h", None),
 )
 
+
+class ManualBaseline(TypedDict):
+    new_patient_recovery_share: float
+    new_patient_recovery_range: list[float]
+    time_to_first_response_s_range: list[int]
+    call_to_booking_mean_s: float
+
+
+class PublishedBaseline(TypedDict):
+    new_patient_recovery_range: list[float]
+    time_to_first_response_s_range: list[int]
+
+
+class Baseline(TypedDict):
+    manual: ManualBaseline
+    automated_published: PublishedBaseline
+
+
 # SPEC section 1: what manual call-log review achieves, and published automated workflows.
-BASELINE = {
+BASELINE: Baseline = {
     "manual": {
         "new_patient_recovery_share": 0.40,  # "about 40 %" (35-45 %)
         "new_patient_recovery_range": [0.35, 0.45],
@@ -225,7 +244,7 @@ class ReportBuilder:
         self.practice_id = practice_id
         self.cases: dict[str, _Case] = {}
         self.actions: dict[str, tuple[tuple, str, str, str]] = {}  # id -> (key, practice, kind, result)
-        self.counts = Counter()
+        self.counts: Counter[str] = Counter()
 
     def _in_period(self, missed_at: int) -> bool:
         return (self.since_ms is None or missed_at >= self.since_ms) and (
@@ -311,7 +330,7 @@ def _metrics(cases: list[_Case], actions: list[tuple[str, str]], as_of_ms: int) 
     to_booking: list[int] = []
     appointments = escalations = escalated = open_cases = 0
     by_scenario_state: dict[str, Counter] = defaultdict(Counter)
-    buckets = Counter()
+    buckets: Counter[str] = Counter()
 
     for c in cases:
         by_scenario_state[c.scenario][c.state] += 1

@@ -114,19 +114,20 @@ def read_outcomes(
                     f"could not read {topic} to its end within {timeout_s:.0f} s ({len(remaining)} partitions left)"
                 )
             for msg in consumer.consume(num_messages=1000, timeout=1.0):
-                p = msg.partition()
+                p, offset = msg.partition(), msg.offset()
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
-                        remaining.pop(p, None)
+                        if p is not None:
+                            remaining.pop(p, None)
                     elif err.fatal():
                         raise ReportError(f"reading {topic}: {err}")
                     else:
                         log.warning("reading %s: %s", topic, err)
                     continue
-                if p not in remaining or msg.offset() >= remaining[p]:
+                if p is None or offset is None or p not in remaining or offset >= remaining[p]:
                     continue  # produced after we started: the next report has it
-                if msg.offset() + 1 >= remaining[p]:
+                if offset + 1 >= remaining[p]:
                     remaining.pop(p)
                 stats.records_read += 1
                 value = msg.value()
@@ -137,7 +138,7 @@ def read_outcomes(
                     record = codec.decode("outcome", value)
                 except ValueError as exc:
                     stats.undecodable += 1
-                    log.warning("skipping an undecodable outcome record at %s[%d]@%d: %s", topic, p, msg.offset(), exc)
+                    log.warning("skipping an undecodable outcome record at %s[%d]@%d: %s", topic, p, offset, exc)
                     continue
                 yield record
     finally:

@@ -1,8 +1,8 @@
 """What every webhook adapter shares: the canonical call-event record and its rules.
 
-The adapters (`twilio`, `ringcentral`, `dialpad`, `vonage`) are pure functions from a
-provider's payload to records built here; the gateway does the I/O. Nothing in this
-module reads the clock, the network or the practice directory.
+The adapters (`twilio`, `ringcentral`, `dialpad`, `vonage`) turn a provider's payload into
+records built here with pure functions; their request handlers and the gateway do the
+I/O. Nothing in this module reads the clock, the network or the practice directory.
 
 Conventions every adapter follows:
 * `caller` is always the patient's side of the call (the remote party) in E.164 and
@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any, Literal, overload
 
 import jwt
 
@@ -108,7 +110,11 @@ def safe_e164(raw: object) -> str | None:
         return None
 
 
-def text(payload: dict, field: str, *, required: bool = True, max_len: int = 256) -> str | None:
+@overload
+def text(payload: Mapping[str, Any], field: str, *, required: Literal[True] = True, max_len: int = 256) -> str: ...
+@overload
+def text(payload: Mapping[str, Any], field: str, *, required: bool, max_len: int = 256) -> str | None: ...
+def text(payload: Mapping[str, Any], field: str, *, required: bool = True, max_len: int = 256) -> str | None:
     """A string field; ids and statuses are bounded so a hostile value cannot bloat a key."""
     value = payload.get(field)
     if value is None or value == "":

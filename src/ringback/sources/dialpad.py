@@ -1,6 +1,7 @@
 """Dialpad call-event webhooks → canonical call events.
 
-Pure functions; the gateway does the I/O. From Dialpad's API v2 OpenAPI description
+The request handler the gateway routes Dialpad's webhook to (`handle_call_event`) and
+the pure functions it uses. From Dialpad's API v2 OpenAPI description
 (Dialpad API v2 OpenAPI, `schemas.call.CallProto`; extract in tests/vendor/dialpad): with a
 webhook secret, the POST body is a compact JWT signed HS256 with that secret whose claims
 are the call event; without a secret Dialpad posts plain JSON, which we refuse (it
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiohttp import web
+
 from ringback.sources.canonical import (
     SHORT_ANSWER_S,
     PayloadError,
@@ -38,6 +41,7 @@ from ringback.sources.canonical import (
     unverified_claims,
     verify_hs256,
 )
+from ringback.sources.webhook import Reject, Webhook
 
 __all__ = [
     "PayloadError",
@@ -48,6 +52,7 @@ __all__ = [
     "practice_numbers",
     "events",
     "state_outcome",
+    "handle_call_event",
 ]
 
 
@@ -136,3 +141,21 @@ def events(claims: Any, practice_id: str, called: str, received_ms: int) -> list
             transcript=transcript or None,
         )
     ]
+
+
+async def handle_call_event(hook: Webhook) -> web.Response:
+    """A call event: a JWT signed with the webhook's secret, whose claims are the event."""
+    token = compact_jwt(await hook.body())
+    if token is None:
+        raise Reject(403, "signature", "the body is not a signed JWT (give the Dialpad webhook a secret)")
+    claims = unverified_claims(token)
+    if claims is None:
+        raise Reject(403, "signature", "unreadable JWT")
+    practice, number = hook.first_practice(practice_numbers(claims))
+    now_ms = hook.now_ms()
+    verified = hook.authenticate("dialpad", practice, number, lambda secret: verify(token, secret, now_ms / 1000))
+    practice = await hook.require_practice(practice, number)
+    called = number
+    assert called is not None  # the number the practice was found by (require_practice raised otherwise)
+    await hook.produce(practice, lambda: events(verified, practice.id, called, now_ms))
+    return web.Response(status=204)

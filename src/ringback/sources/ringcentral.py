@@ -1,8 +1,8 @@
 """RingCentral telephony-session notifications → canonical call events.
 
-Pure functions; the gateway does the I/O. What RingCentral sends (see
-RingCentral's documentation; there are no
-redistributable samples):
+The request handler the gateway routes RingCentral's webhook to (`handle_notification`)
+and the pure functions it uses. What RingCentral sends (see RingCentral's documentation;
+there are no redistributable samples):
 
 * Subscription handshake: a POST with a `Validation-Token` header and an empty body,
   answered 200 with the same header (`validation_token`).
@@ -29,7 +29,10 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from aiohttp import web
+
 from ringback.sources.canonical import PayloadError, call_event, e164, iso_millis, safe_e164, text
+from ringback.sources.webhook import Reject, Webhook
 
 MISSED_REASONS = {"NoAnswer", "TargetBusy", "Timeout", "Rejected", "Cancelled"}
 # What a validation token may look like (RingCentral sends a UUID); we echo it in a header.
@@ -59,6 +62,7 @@ def _parties(notification: Any) -> list[dict]:
 
 
 def _side(party: dict, name: str) -> dict:
+    """An object field of a party (`from`, `to`, `status`), or {} when absent or not an object."""
     side = party.get(name)
     return side if isinstance(side, dict) else {}
 
@@ -87,8 +91,7 @@ def practice_numbers(notification: Any) -> list[str]:
 
 
 def party_outcome(party: dict) -> str | None:
-    status = party.get("status")
-    status = status if isinstance(status, dict) else {}
+    status = _side(party, "status")
     code, reason = status.get("code"), status.get("reason")
     if party.get("missedCall") is True or (code == "Disconnected" and reason in MISSED_REASONS):
         return "MISSED"
@@ -125,7 +128,7 @@ def events(notification: Any, practice_id: str, practice_numbers_e164: Iterable[
         caller = e164(
             remote.get("phoneNumber"), f"body.parties.{index}.{'to' if _outbound(party) else 'from'}.phoneNumber"
         )
-        status = party.get("status") if isinstance(party.get("status"), dict) else {}
+        status = _side(party, "status")
         provider_status = "/".join(str(s)[:40] for s in (status.get("code"), status.get("reason")) if s)
         if party.get("missedCall") is True and "missed" not in provider_status.lower():
             provider_status = (provider_status + "/missedCall").lstrip("/")
@@ -148,3 +151,22 @@ def events(notification: Any, practice_id: str, practice_numbers_e164: Iterable[
             ),
         )
     return list(out.values())
+
+
+async def handle_notification(hook: Webhook) -> web.Response:
+    """A subscription handshake (echo the token, produce nothing) or a notification."""
+    headers = hook.request.headers
+    if "Validation-Token" in headers:
+        token = validation_token(headers.get("Validation-Token"))
+        if token is None:
+            raise Reject(400, "validation_token", "Validation-Token is not a plain token")
+        return web.Response(status=200, headers={"Validation-Token": token})
+    received = headers.get("Verification-Token")
+    if not received:
+        raise Reject(403, "signature", "missing Verification-Token")
+    notification = await hook.json()
+    practice, number = hook.first_practice(practice_numbers(notification))
+    hook.authenticate("ringcentral", practice, number, lambda token: token_valid(token, received))
+    practice = await hook.require_practice(practice, number)
+    await hook.produce(practice, lambda: events(notification, practice.id, practice.phone_numbers, hook.now_ms()))
+    return web.Response(status=200)

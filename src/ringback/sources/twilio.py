@@ -1,7 +1,8 @@
 """Twilio Programmable Voice and Messaging webhooks → canonical records.
 
-Pure functions from the posted form fields to a call-event (or message-status)
-record; the gateway checks the signature and does the I/O.
+The request handlers the gateway routes Twilio's webhooks to (`handle_*`: the
+`X-Twilio-Signature` check, then what to produce), and the pure functions they use, from
+the posted form fields to a call-event (or message-status) record:
 
 * voice status callback: `CallStatus` no-answer / busy / failed / canceled → MISSED,
   completed with a recording → VOICEMAIL, completed shorter than 5 s → MISSED,
@@ -14,12 +15,16 @@ record; the gateway checks the signature and does the I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
+from typing import Any
 
+from aiohttp import web
 from twilio.request_validator import RequestValidator
 
+from ringback.domain.practice import Practice
 from ringback.sources.canonical import SHORT_ANSWER_S, PayloadError, call_event, e164, safe_e164, seconds, text
+from ringback.sources.webhook import Reject, Webhook
 
 __all__ = [
     "PayloadError",
@@ -32,12 +37,16 @@ __all__ = [
     "transcription_event",
     "sms_event",
     "message_status_record",
+    "handle_voice_status",
+    "handle_transcription",
+    "handle_sms_inbound",
+    "handle_sms_status",
 ]
 
 MISSED_STATUSES = {"no-answer", "busy", "failed", "canceled"}
 
 
-def signature_valid(auth_token: str, url: str, params, signature: str | None) -> bool:
+def signature_valid(auth_token: str, url: str, params: Mapping[str, Any] | bytes, signature: str | None) -> bool:
     """`params`: the form fields (a dict, or a multidict when names repeat), or the raw
     body of a JSON request (signed through `bodySHA256` in the URL)."""
     if not signature:
@@ -180,3 +189,84 @@ def message_status_record(params: Mapping[str, str], practice_id: str, action_id
         "action_id": action_id or None,
         "received_at": received_ms,
     }
+
+
+# ---------------------------------------------------------------------------------- requests
+TWIML_EMPTY = '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+# What a callback of one kind becomes: (the form fields, the practice id, received at) → a call event.
+CallEventOf = Callable[[Mapping[str, str], str, int], dict]
+
+
+def _first_values(form: Mapping[str, Any]) -> dict[str, str]:
+    """Each field's first value (the signature covers every value; the records use the first)."""
+    params: dict[str, str] = {}
+    for key, value in form.items():
+        if isinstance(value, str):
+            params.setdefault(key, value)
+    return params
+
+
+async def _signed(hook: Webhook, practice: Practice | None, number: str | None, form: Mapping[str, Any]) -> Practice:
+    """The practice, once `X-Twilio-Signature` is valid for its auth token (403 / 404 otherwise)."""
+    url = hook.public_url()
+    signature = hook.request.headers.get("X-Twilio-Signature")
+    if not signature:
+        raise Reject(403, "signature", "missing X-Twilio-Signature")
+    hook.authenticate("twilio", practice, number, lambda token: signature_valid(token, url, form, signature))
+    return await hook.require_practice(practice, number)
+
+
+async def _call_event(hook: Webhook, event_of: CallEventOf) -> None:
+    form = await hook.form()
+    params = _first_values(form)
+    number = practice_number(params)
+    practice = await _signed(hook, hook.practice_by_number(number), number, form)
+    await hook.produce(practice, lambda: [event_of(params, practice.id, hook.now_ms())])
+
+
+async def handle_voice_status(hook: Webhook) -> web.Response:
+    await _call_event(hook, voice_status_event)
+    return web.Response(status=204)
+
+
+async def handle_transcription(hook: Webhook) -> web.Response:
+    await _call_event(hook, transcription_event)
+    return web.Response(status=204)
+
+
+async def handle_sms_inbound(hook: Webhook) -> web.Response:
+    await _call_event(hook, sms_event)
+    # Empty TwiML: no automatic reply (the stream app decides what to send).
+    return web.Response(status=200, text=TWIML_EMPTY, content_type="text/xml")
+
+
+async def handle_sms_status(hook: Webhook) -> web.Response:
+    """Delivery receipt of an SMS we sent. The sinks put `?practice=<id>&action=<id>` in
+    the status-callback URL; the signature covers the URL, so the query is trusted."""
+    form = await hook.form()
+    params = _first_values(form)
+    query = hook.request.query
+    practice_id = query.get("practice")
+    number: str | None
+    if practice_id:
+        practice, number = hook.practice_by_id(practice_id), None
+        if practice is None:
+            # Check with the account-wide token when there is one (403 on forgery), then 404.
+            token = hook.secret("twilio", None)
+            signature = hook.request.headers.get("X-Twilio-Signature")
+            if token and not signature_valid(token, hook.public_url(), form, signature):
+                raise Reject(403, "signature", "missing or invalid X-Twilio-Signature")
+            raise Reject(404, "unknown_practice", "the practice in the callback URL is not configured")
+    else:  # a callback URL without the query: the sender number may still be a practice's
+        number = safe_e164(params.get("From"))
+        practice = hook.practice_by_number(number)
+    practice = await _signed(hook, practice, number, form)
+    try:
+        action_id = query.get("action")
+        if action_id is not None and len(action_id) > 256:
+            raise PayloadError("action is longer than 256 characters")
+        record = message_status_record(params, practice.id, action_id, hook.now_ms())
+    except PayloadError as exc:
+        raise await hook.malformed(exc, practice) from None
+    await hook.produce_message_status(record)
+    return web.Response(status=204)

@@ -1,6 +1,7 @@
 """Vonage (Nexmo) Voice API event webhooks → canonical call events.
 
-Pure functions; the gateway does the I/O. From Vonage's webhook reference
+The request handler the gateway routes Vonage's event webhook to (`handle_event`) and the
+pure functions it uses. From Vonage's webhook reference
 (tests/vendor/vonage/voice-webhook-reference.md): the event webhook is a JSON
 POST with `from`, `to` (numbers in E.164 without the `+`, e.g. `447700900000`),
 `uuid` (`call_uuid` on human/machine events), `conversation_uuid`, `status`,
@@ -27,6 +28,8 @@ import hmac
 import json
 from typing import Any
 
+from aiohttp import web
+
 from ringback.sources.canonical import (
     SHORT_ANSWER_S,
     PayloadError,
@@ -40,6 +43,7 @@ from ringback.sources.canonical import (
     text,
     verify_hs256,
 )
+from ringback.sources.webhook import Reject, Webhook
 
 __all__ = [
     "PayloadError",
@@ -50,6 +54,7 @@ __all__ = [
     "events",
     "status_outcome",
     "MISSED_STATUSES",
+    "handle_event",
 ]
 
 MISSED_STATUSES = {"unanswered", "busy", "timeout", "failed", "rejected", "cancelled"}
@@ -151,3 +156,19 @@ def events(payload: Any, practice_id: str, received_ms: int) -> list[dict]:
             duration_s=duration_s,
         )
     ]
+
+
+async def handle_event(hook: Webhook) -> web.Response:
+    """An event webhook: JSON, with `Authorization: Bearer <JWT>` whose `payload_hash` covers the body."""
+    token = bearer_token(hook.request.headers.get("Authorization"))
+    if token is None:
+        raise Reject(403, "signature", "missing Authorization: Bearer <signed JWT>")
+    raw = await hook.body()
+    payload = await hook.json()
+    number = practice_number(payload)
+    practice = hook.practice_by_number(number)
+    now_ms = hook.now_ms()
+    hook.authenticate("vonage", practice, number, lambda secret: verify(token, secret, raw, now_ms / 1000))
+    practice = await hook.require_practice(practice, number)
+    await hook.produce(practice, lambda: events(payload, practice.id, now_ms))
+    return web.Response(status=204)

@@ -22,7 +22,7 @@ from ringback.dev.simulator.practices import SECRET_NAMES
 from ringback.kafka import topics
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.schemas import codec
-from ringback.sources import cdr
+from ringback.sources.cdr import records as cdr_records
 from ringback.sources.ehr.fhir import appointment_facts, flag_facts, patient_facts
 from ringback.sources.ehr.publisher import EhrProjector
 from ringback.sources.gateway import Gateway
@@ -65,7 +65,7 @@ class OfflineDay:
         self.loop = asyncio.new_event_loop()
         self.client = self.loop.run_until_complete(self._start())
         self.projectors = {p.id: EhrProjector(p.id) for p in practices}
-        self.cdr_ctx = {p.id: cdr.Context.of(p, self.directory) for p in practices}
+        self.cdr_ctx = {p.id: cdr_records.Context.of(p, self.directory) for p in practices}
         self.table: dict[str, object] = {}
         self.actions: list[dict] = []
         self.outcomes: list[dict] = []
@@ -126,7 +126,7 @@ class OfflineDay:
 
     def cdr_line(self, event: sim.SimEvent) -> None:
         practice = self.directory.by_id(event.practice_id)
-        mapped = cdr.map_line(
+        mapped = cdr_records.map_line(
             render.cdr_line(event, practice, self.now)[:-1], self.cdr_ctx[event.practice_id], int(self.now * 1000)
         )
         if mapped.kind == "event":

@@ -18,7 +18,7 @@ from ringback.dev.simulator.practices import SECRET_NAMES
 from ringback.kafka import topics
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.schemas import codec
-from ringback.sources import cdr
+from ringback.sources.cdr import records as cdr_records
 from ringback.sources.ehr.fhir import appointment_facts, flag_facts, patient_facts
 from ringback.sources.ehr.publisher import EhrProjector
 from ringback.sources.gateway import Gateway
@@ -134,13 +134,13 @@ def test_every_planned_webhook_is_authentic_and_gives_the_planned_event(plan, ga
 
 def test_every_planned_cdr_line_maps_to_the_planned_event(plan):
     site = next(s for s in plan.sites if s.provider == "cdr")
-    ctx = cdr.Context.of(site.practice, PracticeDirectory([s.practice for s in plan.sites]))
+    ctx = cdr_records.Context.of(site.practice, PracticeDirectory([s.practice for s in plan.sites]))
     events = [e for e in plan.events if e.practice_id == site.practice.id and e.kind in (sim.CALL, sim.JUNK)]
     assert events
     for event in events:
         line = render.cdr_line(event, site.practice, NOW)
         assert line.endswith(b"\n") and line.count(b"\n") == 1
-        mapped = cdr.map_line(line[:-1], ctx, int(NOW * 1000))
+        mapped = cdr_records.map_line(line[:-1], ctx, int(NOW * 1000))
         if event.kind == sim.JUNK:
             assert mapped.kind == "dead"
             continue

@@ -28,7 +28,7 @@ from ringback.schemas import codec
 from ringback.sources.ehr import fhir
 from ringback.sources.ehr.publisher import StateStore
 from tests.sources.ehr.test_fhir_mapping import callback_flag, hl7, synthea_patients
-from tests.sources.test_cdr import RecordingProducer
+from tests.sources.recording_producer import RecordingProducer
 
 
 class FhirTestServer:
@@ -359,7 +359,7 @@ async def test_sync_publishes_keyed_records_and_rejects_with_reasons(server, tmp
     # Partition = partition_for(practice|phone) for every record, whatever its key.
     from ringback.kafka.topics import join_key, partition_for
 
-    for topic, key, value, _, partition in producer.sent:
+    for topic, key, _value, _, partition in producer.sent:
         if topic.endswith((".patients", ".appointments", ".flags")):
             phone = key.decode().split("|")[1]
             assert partition == partition_for(join_key("harbour-gp", phone), 4)

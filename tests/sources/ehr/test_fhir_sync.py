@@ -17,7 +17,7 @@ from ringback.schemas import codec
 from tests.conftest import free_port, wait_for
 from tests.sources.ehr.test_fhir_client import FhirTestServer, seed_harbour
 from tests.sources.ehr.test_fhir_mapping import VENDOR, callback_flag, hl7, synthea_patients
-from tests.sources.test_cdr_poller import read_topic
+from tests.sources.topic_records import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -92,40 +92,40 @@ def test_rest_sync_publishes_keyed_records_then_tombstones(
     # 4 resources of each type, 2 a page: each type read through one next link.
     assert sum("_getpages=" in r for r in fhir_server.requests) == 3
 
-    P = b"harbour-gp|"
+    harbour = b"harbour-gp|"
     patients = topic_view(kafka_bootstrap, ns, "patients", "harbour-gp")
     assert live(patients) == {
-        P + b"+61355556473",
-        P + b"+61334105613",
-        P + b"+61412345678",
-        P + b"+61391234567",
-        P + b"+61413000111",
+        harbour + b"+61355556473",
+        harbour + b"+61334105613",
+        harbour + b"+61412345678",
+        harbour + b"+61391234567",
+        harbour + b"+61413000111",
     }
-    assert patients[P + b"+61334105613"]["patient_id"] == "example"
-    assert patients[P + b"+61412345678"]["display_name"] == "Lan Nguyen"
+    assert patients[harbour + b"+61334105613"]["patient_id"] == "example"
+    assert patients[harbour + b"+61412345678"]["display_name"] == "Lan Nguyen"
     appointments = topic_view(kafka_bootstrap, ns, "appointments", "harbour-gp")
     assert live(appointments) == {
-        P + b"+61355556473|example",
-        P + b"+61334105613|example",
-        P + b"+61355556473|2docs",
-        P + b"+61334105613|2docs",
-        P + b"+61412345678|appt-multi",
-        P + b"+61391234567|appt-multi",
+        harbour + b"+61355556473|example",
+        harbour + b"+61334105613|example",
+        harbour + b"+61355556473|2docs",
+        harbour + b"+61334105613|2docs",
+        harbour + b"+61412345678|appt-multi",
+        harbour + b"+61391234567|appt-multi",
     }
-    assert appointments[P + b"+61355556473|example"]["start"] == 1386666000000  # 2013-12-10T09:00:00Z
+    assert appointments[harbour + b"+61355556473|example"]["start"] == 1386666000000  # 2013-12-10T09:00:00Z
     flags = topic_view(kafka_bootstrap, ns, "flags", "harbour-gp")
     assert live(flags) == {
-        P + b"+61355556473|example-encounter",
-        P + b"+61334105613|example-encounter",
-        P + b"+61355556473|callback-1",
-        P + b"+61334105613|callback-1",
-        P + b"+61412345678|callback-2",
-        P + b"+61391234567|callback-2",
+        harbour + b"+61355556473|example-encounter",
+        harbour + b"+61334105613|example-encounter",
+        harbour + b"+61355556473|callback-1",
+        harbour + b"+61334105613|callback-1",
+        harbour + b"+61412345678|callback-2",
+        harbour + b"+61391234567|callback-2",
     }
-    assert flags[P + b"+61334105613|callback-1"]["priority"] == "PH"
-    assert flags[P + b"+61334105613|callback-1"]["callback_requested"] is True
-    assert flags[P + b"+61412345678|callback-2"]["callback_requested"] is False
-    assert flags[P + b"+61355556473|example"] is None  # HL7 Flag/example is inactive
+    assert flags[harbour + b"+61334105613|callback-1"]["priority"] == "PH"
+    assert flags[harbour + b"+61334105613|callback-1"]["callback_requested"] is True
+    assert flags[harbour + b"+61412345678|callback-2"]["callback_requested"] is False
+    assert flags[harbour + b"+61355556473|example"] is None  # HL7 Flag/example is inactive
     # The explicit partition matters: hashing the appointment key itself would misplace some.
     assert any(partition_for(k, PARTITIONS) != partition_for(k.rsplit(b"|", 1)[0], PARTITIONS) for k in appointments)
     dead = [codec.decode("dead_letter", r["value"]) for r in read_topic(kafka_bootstrap, f"{ns}.dead-letters")]
@@ -148,10 +148,15 @@ def test_rest_sync_publishes_keyed_records_then_tombstones(
     assert any(r.startswith("/fhir/Patient/_history?_since=") for r in fhir_server.requests[before:])
 
     patients = topic_view(kafka_bootstrap, ns, "patients", "harbour-gp")
-    assert live(patients) == {P + b"+61412345678"}
-    assert {P + b"+61355556473", P + b"+61334105613", P + b"+61413000111", P + b"+61391234567"} <= set(patients)
+    assert live(patients) == {harbour + b"+61412345678"}
+    assert {
+        harbour + b"+61355556473",
+        harbour + b"+61334105613",
+        harbour + b"+61413000111",
+        harbour + b"+61391234567",
+    } <= set(patients)
     assert live(topic_view(kafka_bootstrap, ns, "appointments", "harbour-gp")) == set()
-    assert live(topic_view(kafka_bootstrap, ns, "flags", "harbour-gp")) == {P + b"+61412345678|callback-2"}
+    assert live(topic_view(kafka_bootstrap, ns, "flags", "harbour-gp")) == {harbour + b"+61412345678|callback-2"}
 
 
 def test_sync_every_interval_serves_metrics_and_outlives_a_failed_run(
@@ -190,8 +195,8 @@ def test_sync_every_interval_serves_metrics_and_outlives_a_failed_run(
     assert m[("ringback_ehr_sync_runs_total", "failed")] == 0
     assert m[("ringback_ehr_last_success_timestamp_seconds", "")] > 0
     assert m[("ringback_dead_letters_total", "fhir:Patient")] >= 2  # the two unusable numbers, counted
-    P = b"harbour-gp|"
-    assert P + b"+61412345678" in live(topic_view(kafka_bootstrap, ns, "patients", "harbour-gp"))
+    harbour = b"harbour-gp|"
+    assert harbour + b"+61412345678" in live(topic_view(kafka_bootstrap, ns, "patients", "harbour-gp"))
 
     fhir_server.close()  # the EHR goes away: runs fail, are counted, and the process carries on
     wait_for(
@@ -234,11 +239,11 @@ def test_ndjson_import_and_state_that_survives_restarts(practices, processes, ka
     assert report["skipped"] == {"resource_type:Practitioner": 43}
     assert report["dead_letters"] == 1
 
-    O = b"oak-clinic|"
+    oak = b"oak-clinic|"
     patients = topic_view(kafka_bootstrap, ns, "patients", "oak-clinic")
-    assert live(patients) == {O + phone(p).encode() for p in synthea}
+    assert live(patients) == {oak + phone(p).encode() for p in synthea}
     assert sum(v["deceased"] for v in patients.values()) == 3
-    appointment_key = O + phone(synthea[2]).encode() + b"|s-appt"
+    appointment_key = oak + phone(synthea[2]).encode() + b"|s-appt"
     assert live(topic_view(kafka_bootstrap, ns, "appointments", "oak-clinic")) == {appointment_key}
 
     # A later Bulk Data `deleted` file, in another process: the state file says which keys.
@@ -256,7 +261,7 @@ def test_ndjson_import_and_state_that_survives_restarts(practices, processes, ka
     report = run_json(processes, "ehr", "import", str(deleted), "--practice", "oak-clinic")
     assert report["published"] == {"patient_tombstones": 1, "appointment_tombstones": 1}
     assert patients.keys() == topic_view(kafka_bootstrap, ns, "patients", "oak-clinic").keys()
-    assert topic_view(kafka_bootstrap, ns, "patients", "oak-clinic")[O + phone(synthea[2]).encode()] is None
+    assert topic_view(kafka_bootstrap, ns, "patients", "oak-clinic")[oak + phone(synthea[2]).encode()] is None
     assert live(topic_view(kafka_bootstrap, ns, "appointments", "oak-clinic")) == set()
 
     # The state file lost: rebuilt from the compacted topics, so a deletion still finds its key.
@@ -278,8 +283,8 @@ def test_ndjson_import_and_state_that_survives_restarts(practices, processes, ka
     assert "rebuilt 12 entries from the topics" in done.stderr
     assert json.loads(done.stdout)["published"] == {"patient_tombstones": 1}
     assert live(topic_view(kafka_bootstrap, ns, "patients", "oak-clinic")) == {
-        O + phone(p).encode() for p in synthea
-    } - {O + phone(synthea[2]).encode(), O + phone(synthea[5]).encode()}
+        oak + phone(p).encode() for p in synthea
+    } - {oak + phone(synthea[2]).encode(), oak + phone(synthea[5]).encode()}
 
 
 def test_import_counts_its_dead_letters_in_the_shared_counter(practices, kafka_bootstrap, service_env, tmp_path):

@@ -1,4 +1,4 @@
-"""`ringback ehr sync --every`: the loop around the FHIR sync (connectors/sources/ehr_sync_loop.py),
+"""`ringback ehr sync --every`: the loop around the FHIR sync (sources/ehr/sync_loop.py),
 with a fake sync, clock and sleep: no broker, no FHIR server."""
 
 from __future__ import annotations

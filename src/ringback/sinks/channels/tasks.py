@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from ringback.config.settings import Settings
-from ringback.kafka.topic_cache import TopicFollower, from_start_consumer
+from ringback.kafka.topic_cache import TopicCacheReader, from_start_consumer
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,9 @@ class TaskBoard:
         self.env = env
         self._tasks: dict[str, dict] = {}
         self._lock = threading.Lock()
-        # Reads the changelog from the start, and again after an error (ringback/topic_follower.py).
-        self._follower = TopicFollower("task board", "the task changelog", self._read_once, thread_name="task-board")
-        self._ready, self._stop = self._follower.ready, self._follower.stop  # (LiveTaskBoard reads _ready)
+        # Reads the changelog from the start, and again after an error (kafka/topic_cache.py).
+        self._reader = TopicCacheReader("task board", "the task changelog", self._read_once, thread_name="task-board")
+        self._ready, self._stop = self._reader.ready, self._reader.stop  # (LiveTaskBoard reads _ready)
 
     # -- reads
     def open_tasks(self, practice_id: str, role: str | None = None) -> list[dict]:
@@ -180,14 +180,14 @@ class TaskBoard:
 
     # -- following the changelog
     def follow(self) -> TaskBoard:
-        self._follower.start(self._new_consumer)
+        self._reader.start(self._new_consumer)
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> bool:
-        return self._follower.wait_ready(timeout)
+        return self._reader.wait_ready(timeout)
 
     def close(self) -> None:
-        self._follower.close()
+        self._reader.close()
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:

@@ -4,7 +4,7 @@ Pulls Patient, Appointment and Flag resources from a FHIR server's REST API
 (`GET [base]/[type]?_lastUpdated=ge<cursor>&_count=N`, following `Bundle.link`
 `next`), finds deletions in the type's history (`[type]/_history?_since=`), and
 imports FHIR Bulk Data NDJSON files (deletions as the Bulk Data `deleted` Bundles).
-The mapping to keyed records lives in `ehr_publisher.py`; keys, tombstones, state
+The mapping to keyed records lives in `publisher.py`; keys, tombstones, state
 and what is unverified: docs/sources-cdr-fhir.md.
 """
 
@@ -341,18 +341,18 @@ class EhrSync:
                 if facts.rejected:
                     self.projector.state["patients"][facts.patient_id]["rejected"] = fingerprint
             elif rtype == "Appointment":
-                facts = appointment_facts(resource, now)
-                if facts.start is None and facts.status not in APPOINTMENT_TOMBSTONE:
+                appointment = appointment_facts(resource, now)
+                if appointment.start is None and appointment.status not in APPOINTMENT_TOMBSTONE:
                     self.report.bump(self.report.skipped, "appointment_without_start")
-                ops = self.projector.appointment(facts)
-                if self.projector.waiting_for_patient("appointments", facts.appointment_id):
+                ops = self.projector.appointment(appointment)
+                if self.projector.waiting_for_patient("appointments", appointment.appointment_id):
                     self.report.bump(self.report.skipped, "appointment_patient_without_phone_or_unknown")
             else:
-                facts = flag_facts(resource, now, now)
-                if facts.patient_id is None:
+                flag = flag_facts(resource, now, now)
+                if flag.patient_id is None:
                     self.report.bump(self.report.skipped, "flag_subject_not_a_patient")
-                ops = self.projector.flag(facts)
-                if self.projector.waiting_for_patient("flags", facts.flag_id):
+                ops = self.projector.flag(flag)
+                if self.projector.waiting_for_patient("flags", flag.flag_id):
                     self.report.bump(self.report.skipped, "flag_patient_without_phone_or_unknown")
         except ResourceError as exc:
             await self._reject(rtype, "unmappable", str(exc), raw, source)

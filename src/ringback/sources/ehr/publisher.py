@@ -210,12 +210,13 @@ def rebuild_state(env: Settings, practice_id: str, timeout: float = 120.0) -> di
                     if time.monotonic() > give_up:
                         raise RuntimeError(f"could not read {name} to its end within {timeout:.0f}s")
                     msg = consumer.poll(1.0)
-                    if msg is None or msg.error():
+                    if msg is None or msg.error() is not None:
                         continue
-                    if msg.key() and msg.key().startswith(prefix):
-                        latest[msg.key()] = codec.decode(schema, msg.value()) if msg.value() is not None else None
-                    if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                        ends.pop(msg.partition(), None)
+                    key, raw, offset, partition = msg.key(), msg.value(), msg.offset(), msg.partition()
+                    if key and key.startswith(prefix):
+                        latest[key] = codec.decode(schema, raw) if raw is not None else None
+                    if offset is not None and partition is not None and offset + 1 >= ends.get(partition, 0):
+                        ends.pop(partition, None)
                 consumer.unassign()
             for value in latest.values():
                 if value is None:

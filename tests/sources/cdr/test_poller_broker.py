@@ -10,22 +10,20 @@ import os
 import signal
 import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from confluent_kafka import Consumer, TopicPartition
 
 from ringback.config.practices_file import parse_practices
 from ringback.kafka.topics import join_key, partition_for
 from ringback.schemas import codec
-from ringback.sources import cdr
+from ringback.sources.cdr import records
 from tests.conftest import free_port, wait_for
-from tests.sources.test_cdr import line
-from tests.support import kafka_tools
+from tests.sources.cdr.master_csv import line
+from tests.sources.topic_records import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -43,39 +41,7 @@ PRACTICES_YAML = """practices:
 
 
 # The poller's view of the practice, to compute the ids of lines without uniqueid.
-CTX = cdr.Context.of(parse_practices(yaml.safe_load(PRACTICES_YAML)).practices[0])
-
-
-def read_topic(bootstrap: str, topic: str) -> list[dict]:
-    """Every record now in the topic, with partition, key, timestamp and headers."""
-    ends = kafka_tools.end_offsets(bootstrap, topic)
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}", "enable.auto.commit": False}
-    )
-    out = []
-    try:
-        remaining = {p: e for p, e in ends.items() if e > 0}
-        consumer.assign([TopicPartition(topic, p, 0) for p in remaining])
-        while remaining:
-            msg = consumer.poll(5)
-            if msg is None:
-                raise AssertionError(f"could not read {topic} to {ends}")
-            if msg.error():
-                continue
-            out.append(
-                {
-                    "partition": msg.partition(),
-                    "key": msg.key(),
-                    "value": msg.value(),
-                    "timestamp": msg.timestamp()[1],
-                    "headers": dict(msg.headers() or []),
-                }
-            )
-            if msg.offset() + 1 >= remaining.get(msg.partition(), 0):
-                remaining.pop(msg.partition(), None)
-    finally:
-        consumer.close()
-    return out
+CTX = records.Context.of(parse_practices(yaml.safe_load(PRACTICES_YAML)).practices[0])
 
 
 def events(bootstrap: str, ns: str) -> list[dict]:
@@ -134,7 +100,7 @@ def start_poller(processes, folder: Path, name: str, env: dict | None = None, *a
 
 
 def scrape(port: int):
-    """The poller's /metrics page, parsed (as tests/integration/test_metrics_scrape.py does)."""
+    """The poller's /metrics page, parsed (as tests/observability/test_metrics_scrape.py does)."""
     from tests.observability.test_metrics_scrape import Scrape
 
     response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
@@ -161,7 +127,7 @@ def test_appended_lines_become_events_within_one_poll_interval(pbx, processes, k
             master, line(src=caller(100 + i), uniqueid=f"live.{i}", dst="7205550101") + b"\n"
         )
         wait_for(
-            lambda: f"cdr:live.{i}:NO_ANSWER" in {e["event"]["event_id"] for e in events(kafka_bootstrap, ns)},
+            lambda i=i: f"cdr:live.{i}:NO_ANSWER" in {e["event"]["event_id"] for e in events(kafka_bootstrap, ns)},
             10,
             message=f"event live.{i}",
         )
@@ -232,7 +198,7 @@ def test_sigkill_and_rotation_lose_and_duplicate_nothing(pbx, processes, kafka_b
                 malformed.append(raw)
             elif n % 10 == 9:
                 raw = line(src=caller(n), uniqueid=None, start=f"2026-03-02 10:{n // 60 % 60:02d}:{n % 60:02d}")
-                expected.add(cdr.map_line(raw, CTX, 0).record["event_id"])
+                expected.add(records.map_line(raw, CTX, 0).record["event_id"])
             else:
                 disposition = ("NO ANSWER", "BUSY", "FAILED")[n % 3]
                 raw = line(src=caller(n), uniqueid=f"1772470000.{n}", disposition=disposition)
