@@ -121,7 +121,7 @@ def test_the_demo_day_ends_with_the_kpi_report_and_exit_0(finished_demo):
 def test_the_sms_at_the_twilio_standin_are_the_plans_first_responses_and_follow_ups(finished_demo):
     code, out = finished_demo
     assert code == 0, out[-3000:]
-    line = next(l for l in out.splitlines() if l.startswith(SUMMARY_PREFIX))
+    line = next(text for text in out.splitlines() if text.startswith(SUMMARY_PREFIX))
     summary = json.loads(line[len(SUMMARY_PREFIX) :])
     assert summary["first_responses_expected"] > 0
     assert summary["first_responses_sent"] == summary["first_responses_expected"], summary

@@ -81,7 +81,7 @@ def caller_number(n: int) -> str:
 
 
 def _call_sid(rng: random.Random) -> str:
-    return "CA" + "%032x" % rng.getrandbits(128)
+    return "CA" + f"{rng.getrandbits(128):032x}"
 
 
 @dataclass
