@@ -159,7 +159,7 @@ def test_ctrl_c_stops_every_process_the_demo_started(kafka_bootstrap):
 
 def test_children_stop_when_the_demo_is_killed(kafka_bootstrap):
     # SIGKILL gives the demo no chance to clean up: the kernel's parent-death signal
-    # (ringback/child_process.py) stops what it started.
+    # (ringback/dev/child_process.py) stops what it started.
     demo = DemoProcess("test_demo_sigkill", ["--practices", "5", "--speed", "1200", "--calls", "30"], kafka_bootstrap)
     try:
         wait_for(

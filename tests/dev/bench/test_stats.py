@@ -1,4 +1,4 @@
-"""The benchmark's arithmetic (ringback/bench/stats.py, report.py, runner.parse_only):
+"""The benchmark's arithmetic (ringback/dev/bench/stats.py, report.py, runner.parse_only):
 percentiles, sustained rates, ratios, keeping up, the knee, the table. No broker."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The benchmark's traffic (ringback/bench/workload.py, restart._entries): the day mix
+"""The benchmark's traffic (ringback/dev/bench/workload.py, restart._entries): the day mix
 has the reference practice's shares, every record sits in its caller's partition, and
 a seed reproduces a run. No broker."""
 

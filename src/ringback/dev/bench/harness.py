@@ -442,7 +442,7 @@ def wait_committed(
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
-    """`ringback.waiting.wait_for`, failing with TimeoutError (the figures catch it)."""
+    """`ringback.dev.waiting.wait_for`, failing with TimeoutError (the figures catch it)."""
     return wait_for(predicate, timeout, interval, what, error=TimeoutError)
 
 

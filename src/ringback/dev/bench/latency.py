@@ -2,7 +2,7 @@
 p50/p99 at fixed offered loads, and the knee where the pipeline stops keeping up.
 
 Everything is real and local: `ringback ingest`, one `ringback worker`, `ringback
-sinks` (the official twilio library) and the Twilio stand-in (ringback/standin_http.py,
+sinks` (the official twilio library) and the Twilio stand-in (ringback/dev/fake_apis.py,
 in a process of its own, timestamping every request when it arrives). A load
 generator posts signed Twilio voice status callbacks open-loop (each request at
 its scheduled time, whether earlier ones were answered or not): 81 % answered calls,

@@ -386,7 +386,7 @@ FIRST_RESPONSE_SMS = frozenset({recipes.FIRST_SMS, recipes.ACK_SMS, recipes.RESC
 
 
 def event_id(provider: str, call_id: str, outcome: str | None, status: str | None) -> str:
-    """The canonical event id of a call (connectors/sources/*.py, docs/sources-webhooks.md)."""
+    """The canonical event id of a call (ringback/sources/, docs/sources-webhooks.md)."""
     token = (outcome or "").lower()
     if provider == "twilio":
         return f"twilio:{call_id}:{status}"

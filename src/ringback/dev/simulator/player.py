@@ -4,8 +4,8 @@
 * CDR lines are appended to the `Master.csv` a `ringback cdr poll` process follows
   (`Targets.cdr_dirs`, one folder per CDR practice);
 * FHIR resources go through the EHR connector's own code (`EhrFeed`: the FHIR
-  mapping of `connectors/sources/fhir.py` and the keyed, co-partitioned records of
-  `connectors/sources/ehr_publisher.py`);
+  mapping of `ringback/sources/ehr/fhir.py` and the keyed, co-partitioned records of
+  `ringback/sources/ehr/publisher.py`);
 * staff complete tasks through the staff console's JSON API (`Targets.console_url`),
   once the task is there.
 
