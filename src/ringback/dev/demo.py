@@ -311,6 +311,8 @@ class Demo:
         self._fake_apis = FakeApiServer()
         self._smtp = SmtpStandIn()
         self.namespace = f"demo{uuid.uuid4().hex[:8]}"
+        # Per namespace: a --data-dir used again must not hand this run the last one's EHR cursors.
+        self.state_dir = self.run_dir / "state" / self.namespace
         self.gateway_port, self.console_port = free_port(), free_port()
         self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
         self.console_url = f"http://127.0.0.1:{self.console_port}"
@@ -321,7 +323,7 @@ class Demo:
                 "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                 "RINGBACK_NAMESPACE": self.namespace,
                 "RINGBACK_PARTITIONS": str(PARTITIONS),
-                "RINGBACK_STATE_DIR": str(self.run_dir / "state"),
+                "RINGBACK_STATE_DIR": str(self.state_dir),
                 "RINGBACK_SECRETS_DIR": str(self.secrets_dir),
                 "RINGBACK_STORE": "memory://",
                 "RINGBACK_SINKS_STORE": "memory://",
@@ -343,7 +345,7 @@ class Demo:
             kafka_bootstrap_servers=bootstrap,
             ringback_namespace=self.namespace,
             ringback_partitions=PARTITIONS,
-            ringback_state_dir=self.run_dir / "state",
+            ringback_state_dir=self.state_dir,
             ringback_secrets_dir=self.secrets_dir,
         )
 
