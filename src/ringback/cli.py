@@ -54,7 +54,12 @@ def _broker(port: int | None, data_dir: str | None):
 _port_opt = click.option(
     "--port", type=int, default=None, help="listener port (default: from KAFKA_BOOTSTRAP_SERVERS, else 9092)"
 )
-_dir_opt = click.option("--data-dir", default=None, help="broker folder (default var/kafka/<port>)")
+_dir_opt = click.option(
+    "--data-dir",
+    default=None,
+    help="the broker's folder: configuration, data, logs (default: kafka/<port> in the per-user data folder, "
+    "e.g. ~/.local/share/ringback/kafka/9092)",
+)
 
 
 @kafka.command("start")
@@ -280,11 +285,21 @@ def console_list_users(practice_id: str | None) -> None:
     help="inbound calls a day at the reference practice (the others vary around it); ~19 % are missed",
 )
 @click.option("--keep-running", is_flag=True, help="after the report, leave the services up (Ctrl-C stops them)")
-def demo(practices: int, seed: int, speed: float, calls: int, keep_running: bool) -> None:
+@click.option(
+    "--data-dir",
+    "run_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="the run's folder: practices file, secrets, logs, broker (default: a new demo/<time>-<pid> in the "
+    "per-user data folder, e.g. ~/.local/share/ringback/demo/...)",
+)
+def demo(practices: int, seed: int, speed: float, calls: int, keep_running: bool, run_dir: Path | None) -> None:
     """A compressed practice day: local broker + every process + simulated traffic, then the KPI report."""
     from ringback.dev.demo import run_demo
 
-    sys.exit(run_demo(practices=practices, seed=seed, speed=speed, calls=calls, keep_running=keep_running))
+    sys.exit(
+        run_demo(practices=practices, seed=seed, speed=speed, calls=calls, keep_running=keep_running, run_dir=run_dir)
+    )
 
 
 # ---------------------------------------------------------------- benchmarks (issue 8, item 3)
@@ -301,7 +316,8 @@ def demo(practices: int, seed: int, speed: float, calls: int, keep_running: bool
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="where bench.json and bench.md go (default var/bench/<time>)",
+    help="where bench.json, bench.md and the logs go (default: a new bench/<time>-<pid> in the per-user data "
+    "folder, e.g. ~/.local/share/ringback/bench/...)",
 )
 @click.option(
     "--profile",

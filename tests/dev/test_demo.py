@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from ringback.dev.demo import SUMMARY_PREFIX
-from tests.conftest import ARTIFACTS, REPO, wait_for
+from tests.conftest import ARTIFACTS, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -26,17 +27,22 @@ FAST = ["--practices", "5", "--calls", "40", "--speed", "1200", "--seed", "11"]
 
 
 class DemoProcess:
-    """`ringback demo` in its own session, its output collected line by line."""
+    """`ringback demo` in its own session, its output collected line by line; run from an
+    empty folder, its run folder (logs, secrets, practices file) kept with the artifacts."""
 
     def __init__(self, name: str, args: list[str], bootstrap: str) -> None:
         self.log_path = ARTIFACTS / name / "demo.out"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.run_dir = ARTIFACTS / name / "run"
+        self.cwd = ARTIFACTS / name / "cwd"
+        for folder in (self.run_dir, self.cwd):
+            shutil.rmtree(folder, ignore_errors=True)
+        self.cwd.mkdir(parents=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGBACK_", "TWILIO_", "SMTP_"))}
         env.update({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "PYTHONUNBUFFERED": "1"})
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ringback.cli", "demo", *args],
-            cwd=str(REPO),
+            [sys.executable, "-m", "ringback.cli", "demo", "--data-dir", str(self.run_dir), *args],
+            cwd=str(self.cwd),
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -102,6 +108,9 @@ def finished_demo(kafka_bootstrap):
         code = demo.wait(timeout=170)
     finally:
         demo.kill()
+    # Everything it wrote went into its run folder, nothing into the directory it ran in.
+    assert list(demo.cwd.iterdir()) == []
+    assert (demo.run_dir / "practices.yaml").exists() and (demo.run_dir / "worker.log").exists()
     return code, demo.output()
 
 
@@ -121,7 +130,7 @@ def test_the_demo_day_ends_with_the_kpi_report_and_exit_0(finished_demo):
 def test_the_sms_at_the_twilio_standin_are_the_plans_first_responses_and_follow_ups(finished_demo):
     code, out = finished_demo
     assert code == 0, out[-3000:]
-    line = next(l for l in out.splitlines() if l.startswith(SUMMARY_PREFIX))
+    line = next(text for text in out.splitlines() if text.startswith(SUMMARY_PREFIX))
     summary = json.loads(line[len(SUMMARY_PREFIX) :])
     assert summary["first_responses_expected"] > 0
     assert summary["first_responses_sent"] == summary["first_responses_expected"], summary
@@ -159,7 +168,7 @@ def test_ctrl_c_stops_every_process_the_demo_started(kafka_bootstrap):
 
 def test_children_stop_when_the_demo_is_killed(kafka_bootstrap):
     # SIGKILL gives the demo no chance to clean up: the kernel's parent-death signal
-    # (ringback/child_process.py) stops what it started.
+    # (ringback/dev/child_process.py) stops what it started.
     demo = DemoProcess("test_demo_sigkill", ["--practices", "5", "--speed", "1200", "--calls", "30"], kafka_bootstrap)
     try:
         wait_for(

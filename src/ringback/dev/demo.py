@@ -3,18 +3,21 @@
 Starts (or reuses, with KAFKA_BOOTSTRAP_SERVERS) a broker; writes and publishes a demo
 practices file (windows scaled to the speed); runs the gateway, a stream worker, the
 sinks, a CDR poller per legacy-PBX practice and the staff console as separate
-processes, with local stand-ins so nothing leaves the machine (Twilio and Slack: the
-capture server of `ringback/standin_http.py`; e-mail: an aiosmtpd server in this
-process); publishes the morning's EHR; plays the simulated day (`ringback/simulator/`)
-with a progress line; waits for the day's cases to close; prints the KPI report
-(`ringback/report.py`) in practice time next to the reference practice's manual
-baseline, and one machine-readable `DEMO-SUMMARY {json}` line. Everything it started
-is stopped at the end, on Ctrl-C and on SIGTERM. docs/demo.md has the details.
+processes, with local stand-ins so nothing leaves the machine (Twilio and Slack:
+`ringback.dev.fake_apis`; e-mail: an aiosmtpd server in this process); publishes the
+morning's EHR; plays the simulated day (`ringback.dev.simulator`) with a progress line;
+waits for the day's cases to close; prints the KPI report (`ringback.report`) in
+practice time next to the reference practice's manual baseline, and one
+machine-readable `DEMO-SUMMARY {json}` line. Everything it started is stopped at the
+end, on Ctrl-C and on SIGTERM. Everything it writes (practices file, secrets, logs,
+the broker's folder) goes into its run folder: --data-dir, else a new folder under the
+per-user data folder; the processes it starts run there too. docs/demo.md has the details.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -31,6 +34,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -38,10 +42,14 @@ import yaml
 
 from ringback.config.practices_file import parse_practices
 from ringback.config.settings import Settings
+from ringback.dev import user_dirs
 from ringback.dev.child_process import die_with_parent
 from ringback.dev.fake_apis import FakeApiServer
-from ringback.dev.local_kafka import REPO_ROOT, KafkaError, LocalKafka, free_port
+from ringback.dev.local_kafka import KafkaError, LocalKafka, free_port
 from ringback.domain.practice import Practice
+
+if TYPE_CHECKING:
+    from ringback.dev.simulator import EhrFeed
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo-password-1"
@@ -58,6 +66,9 @@ SUMMARY_PREFIX = "DEMO-SUMMARY "
 FIRST_RESPONSE_STEPS = ("first_sms", "ack_sms", "reschedule_sms")
 # SPEC section 1: what manual call-log review achieves at the reference practice.
 MANUAL = {"new_patient_recovery": 0.40, "call_to_booking_s": 6.2 * 3600, "first_response_s": (4 * 3600, 6 * 3600)}
+
+
+_Service = TypeVar("_Service")
 
 
 class DemoError(RuntimeError):
@@ -128,10 +139,11 @@ class OutcomeReader:
 
         while not self._stop.is_set():
             msg = self._consumer.poll(0.1)
-            if msg is None or msg.error() or msg.value() is None:
+            value = None if msg is None or msg.error() else msg.value()
+            if value is None:
                 continue
             try:
-                record = codec.decode("outcome", msg.value())
+                record = codec.decode("outcome", value)
             except ValueError:
                 continue
             with self._lock:
@@ -225,17 +237,31 @@ class _Timings:
 
 
 class Demo:
-    def __init__(self, options: DemoOptions, out=None) -> None:
+    def __init__(self, options: DemoOptions, out: TextIO | None = None) -> None:
         self.o = options
         self.out = out or sys.stdout
         self.t = _Timings()
         self.procs: dict[str, subprocess.Popen] = {}
         self.broker: LocalKafka | None = None
-        self.twilio: FakeApiServer | None = None
-        self.smtp: SmtpStandIn | None = None
-        self.reader: OutcomeReader | None = None
-        self.ehr = None
-        self.run_dir = options.run_dir or REPO_ROOT / "var" / "demo" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        # Started one by one during the run; None until then (the clean-up stops what was started).
+        self._fake_apis: FakeApiServer | None = None
+        self._smtp: SmtpStandIn | None = None
+        self._reader: OutcomeReader | None = None
+        self.ehr: EhrFeed | None = None
+        self.run_dir = options.run_dir or user_dirs.data_path("demo", user_dirs.run_name())
+
+    @property
+    def fake_apis(self) -> FakeApiServer:
+        """Twilio's Messages API and Slack's webhooks (`environment` starts it)."""
+        return _started(self._fake_apis, "the fake Twilio/Slack server")
+
+    @property
+    def smtp(self) -> SmtpStandIn:
+        return _started(self._smtp, "the SMTP stand-in")
+
+    @property
+    def reader(self) -> OutcomeReader:
+        return _started(self._reader, "the outcome reader")
 
     def say(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
@@ -255,7 +281,7 @@ class Demo:
         )
         self.practices: list[Practice] = parse_practices(data).practices
         self.by_id = {p.id: p for p in self.practices}
-        self.providers = dict(zip((p.id for p in self.practices), providers))
+        self.providers = dict(zip((p.id for p in self.practices), providers, strict=True))
         self.day = Day(speed=self.o.speed)
         self.plan = plan_day(self.o.seed, sites_for(self.practices, providers, calls=self.o.calls), self.day)
         # Secrets: values in the demo's secrets folder, as `secrets` in the practices file names them.
@@ -282,27 +308,29 @@ class Demo:
     def environment(self, bootstrap: str) -> None:
         from ringback.dev.simulator import webhooks
 
-        self.twilio = FakeApiServer()
-        self.smtp = SmtpStandIn()
+        self._fake_apis = FakeApiServer()
+        self._smtp = SmtpStandIn()
         self.namespace = f"demo{uuid.uuid4().hex[:8]}"
+        # Per namespace: a --data-dir used again must not hand this run the last one's EHR cursors.
+        self.state_dir = self.run_dir / "state" / self.namespace
         self.gateway_port, self.console_port = free_port(), free_port()
         self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
         self.console_url = f"http://127.0.0.1:{self.console_port}"
-        (self.secrets_dir / self.slack_secret).write_text(self.twilio.url + "/slack/demo-manager-channel")
+        (self.secrets_dir / self.slack_secret).write_text(self.fake_apis.url + "/slack/demo-manager-channel")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGBACK_", "TWILIO_", "SMTP_"))}
         env.update(
             {
                 "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
                 "RINGBACK_NAMESPACE": self.namespace,
                 "RINGBACK_PARTITIONS": str(PARTITIONS),
-                "RINGBACK_STATE_DIR": str(self.run_dir / "state"),
+                "RINGBACK_STATE_DIR": str(self.state_dir),
                 "RINGBACK_SECRETS_DIR": str(self.secrets_dir),
                 "RINGBACK_STORE": "memory://",
                 "RINGBACK_SINKS_STORE": "memory://",
                 "RINGBACK_PUBLIC_URL": self.gateway_url,
                 "TWILIO_ACCOUNT_SID": webhooks.ACCOUNT_SID,
                 "TWILIO_AUTH_TOKEN": self.secrets.twilio,
-                "TWILIO_API_BASE_URL": self.twilio.url,
+                "TWILIO_API_BASE_URL": self.fake_apis.url,
                 "SMTP_URL": self.smtp.url,
                 "RINGBACK_SMTP_FROM": "ringback-demo@localhost",
                 "RINGBACK_WORKER_WEB_PORT": str(free_port()),
@@ -317,7 +345,7 @@ class Demo:
             kafka_bootstrap_servers=bootstrap,
             ringback_namespace=self.namespace,
             ringback_partitions=PARTITIONS,
-            ringback_state_dir=self.run_dir / "state",
+            ringback_state_dir=self.state_dir,
             ringback_secrets_dir=self.secrets_dir,
         )
 
@@ -326,7 +354,7 @@ class Demo:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ringback.cli", *args],
             env=self.env,
-            cwd=str(REPO_ROOT),
+            cwd=str(self.run_dir),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -342,7 +370,7 @@ class Demo:
         done = subprocess.run(
             [sys.executable, "-m", "ringback.cli", "config", "apply", str(self.practices_file)],
             env=self.env,
-            cwd=str(REPO_ROOT),
+            cwd=str(self.run_dir),
             capture_output=True,
             text=True,
             timeout=120,
@@ -437,7 +465,7 @@ class Demo:
         for suffix in ("patients", "flags", "appointments"):
             self.wait(
                 f"the stream worker to read the EHR ({suffix})",
-                lambda s=suffix: self._committed_all(f"{ns}-streams", f"{ns}.{s}", at_end=True),
+                functools.partial(self._committed_all, f"{ns}-streams", f"{ns}.{suffix}", at_end=True),
                 120,
             )
         self.wait(
@@ -446,17 +474,16 @@ class Demo:
             180,
         )
         for pid in self.cdr_dirs:
-            self.wait(
-                f"the CDR poller of {pid}",
-                lambda p=pid: "cdr poller ready" in (self.run_dir / f"cdr-{p}.log").read_text(errors="replace"),
-                120,
-            )
+            self.wait(f"the CDR poller of {pid}", functools.partial(self._cdr_poller_ready, pid), 120)
+
+    def _cdr_poller_ready(self, practice_id: str) -> bool:
+        return "cdr poller ready" in (self.run_dir / f"cdr-{practice_id}.log").read_text(errors="replace")
 
     # ------------------------------------------------------------ the day
     def _sms_actions(self) -> list[tuple[str, str, str]]:
         """(practice, recipient, action id) of each distinct SMS the Twilio stand-in received."""
         seen: dict[str, tuple[str, str, str]] = {}
-        for m in self.twilio.messages():
+        for m in self.fake_apis.messages():
             query = parse_qs(urlsplit(m.form.get("StatusCallback", "")).query)
             action = (query.get("action") or [""])[0]
             practice = (query.get("practice") or [""])[0]
@@ -465,7 +492,7 @@ class Demo:
         return list(seen.values())
 
     def _sms_received(self, practice_id: str, phone: str) -> bool:
-        return any(m.form.get("To") == phone for m in self.twilio.messages())
+        return any(m.form.get("To") == phone for m in self.fake_apis.messages())
 
     async def _carrier(self, stop: asyncio.Event) -> None:
         """Twilio's side of each SMS: a signed delivery receipt to the callback URL it was given."""
@@ -474,7 +501,7 @@ class Demo:
         done: set[str] = set()
         async with httpx.AsyncClient(timeout=10) as http:
             while not stop.is_set():
-                created = list(self.twilio.created)
+                created = list(self.fake_apis.created)
                 for resource in created:
                     if resource["sid"] in done:
                         continue
@@ -482,7 +509,7 @@ class Demo:
                     request = next(
                         (
                             m
-                            for m in self.twilio.messages()
+                            for m in self.fake_apis.messages()
                             if m.form.get("To") == resource["to"]
                             and m.form.get("Body") == resource["body"]
                             and m.form.get("StatusCallback")
@@ -676,10 +703,10 @@ class Demo:
             "first_responses_sent": sum(v for k, v in sent_steps.items() if k in FIRST_RESPONSE_STEPS),
             "sms_not_planned": sum((sent_keys - expected).values()),
             "sms_missing": sum((expected - sent_keys).values()),
-            "sms_requests": len(self.twilio.messages()),
+            "sms_requests": len(self.fake_apis.messages()),
             "emails": len(self.smtp.messages),
             "slack_posts": len(
-                [r for r in self.twilio.requests if r.method == "POST" and r.path.startswith("/slack/")]
+                [r for r in self.fake_apis.requests if r.method == "POST" and r.path.startswith("/slack/")]
             ),
             "cases_expected": len(self.plan.cases),
             "cases_closed": closed,
@@ -722,7 +749,7 @@ class Demo:
             )
             self.wait_ready()
             self.t.mark("services")
-            self.reader = OutcomeReader(bootstrap, f"{self.namespace}.outcomes")
+            self._reader = OutcomeReader(bootstrap, f"{self.namespace}.outcomes")
             summary = self.plan.summary()
             self.say(
                 f"· staff console: {self.console_url}  (practice maple-family, user {DEMO_USER}, "
@@ -799,7 +826,7 @@ class Demo:
                 except ProcessLookupError:
                     pass
                 proc.wait(timeout=10)
-        for closer in (self.reader, self.ehr, self.twilio, self.smtp):
+        for closer in (self._reader, self.ehr, self._fake_apis, self._smtp):
             if closer is not None:
                 try:
                     closer.close()
@@ -821,11 +848,25 @@ def _stats(values: list[int]) -> dict:
     return {"n": len(ordered), "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": ordered[-1]}
 
 
-def _raise_interrupt(signum, frame) -> None:
+def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _started(service: _Service | None, what: str) -> _Service:
+    if service is None:
+        raise DemoError(f"{what} is not started yet")
+    return service
+
+
 def run_demo(
-    practices: int = 5, seed: int = 7, speed: float = 600.0, calls: int = 94, keep_running: bool = False
+    practices: int = 5,
+    seed: int = 7,
+    speed: float = 600.0,
+    calls: int = 94,
+    keep_running: bool = False,
+    run_dir: Path | None = None,
 ) -> int:
-    return Demo(DemoOptions(practices=practices, seed=seed, speed=speed, calls=calls, keep_running=keep_running)).run()
+    options = DemoOptions(
+        practices=practices, seed=seed, speed=speed, calls=calls, keep_running=keep_running, run_dir=run_dir
+    )
+    return Demo(options).run()

@@ -1,10 +1,15 @@
 """A real single-node Apache Kafka broker without Docker.
 
-Maven resolves the pinned `org.apache.kafka:kafka_2.13` jars (deploy/kafka/pom.xml)
-into a cache folder outside git; this module formats KRaft storage once, starts
-`kafka.Kafka` on loopback with a small heap, waits until it serves metadata, and
-stops it cleanly. A broker is identified by its data folder: a second `start`
-with the same folder reuses the data of the first.
+Maven resolves the pinned `org.apache.kafka:kafka_2.13` jars (the package's
+`ringback/dev/kafka/pom.xml`) into a cache folder; this module formats KRaft storage
+once, starts `kafka.Kafka` on loopback with a small heap, waits until it serves
+metadata, and stops it cleanly. A broker is identified by its data folder: a second
+`start` with the same folder reuses the data of the first.
+
+The POM, the broker configuration template and the Log4j2 configuration ship as
+package data (read with importlib.resources); nothing is ever written next to them.
+The jars go to RINGBACK_KAFKA_CACHE, else the per-user cache folder; a broker's data
+and logs to the folder it is given, else the per-user data folder (`user_dirs`).
 """
 
 from __future__ import annotations
@@ -15,15 +20,13 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from ringback.dev import child_process
+from ringback.dev import child_process, user_dirs
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-DEPLOY_DIR = Path(__file__).resolve().parent / "kafka"
-DEFAULT_CACHE = REPO_ROOT / ".cache" / "kafka"
-DEFAULT_STATE = REPO_ROOT / "var" / "kafka"
+BROKER_FILES = resources.files("ringback.dev") / "kafka"
 
 
 class KafkaError(RuntimeError):
@@ -31,7 +34,14 @@ class KafkaError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("RINGBACK_KAFKA_CACHE", DEFAULT_CACHE))
+    """Where the jars are kept: RINGBACK_KAFKA_CACHE, else the per-user cache folder."""
+    configured = os.environ.get("RINGBACK_KAFKA_CACHE")
+    return Path(configured) if configured else user_dirs.cache_path("kafka")
+
+
+def default_home(port: int) -> Path:
+    """The data folder of the broker on `port` when none is given."""
+    return user_dirs.data_path("kafka", str(port))
 
 
 def libs_dir() -> Path:
@@ -39,7 +49,7 @@ def libs_dir() -> Path:
 
 
 def kafka_version() -> str:
-    text = (DEPLOY_DIR / "pom.xml").read_text()
+    text = (BROKER_FILES / "pom.xml").read_text()
     start = text.index("<kafka.version>") + len("<kafka.version>")
     return text[start : text.index("</kafka.version>", start)]
 
@@ -54,7 +64,11 @@ def fetch_jars(quiet: bool = True) -> Path:
         raise KafkaError("Maven (`mvn`) is not installed; it fetches the Kafka jars from Maven Central")
     if libs.exists():
         shutil.rmtree(libs)
-    cmd = ["mvn", "-B", "-f", str(DEPLOY_DIR / "pom.xml"), "dependency:copy-dependencies", f"-DoutputDirectory={libs}"]
+    # Maven runs on a copy in the cache: it may write next to its POM, never into the package.
+    pom = cache_dir() / "pom.xml"
+    pom.parent.mkdir(parents=True, exist_ok=True)
+    pom.write_text((BROKER_FILES / "pom.xml").read_text())
+    cmd = ["mvn", "-B", "-f", str(pom), "dependency:copy-dependencies", f"-DoutputDirectory={libs}"]
     if quiet:
         cmd.insert(1, "-q")
     result = subprocess.run(cmd, capture_output=quiet, text=True)
@@ -76,16 +90,13 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-@dataclass
 class LocalKafka:
-    """One broker: its port and the folder that holds its data, logs and pid."""
+    """One broker: its port and the folder that holds its configuration, data, logs and pid."""
 
-    port: int = 9092
-    home: Path | None = None
-    heap: str = "768m"
-
-    def __post_init__(self) -> None:
-        self.home = Path(self.home) if self.home else DEFAULT_STATE / str(self.port)
+    def __init__(self, port: int = 9092, home: Path | None = None, heap: str = "768m") -> None:
+        self.port = port
+        self.home = Path(home) if home else default_home(port)
+        self.heap = heap
 
     @property
     def bootstrap(self) -> str:
@@ -125,14 +136,20 @@ class LocalKafka:
         path.write_text(str(port))
         return port
 
-    def _write_properties(self) -> Path:
-        template = (DEPLOY_DIR / "server.properties.template").read_text()
+    @property
+    def log_config(self) -> Path:
+        return self.home / "log4j2.properties"
+
+    def _write_config(self) -> Path:
+        """The broker's configuration files, in its folder (Java reads files, not package resources)."""
+        template = (BROKER_FILES / "server.properties.template").read_text()
         props = template.format(port=self.port, controller_port=self._controller_port(), data_dir=self.data_dir)
         path = self.home / "server.properties"
         path.write_text(props)
+        self.log_config.write_text((BROKER_FILES / "log4j2.properties").read_text())
         return path
 
-    def _java(self, main: str, *args: str, **popen) -> subprocess.Popen:
+    def _java(self, main: str, *args: str, **popen: Any) -> subprocess.Popen:
         java = shutil.which("java")
         if java is None:
             raise KafkaError("Java 17+ (`java`) is not installed")
@@ -141,7 +158,7 @@ class LocalKafka:
             f"-Xms{self.heap}",
             f"-Xmx{self.heap}",
             "-XX:+UseG1GC",
-            f"-Dlog4j2.configurationFile={DEPLOY_DIR / 'log4j2.properties'}",
+            f"-Dlog4j2.configurationFile={self.log_config}",
             f"-Dkafka.logs.dir={self.log_dir}",
             "-cp",
             f"{libs_dir()}/*",
@@ -193,7 +210,7 @@ class LocalKafka:
         fetch_jars()
         self.home.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        props = self._write_properties()
+        props = self._write_config()
         self._format(props)
         out = open(self.log_dir / "stdout.log", "ab")
         proc = self._java(
@@ -218,7 +235,9 @@ class LocalKafka:
         from confluent_kafka.admin import AdminClient
 
         deadline = time.monotonic() + timeout
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0, "logger": _SilentLogger()})
+        # confluent-kafka accepts a logger object here; its type hints list plain values only.
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "log_level": 0, "logger": _SilentLogger()}
+        admin = AdminClient(config)
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
                 raise KafkaError(f"the broker exited with {proc.returncode}; see {self.log_dir}/")
@@ -285,5 +304,5 @@ def _alive(pid: int) -> bool:
 class _SilentLogger:
     """librdkafka logs connection refusals while the broker boots; they are expected."""
 
-    def log(self, *args, **kwargs) -> None:
+    def log(self, *args: object, **kwargs: object) -> None:
         pass

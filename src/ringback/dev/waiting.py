@@ -1,7 +1,7 @@
 """Polling with a deadline: wait until a predicate holds, never a fixed sleep.
 
 Used by the tests (`tests.conftest.wait_for`, failing with AssertionError) and the
-bench (`ringback.bench.harness.wait_until`, failing with TimeoutError).
+bench (`ringback.dev.bench.harness.wait_until`, failing with TimeoutError).
 """
 
 from __future__ import annotations

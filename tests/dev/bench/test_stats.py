@@ -1,4 +1,4 @@
-"""The benchmark's arithmetic (ringback/bench/stats.py, report.py, runner.parse_only):
+"""The benchmark's arithmetic (ringback/dev/bench/stats.py, report.py, runner.parse_only):
 percentiles, sustained rates, ratios, keeping up, the knee, the table. No broker."""
 
 from __future__ import annotations
@@ -240,9 +240,10 @@ def test_profile_top_counts_leaf_frames_as_self_and_every_frame_as_total():
 
     collapsed = "\n".join(
         [
-            "main (/srv/app/src/ringback/cli.py:10);handle (/srv/app/src/ringback/worker/topology.py:244);decode (/srv/app/src/ringback/schemas/codec.py:99) 30",
+            "main (/srv/app/src/ringback/cli.py:10);handle (/srv/app/src/ringback/worker/topology.py:244);"
+            "decode (/srv/app/src/ringback/schemas/codec.py:99) 30",
             "main (/srv/app/src/ringback/cli.py:10);handle (/srv/app/src/ringback/worker/topology.py:250) 10",
-            "main (/srv/app/src/ringback/cli.py:10);_run_once (/root/.pyenv/versions/3.11.7/lib/python3.11/asyncio/base_events.py:1884) 60",
+            "main (/srv/app/src/ringback/cli.py:10);_run_once (/usr/lib/python3.11/asyncio/base_events.py:1884) 60",
             "garbage line",
         ]
     )

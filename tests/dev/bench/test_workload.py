@@ -1,4 +1,4 @@
-"""The benchmark's traffic (ringback/bench/workload.py, restart._entries): the day mix
+"""The benchmark's traffic (ringback/dev/bench/workload.py, restart._entries): the day mix
 has the reference practice's shares, every record sits in its caller's partition, and
 a seed reproduces a run. No broker."""
 
@@ -48,7 +48,7 @@ def test_every_record_is_in_its_callers_partition_and_decodes():
         assert partition == topics.partition_for(key, 12)
     for name, recs in pop.ehr_records(12).items():
         schema = {"patients": "patient", "flags": "flag", "appointments": "appointment"}[name]
-        for key, value, partition in recs:
+        for _key, value, partition in recs:
             record = codec.decode(schema, value)
             assert partition == topics.partition_for(topics.join_key(record["practice_id"], record["phone"]), 12)
 

@@ -10,6 +10,7 @@ import asyncio
 import json
 import uuid
 from collections import Counter
+from operator import methodcaller
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -19,6 +20,7 @@ from ringback.config.settings import Settings
 from ringback.dev.simulator import plan as sim
 from ringback.dev.simulator import render
 from ringback.dev.simulator.practices import SECRET_NAMES
+from ringback.dev.simulator.webhooks import Webhook
 from ringback.kafka import topics
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.schemas import codec
@@ -111,14 +113,13 @@ class OfflineDay:
         self.run(self.partition(record["practice_id"], record["caller"]), lambda wf: wf.on_call_event(record))
 
     def webhooks(self, event: sim.SimEvent) -> None:
+        async def post(hook: Webhook) -> int:
+            async with self.client.post(hook.path, data=hook.body, headers=hook.headers) as resp:
+                return resp.status
+
         for hook in render.webhooks(event, PUBLIC, SECRETS, self.now):
             before = len(self.producer.sent)
-
-            async def go():
-                async with self.client.post(hook.path, data=hook.body, headers=hook.headers) as resp:
-                    return resp.status
-
-            status = self.loop.run_until_complete(go())
+            status = self.loop.run_until_complete(post(hook))
             assert status == event.expect_status if event.expect_status else status < 300, (event, status)
             for topic, _, value in self.producer.sent[before:]:
                 if topic == self.call_topic:
@@ -148,13 +149,13 @@ class OfflineDay:
                 record = op.value
                 part = self.partition(pid, phone)
                 if op.schema == "patient":
-                    self.run(part, lambda wf: wf.on_patient(pid, phone, record))
+                    self.run(part, methodcaller("on_patient", pid, phone, record))
                 elif op.schema == "appointment":
                     rid = op.key.decode().rsplit("|", 1)[1]
-                    self.run(part, lambda wf: wf.on_appointment(pid, phone, rid, record))
+                    self.run(part, methodcaller("on_appointment", pid, phone, rid, record))
                 else:
                     rid = op.key.decode().rsplit("|", 1)[1]
-                    self.run(part, lambda wf: wf.on_flag(pid, phone, rid, record))
+                    self.run(part, methodcaller("on_flag", pid, phone, rid, record))
 
     def staff(self, event: sim.SimEvent) -> None:
         case = next(c for c in self.plan.cases if c.case == event.case)

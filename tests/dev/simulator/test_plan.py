@@ -1,4 +1,4 @@
-"""The traffic simulator's plan (ringback/simulator/plan.py): pure, seeded, shaped like the
+"""The traffic simulator's plan (ringback/dev/simulator/plan.py): pure, seeded, shaped like the
 reference practice's day (SPEC section 1), with every reaction inside the window it must beat."""
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import threading
 import time
 
 from ringback.dev.bench import stats, workload
-from ringback.dev.bench.harness import Namespace, loadavg, log, read_topic, wait_committed
+from ringback.dev.bench.harness import Namespace, loadavg, log, read_records, wait_committed
 from ringback.kafka import topics
 
 BACKGROUND_HOLD_S = 4 * 3600
@@ -135,7 +135,7 @@ def run(
         disk_after = _du(ns.work_dir / "state")
         log(
             f"    built {open_cases:,} open cases in {build_s:.0f}s ({build_rate or 0:,.0f} cases/s); "
-            f"RSS {rss_before / 1024:.0f} → {rss_after / 1024:.0f} MiB"
+            f"RSS {(rss_before or 0) / 1024:.0f} → {(rss_after or 0) / 1024:.0f} MiB"
         )
 
         # Probes, with background traffic from the day mix (own practices' numbers).
@@ -170,7 +170,7 @@ def run(
         while True:
             delays = {"first_sms": [], "second_sms": []}
             windows = {"first_sms": hold_s * 1000, "second_sms": followup_s * 1000}
-            for _, action, ts in read_topic(ns.bootstrap, ns.topic(topics.ACTIONS), "action_command"):
+            for _, action, ts in read_records(ns.bootstrap, ns.topic(topics.ACTIONS), "action_command"):
                 step = action["step"]
                 if step in windows and action["practice_id"] in {workload.practice_id(p) for p in probe_practices}:
                     due = action["call_reported_at"] + windows[step]
@@ -182,6 +182,8 @@ def run(
             time.sleep(2)
         worker.sample_peak()
         both = delays["first_sms"] + delays["second_sms"]
+        delay = stats.summarize(both)
+        rss_growth = stats.per_100k((rss_after or 0) - (rss_before or 0), open_cases)
         result = {
             "open_cases": open_cases,
             "build_s": build_s,
@@ -192,21 +194,20 @@ def run(
             "background_rate": background_rate,
             "gates_expected": 2 * probes,
             "gates_fired": len(both),
-            "delay_s": stats.summarize(both),
+            "delay_s": delay,
             "first_sms_delay_s": stats.summarize(delays["first_sms"]),
             "second_sms_delay_s": stats.summarize(delays["second_sms"]),
             "rss_before_kb": rss_before,
             "rss_after_kb": rss_after,
-            "rss_per_100k_open_cases_kb": stats.per_100k((rss_after or 0) - (rss_before or 0), open_cases),
+            "rss_per_100k_open_cases_kb": rss_growth,
             "state_disk_per_100k_open_cases_bytes": stats.per_100k(disk_after - disk_before, open_cases),
             "peak_rss_kb": worker.peak_rss_kb,
             "loadavg_before": load0,
             "loadavg_after": loadavg(),
         }
-        d = result["delay_s"]
         log(
-            f"    {len(both)} of {2 * probes} gates fired: delay p50 {d['p50'] or 0:.3f}s p99 {d['p99'] or 0:.3f}s "
-            f"max {d['max'] or 0:.3f}s; RSS +{(result['rss_per_100k_open_cases_kb'] or 0) / 1024:.0f} MiB "
+            f"    {len(both)} of {2 * probes} gates fired: delay p50 {delay['p50'] or 0:.3f}s "
+            f"p99 {delay['p99'] or 0:.3f}s max {delay['max'] or 0:.3f}s; RSS +{(rss_growth or 0) / 1024:.0f} MiB "
             f"per 100k open cases"
         )
         return result

@@ -17,11 +17,15 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
-from ringback.dev.local_kafka import REPO_ROOT, LocalKafka, free_port
+from ringback.dev.local_kafka import LocalKafka, free_port
 from ringback.dev.waiting import wait_for
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer
 
 BENCH_ACCOUNT = "AC" + "b" * 32
 BENCH_TOKEN = "bench-auth-token-not-a-secret"  # signs the simulated webhooks; not a secret
@@ -238,7 +242,7 @@ class Namespace:
         popen = subprocess.Popen(
             [sys.executable, "-m", module, *args],
             env={**self.env, **(env or {})},
-            cwd=str(REPO_ROOT),
+            cwd=str(self.work_dir),
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -328,10 +332,10 @@ def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, by
     return n
 
 
-_consumers: dict[str, object] = {}
+_consumers: dict[str, Consumer] = {}
 
 
-def _probe(bootstrap: str, group: str):
+def _probe(bootstrap: str, group: str) -> Consumer:
     from confluent_kafka import Consumer
 
     key = f"{bootstrap}|{group}"
@@ -398,7 +402,7 @@ def wait_committed(
     timeout: float,
     interval: float = 0.1,
     base: int = 0,
-    on_sample: Callable[[float, int], None] | None = None,
+    on_sample: Callable[[float, int], object] | None = None,
     alive: Callable[[], bool] | None = None,
     stall_s: float | None = None,
 ) -> list[tuple[float, int]]:
@@ -438,7 +442,7 @@ def wait_committed(
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
-    """`ringback.waiting.wait_for`, failing with TimeoutError (the figures catch it)."""
+    """`ringback.dev.waiting.wait_for`, failing with TimeoutError (the figures catch it)."""
     return wait_for(predicate, timeout, interval, what, error=TimeoutError)
 
 
@@ -461,11 +465,11 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def read_topic(
-    bootstrap: str, topic: str, schema: str | None = None, timeout: float = 60.0
-) -> list[tuple[bytes | None, object, int]]:
-    """Every record of a topic up to its end offsets now: (key, value decoded with
-    `schema` or raw bytes, record timestamp in ms)."""
+def read_records(
+    bootstrap: str, topic: str, schema: str, timeout: float = 60.0
+) -> list[tuple[bytes | None, dict, int]]:
+    """Every record of a topic up to its end offsets now: (key, value decoded with `schema`,
+    record timestamp in ms); tombstones and records that do not decode are left out."""
     from confluent_kafka import Consumer, TopicPartition
 
     from ringback.schemas import codec
@@ -479,24 +483,26 @@ def read_topic(
             "auto.offset.reset": "earliest",
         }
     )
-    out: list[tuple[bytes | None, object, int]] = []
+    out: list[tuple[bytes | None, dict, int]] = []
     try:
         remaining = {p: e for p, e in ends.items() if e > 0}
         consumer.assign([TopicPartition(topic, p, 0) for p in remaining])
         deadline = time.monotonic() + timeout
         while remaining and time.monotonic() < deadline:
             for msg in consumer.consume(10000, 1.0):
-                if msg.error():
+                partition, offset = msg.partition(), msg.offset()
+                if msg.error() or partition is None or offset is None:
                     continue
+                if offset + 1 >= remaining.get(partition, 0):
+                    remaining.pop(partition, None)
                 value = msg.value()
-                if schema and value is not None:
-                    try:
-                        value = codec.decode(schema, value)
-                    except ValueError:
-                        continue
-                out.append((msg.key(), value, msg.timestamp()[1]))
-                if msg.offset() + 1 >= remaining.get(msg.partition(), 0):
-                    remaining.pop(msg.partition(), None)
+                if value is None:
+                    continue
+                try:
+                    record = codec.decode(schema, value)
+                except ValueError:
+                    continue
+                out.append((msg.key(), record, msg.timestamp()[1]))
     finally:
         consumer.close()
     return out

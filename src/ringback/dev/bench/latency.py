@@ -2,7 +2,7 @@
 p50/p99 at fixed offered loads, and the knee where the pipeline stops keeping up.
 
 Everything is real and local: `ringback ingest`, one `ringback worker`, `ringback
-sinks` (the official twilio library) and the Twilio stand-in (ringback/standin_http.py,
+sinks` (the official twilio library) and the Twilio stand-in (ringback/dev/fake_apis.py,
 in a process of its own, timestamping every request when it arrives). A load
 generator posts signed Twilio voice status callbacks open-loop (each request at
 its scheduled time, whether earlier ones were answered or not): 81 % answered calls,
@@ -33,7 +33,7 @@ from ringback.dev.bench.harness import (
     free_port,
     loadavg,
     log,
-    read_topic,
+    read_records,
     wait_until,
 )
 from ringback.kafka import topics
@@ -106,7 +106,7 @@ def _requests(base_url: str, count: int, practices: int, rng: random.Random, nex
         caller = workload.caller_number(next_caller[0])
         missed = rng.random() < workload.MISS_RATE
         params = {
-            "CallSid": "CA" + "%032x" % rng.getrandbits(128),
+            "CallSid": "CA" + f"{rng.getrandbits(128):032x}",
             "AccountSid": BENCH_ACCOUNT,
             "From": caller,
             "To": workload.practice_did(practice),
@@ -171,7 +171,7 @@ def run_step(
     requests = _requests(base_url, count, practices, rng, next_caller)
     load0 = loadavg()
     results = asyncio.run(_offer(base_url, requests, rate))
-    accepted = [(r, req) for r, req in zip(results, requests) if r and 200 <= r[2] < 300]
+    accepted = [(r, req) for r, req in zip(results, requests, strict=True) if r and 200 <= r[2] < 300]
     first_sched, last_done = results[0][0], max(r[1] for r in results if r)
     achieved = len(accepted) / max(last_done - first_sched, 1e-9) if accepted else 0.0
     expected = {req[2]: r[1] for r, req in accepted if req[2]}
@@ -208,7 +208,7 @@ def run_step(
 def _split(ns: Namespace, steps: list[dict]) -> None:
     """Attach the worker/sinks split of each step's latency (from the action records)."""
     produced: dict[str, float] = {}
-    for _, action, ts in read_topic(ns.bootstrap, ns.topic(topics.ACTIONS), "action_command"):
+    for _, action, ts in read_records(ns.bootstrap, ns.topic(topics.ACTIONS), "action_command"):
         if action["kind"] == "SEND_SMS" and action["step"] == "first_sms":
             produced.setdefault(action["recipient"], ts / 1000)
     for step in steps:

@@ -25,7 +25,7 @@ import signal
 import time
 
 from ringback.dev.bench import workload
-from ringback.dev.bench.harness import Namespace, log, read_topic, wait_until
+from ringback.dev.bench.harness import Namespace, log, read_records, wait_until
 from ringback.kafka import topics
 
 
@@ -79,7 +79,7 @@ def _first_action(ns: Namespace, caller: str, timeout: float, alive) -> tuple[fl
     def look() -> bool:
         if not alive():
             raise RuntimeError("the worker exited; see " + str(ns.log_dir))
-        for _, action, ts in read_topic(ns.bootstrap, ns.topic(topics.ACTIONS), "action_command", timeout=10):
+        for _, action, ts in read_records(ns.bootstrap, ns.topic(topics.ACTIONS), "action_command", timeout=10):
             if action["recipient"] == caller or action["params"].get("caller") == caller:
                 found.setdefault("at", (ts / 1000, action["step"]))
         return bool(found)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from ringback.dev import user_dirs
 from ringback.dev.bench import report
 from ringback.dev.bench.harness import Broker, Namespace, close_probes, log, new_namespace
 
@@ -125,8 +126,8 @@ def machine() -> dict:
     return info
 
 
-def versions() -> dict:
-    out = {}
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
     for dist in ("faust-streaming", "aiokafka", "confluent-kafka", "rocksdict", "twilio", "aiohttp"):
         try:
             out[dist] = metadata.version(dist)
@@ -139,18 +140,23 @@ def versions() -> dict:
     if java:
         first = subprocess.run([java, "-version"], capture_output=True, text=True).stderr.splitlines()
         out["java"] = first[0] if first else None
-    try:
-        repo = Path(__file__).resolve().parents[4]
-        head = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
-        ).stdout.strip()
-        out["ringback_commit"] = head + ("+uncommitted changes" if dirty else "")
-    except OSError:
-        pass
+    out["ringback_commit"] = git_commit()
     return out
+
+
+def git_commit() -> str:
+    """The commit of the checkout the bench runs in (the current directory), marked when the
+    tree has uncommitted changes; "unknown" outside a checkout (an installed ringback)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:  # no git
+        return "unknown"
+    return head.stdout.strip() + ("+uncommitted changes" if dirty else "")
 
 
 def run(
@@ -166,7 +172,7 @@ def run(
     # processes it started and the broker is stopped, instead of leaving them running.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     profile = QUICK if quick else FULL
-    out_dir = Path(out_dir or Path("var") / "bench" / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    out_dir = Path(out_dir or user_dirs.data_path("bench", user_dirs.run_name())).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {
         "profile": profile.name,

@@ -141,7 +141,7 @@ def measure_workers(ns: Namespace, events: list, workers: int, timeout: float, p
                 profiled = {"file": str(raw), **profiling.top(text, 30), "by_package": profiling.by_module(text)}
         reached = samples[-1][1]
         rate = stats.sustained_rate(samples, reached if stalled else len(events))
-        cpu = sum((p.cpu_s() or 0) - (c or 0) for p, c in zip(procs, cpu0))
+        cpu = sum((p.cpu_s() or 0) - (c or 0) for p, c in zip(procs, cpu0, strict=True))
         for p in procs:
             p.sample_peak()
         return {

@@ -81,7 +81,7 @@ def caller_number(n: int) -> str:
 
 
 def _call_sid(rng: random.Random) -> str:
-    return "CA" + "%032x" % rng.getrandbits(128)
+    return "CA" + f"{rng.getrandbits(128):032x}"
 
 
 @dataclass
@@ -119,7 +119,7 @@ class Population:
         self._next_unknown += 1
         return caller_number(self._next_unknown)
 
-    # -- EHR records, keyed and placed like connectors/sources/ehr_publisher.py does
+    # -- EHR records, keyed and placed like ringback/sources/ehr/publisher.py does
     def ehr_records(self, partitions: int) -> dict[str, list[tuple[bytes, bytes, int]]]:
         out: dict[str, list] = {"patients": [], "flags": [], "appointments": []}
         for pat in self.patients:
@@ -200,7 +200,7 @@ def call_event(
     call_sid: str | None = None,
     transcript: str | None = None,
 ) -> dict:
-    """A canonical call event as the gateway produces it (connectors/sources/canonical.py)."""
+    """A canonical call event as the gateway produces it (ringback/sources/canonical.py)."""
     from ringback.sources.canonical import call_event as canonical
 
     sid = call_sid or _call_sid(rng)

@@ -3,10 +3,10 @@
 The API, for `ringback demo` and `ringback bench` alike:
 
 ```python
-from ringback.simulator import Day, Player, Secrets, Targets, EhrFeed, demo_practices, plan_day, sites_for
+from ringback.dev.simulator import Day, Player, Secrets, Targets, EhrFeed, demo_practices, plan_day, sites_for
 
 practices_file, providers = demo_practices(n=5, speed=600)     # dict for YAML + each practice's phone system
-practices = parse_practices(practices_file).practices           # ringback.settings
+practices = parse_practices(practices_file).practices           # ringback.config.practices_file
 plan = plan_day(seed=7, sites=sites_for(practices, providers), day=Day(speed=600))   # pure
 plan.events          # ordered SimEvents: at (wall s after 08:00), kind, practice, caller, ...
 plan.preload         # the EHR in the morning (FHIR resources), to publish before the first call

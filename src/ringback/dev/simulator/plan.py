@@ -42,7 +42,7 @@ import math
 import random
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -86,21 +86,38 @@ REFERENCE_MIX = {"spam": 1, "repeat": 1, NEW: 7, URGENT: 3, RESCHEDULE: 4, GENER
 CASE_WEIGHTS = {NEW: 7, URGENT: 3, RESCHEDULE: 4, GENERAL: 2}
 KNOWN_SHARE_OF_ANSWERED = 0.65  # answered calls from existing patients (the rest: unknown numbers)
 
+
 # ---------------------------------------------------------------- behaviour (assumptions; docs/demo.md)
-BEHAVIOUR = {
-    # new patients, after the first SMS (weights)
-    "new_patient": {"reply": 25, "book": 22, "calls_back": 8, "stop": 6, "stop_sentence": 3, "silent": 36},
-    "new_patient_voicemail": 0.30,  # leave a voicemail instead of hanging up
-    "new_patient_staff_calls_back": 0.5,  # silent ones: the coordinator completes the 2 h callback task
-    "urgent_voicemail": 0.40,
-    "urgent_staff": {"in_time": 65, "late": 20, "never": 15},  # nurse completes the clinical task
-    "reschedule_appointment": {"within_48h": 55, "within_14d": 25, "later": 20},
-    "reschedule_moves": 0.60,  # the patient moves the appointment with the link
-    "reschedule_protect_done": 0.5,  # staff complete the 4 h protection task
-    "reschedule_callback_done": 0.7,  # staff complete the callback task (no appointment within 14 days)
-    "general_voicemail": 0.5,
-    "general": {"calls_back": 35, "staff": 45, "nothing": 20},
-}
+@dataclass(frozen=True)
+class Behaviour:
+    """What people do: weight tables (one reaction is drawn) and shares (probabilities)."""
+
+    new_patient: Mapping[str, float]  # after the first SMS (weights)
+    new_patient_voicemail: float  # leave a voicemail instead of hanging up
+    new_patient_staff_calls_back: float  # silent ones: the coordinator completes the 2 h callback task
+    urgent_voicemail: float
+    urgent_staff: Mapping[str, float]  # nurse completes the clinical task
+    reschedule_appointment: Mapping[str, float]
+    reschedule_moves: float  # the patient moves the appointment with the link
+    reschedule_protect_done: float  # staff complete the 4 h protection task
+    reschedule_callback_done: float  # staff complete the callback task (no appointment within 14 days)
+    general_voicemail: float
+    general: Mapping[str, float]
+
+
+BEHAVIOUR = Behaviour(
+    new_patient={"reply": 25, "book": 22, "calls_back": 8, "stop": 6, "stop_sentence": 3, "silent": 36},
+    new_patient_voicemail=0.30,
+    new_patient_staff_calls_back=0.5,
+    urgent_voicemail=0.40,
+    urgent_staff={"in_time": 65, "late": 20, "never": 15},
+    reschedule_appointment={"within_48h": 55, "within_14d": 25, "later": 20},
+    reschedule_moves=0.60,
+    reschedule_protect_done=0.5,
+    reschedule_callback_done=0.7,
+    general_voicemail=0.5,
+    general={"calls_back": 35, "staff": 45, "nothing": 20},
+)
 
 GIVEN = (
     "Ana",
@@ -344,7 +361,7 @@ class Plan:
         return sum(1 for c in self.cases if set(c.sms_steps) & FIRST_RESPONSE_SMS)
 
     def summary(self) -> dict:
-        total = Counter()
+        total: Counter[str] = Counter()
         for counts in self.counts.values():
             total.update(counts)
         return {
@@ -369,7 +386,7 @@ FIRST_RESPONSE_SMS = frozenset({recipes.FIRST_SMS, recipes.ACK_SMS, recipes.RESC
 
 
 def event_id(provider: str, call_id: str, outcome: str | None, status: str | None) -> str:
-    """The canonical event id of a call (connectors/sources/*.py, docs/sources-webhooks.md)."""
+    """The canonical event id of a call (ringback/sources/, docs/sources-webhooks.md)."""
     token = (outcome or "").lower()
     if provider == "twilio":
         return f"twilio:{call_id}:{status}"
@@ -455,15 +472,15 @@ class _SiteDay:
     def _name(self) -> tuple[str, str]:
         return self.rng.choice(GIVEN), self.rng.choice(FAMILY)
 
-    def _weighted(self, table: dict[str, float]) -> str:
+    def _weighted(self, table: Mapping[str, float]) -> str:
         names = list(table)
         return self.rng.choices(names, weights=[table[n] for n in names])[0]
 
     def _call_id(self) -> str:
         if self.provider == "twilio":
-            return "CA" + "%032x" % self.rng.getrandbits(128)
+            return "CA" + f"{self.rng.getrandbits(128):032x}"
         if self.provider == "ringcentral":
-            return "s-" + "%032x" % self.rng.getrandbits(128)
+            return "s-" + f"{self.rng.getrandbits(128):032x}"
         if self.provider == "dialpad":
             return str(self.rng.randrange(10**15, 10**16))
         if self.provider == "vonage":
@@ -535,7 +552,7 @@ class _SiteDay:
             provider="twilio",
             caller=caller,
             called=self.p.sms_from or self.did,
-            call_id="SM" + "%032x" % self.rng.getrandbits(128),
+            call_id="SM" + f"{self.rng.getrandbits(128):032x}",
             text=text,
             case=case,
             after_sms=True,
@@ -567,7 +584,9 @@ class _SiteDay:
             "name": [{"use": "official", "family": family, "given": [given]}],
             "telecom": [{"system": "phone", "value": f"({digits[:3]}) {digits[3:6]}-{digits[6:]}", "use": "mobile"}],
             "gender": self.rng.choice(("female", "male")),
-            "birthDate": f"{self.rng.randrange(1940, 2015)}-{self.rng.randrange(1, 13):02d}-{self.rng.randrange(1, 29):02d}",
+            "birthDate": (
+                f"{self.rng.randrange(1940, 2015)}-{self.rng.randrange(1, 13):02d}-{self.rng.randrange(1, 29):02d}"
+            ),
             "_updated_ago_s": self.rng.randrange(30, 400) * 86_400,
         }
         return pid, resource
@@ -674,7 +693,7 @@ class _SiteDay:
             if self._answered_slots:
                 self._answered_slots.pop(rng.randrange(len(self._answered_slots)))
         self._morning: tuple[list, list, list] = ([], [], [])
-        for k, (i, role) in enumerate(zip(missed_idx, roles)):
+        for k, (i, role) in enumerate(zip(missed_idx, roles, strict=True)):
             at = self.day.wall(times[i])
             if role == "spam":
                 self._call(
@@ -756,12 +775,12 @@ class _SiteDay:
     def _new_patient(self, at: float, repeat: bool = False, in_hold: bool = False) -> CaseSpec:
         rng, label = self.rng, self._label()
         caller = self._number()
-        voicemail = rng.random() < BEHAVIOUR["new_patient_voicemail"]
+        voicemail = rng.random() < BEHAVIOUR.new_patient_voicemail
         call = self._call(at, caller, VOICEMAIL if voicemail else MISSED, case=label, note="new patient")
         if call.outcome == VOICEMAIL:
             self._transcript(call, rng.choice(NEW_PATIENT_VOICEMAILS))
-        behaviour = self._weighted(BEHAVIOUR["new_patient"])
-        staff_done = rng.random() < BEHAVIOUR["new_patient_staff_calls_back"]
+        behaviour = self._weighted(BEHAVIOUR.new_patient)
+        staff_done = rng.random() < BEHAVIOUR.new_patient_staff_calls_back
         if in_hold:  # gets through during the hold: the first SMS is cancelled (cancel if answered)
             case = self._case(NEW, caller, call, "through_in_hold", (), "SUPPRESSED")
             self._answered_back(call.at + 0.3 * self.hold, caller, label, "calls again at once and gets through")
@@ -828,11 +847,11 @@ class _SiteDay:
         pid, patient = self._patient(caller, given, family)
         self._morning[0].append(patient)
         self._morning[1].append(self._flag(pid))
-        voicemail = rng.random() < BEHAVIOUR["urgent_voicemail"]
+        voicemail = rng.random() < BEHAVIOUR.urgent_voicemail
         call = self._call(at, caller, VOICEMAIL if voicemail else MISSED, case=label, note="urgent existing patient")
         if call.outcome == VOICEMAIL:
             self._transcript(call, rng.choice(URGENT_VOICEMAILS))
-        staff = self._weighted(BEHAVIOUR["urgent_staff"])
+        staff = self._weighted(BEHAVIOUR.urgent_staff)
         final, channel = ("ESCALATED_AND_CLOSED", None) if staff == "never" else ("CONVERTED", "callback")
         case = self._case(URGENT, caller, call, f"nurse_{staff}", (recipes.ACK_SMS,), final, channel)
         if staff == "in_time":
@@ -859,7 +878,7 @@ class _SiteDay:
         caller = self._number()
         given, family = self._name()
         pid, patient = self._patient(caller, given, family)
-        when = self._weighted(BEHAVIOUR["reschedule_appointment"])
+        when = self._weighted(BEHAVIOUR.reschedule_appointment)
         start_in = {
             "within_48h": rng.uniform(0.6, 1.8),
             "within_14d": rng.uniform(3, 13),
@@ -871,7 +890,7 @@ class _SiteDay:
         call = self._call(at, caller, VOICEMAIL, case=label, note="reschedule voicemail")
         self._transcript(call, rng.choice(RESCHEDULE_VOICEMAILS))
         if when == "later":  # no appointment within 14 days: a callback task, no link
-            done = rng.random() < BEHAVIOUR["reschedule_callback_done"]
+            done = rng.random() < BEHAVIOUR.reschedule_callback_done
             case = self._case(
                 RESCHEDULE,
                 caller,
@@ -889,7 +908,7 @@ class _SiteDay:
                     "scheduling calls back",
                 )
             return case
-        moves = rng.random() < BEHAVIOUR["reschedule_moves"]
+        moves = rng.random() < BEHAVIOUR.reschedule_moves
         if moves:
             case = self._case(RESCHEDULE, caller, call, "moves", (recipes.RESCHEDULE_SMS,), "CONVERTED", "reschedule")
             moved = dict(appt, _start_in_s=round(start_in + rng.randrange(2, 8) * DAY_S), _updated_ago_s=0)
@@ -903,7 +922,7 @@ class _SiteDay:
             )
             return case
         protected = when == "within_48h"
-        done = protected and rng.random() < BEHAVIOUR["reschedule_protect_done"]
+        done = protected and rng.random() < BEHAVIOUR.reschedule_protect_done
         final = "CONVERTED" if done else ("ESCALATED_AND_CLOSED" if protected else "EXPIRED")
         case = self._case(
             RESCHEDULE,
@@ -930,11 +949,11 @@ class _SiteDay:
         given, family = self._name()
         pid, patient = self._patient(caller, given, family)
         self._morning[0].append(patient)
-        voicemail = rng.random() < BEHAVIOUR["general_voicemail"] or bool(note)
+        voicemail = rng.random() < BEHAVIOUR.general_voicemail or bool(note)
         call = self._call(at, caller, VOICEMAIL if voicemail else MISSED, case=label, note=note or "general inquiry")
         if call.outcome == VOICEMAIL:
             self._transcript(call, rng.choice(GENERAL_VOICEMAILS))
-        what = self._weighted(BEHAVIOUR["general"])
+        what = self._weighted(BEHAVIOUR.general)
         final, channel = {
             "calls_back": ("CONVERTED", "answered_call"),
             "staff": ("CONVERTED", "callback"),

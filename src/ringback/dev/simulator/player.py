@@ -4,8 +4,8 @@
 * CDR lines are appended to the `Master.csv` a `ringback cdr poll` process follows
   (`Targets.cdr_dirs`, one folder per CDR practice);
 * FHIR resources go through the EHR connector's own code (`EhrFeed`: the FHIR
-  mapping of `connectors/sources/fhir.py` and the keyed, co-partitioned records of
-  `connectors/sources/ehr_publisher.py`);
+  mapping of `ringback/sources/ehr/fhir.py` and the keyed, co-partitioned records of
+  `ringback/sources/ehr/publisher.py`);
 * staff complete tasks through the staff console's JSON API (`Targets.console_url`),
   once the task is there.
 
@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -32,6 +33,10 @@ from ringback.config.settings import Settings
 from ringback.dev.simulator import render
 from ringback.dev.simulator.plan import CALL, EHR, JUNK, SMS, STAFF, TRANSCRIPT, CaseSpec, Plan, SimEvent
 from ringback.domain.practice import Practice
+
+if TYPE_CHECKING:
+    from ringback.kafka.producer import AckedProducer
+    from ringback.sources.ehr.fhir import EhrSync
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +52,18 @@ class EhrFeed:
 
         self.env = env
         self.practices = practices
-        self.producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=timeout_s)
-        self._syncs: dict = {}
+        self.producer: AckedProducer | None = AckedProducer(env.kafka_bootstrap_servers, timeout_s=timeout_s)
+        self._syncs: dict[str, EhrSync] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _sync(self, practice_id: str):
+    def _sync(self, practice_id: str) -> EhrSync:
         from ringback.domain.phones import region_of
         from ringback.sources.ehr.fhir import EhrSync
         from ringback.sources.ehr.publisher import StateStore
 
+        if self.producer is None:
+            raise RuntimeError("the EHR feed is closed")
         if practice_id not in self._syncs:
             store = StateStore(self.env, practice_id)
             store.lock()
@@ -155,9 +162,15 @@ class Player:
         self.sleep = sleep
         self.result = PlayResult()
         self.cases: dict[str, CaseSpec] = {c.case: c for c in plan.cases}
-        self._http: httpx.AsyncClient | None = None
+        self._http: httpx.AsyncClient | None = None  # while the day plays
         self._console: dict[str, tuple[httpx.AsyncClient, str]] = {}
-        self._console_lock: asyncio.Lock | None = None  # made in play(), inside the running loop
+        self._console_lock = asyncio.Lock()  # made again by each play(): a lock serves one event loop
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise RuntimeError("requests go out only while the day plays")
+        return self._http
 
     # ------------------------------------------------------------ entry points
     async def preload(self) -> dict:
@@ -232,11 +245,11 @@ class Player:
         raise ValueError(f"unknown event kind {event.kind!r}")
 
     async def _wait_for_sms(self, event: SimEvent) -> None:
-        seen = self.targets.sms_received
-        if seen is None:
+        seen, caller = self.targets.sms_received, event.caller
+        if seen is None or caller is None:
             return
         deadline = self.clock() + self.sms_wait_s
-        while not seen(event.practice_id, event.caller):
+        while not seen(event.practice_id, caller):
             if self.clock() > deadline:
                 self.result.late += 1
                 self.result.late_events.append(f"{event.kind} of {event.case} at {event.at:.1f}s")
@@ -251,7 +264,7 @@ class Player:
         hooks = render.webhooks(event, base, self.secrets, self.clock())
         outcome = "ok"
         for hook in hooks:
-            response = await self._http.post(base + hook.path, content=hook.body, headers=hook.headers)
+            response = await self.http.post(base + hook.path, content=hook.body, headers=hook.headers)
             self.result.statuses[f"{event.kind} {response.status_code}"] += 1
             expected = event.expect_status
             good = response.status_code == expected if expected else 200 <= response.status_code < 300
@@ -275,12 +288,14 @@ class Player:
         return "ok"
 
     # ------------------------------------------------------------ the staff console
-    async def _console_session(self, practice_id: str) -> tuple[httpx.AsyncClient, str] | None:
+    async def _console_session(
+        self, practice_id: str, console_url: str, login: tuple[str, str]
+    ) -> tuple[httpx.AsyncClient, str] | None:
         async with self._console_lock:
             if practice_id in self._console:
                 return self._console[practice_id]
-            client = httpx.AsyncClient(base_url=self.targets.console_url, timeout=15.0)
-            username, password = self.targets.console_login
+            client = httpx.AsyncClient(base_url=console_url, timeout=15.0)
+            username, password = login
             response = await client.post(
                 "/api/login", json={"practice_id": practice_id, "username": username, "password": password}
             )
@@ -292,10 +307,13 @@ class Player:
             return self._console[practice_id]
 
     async def _complete_task(self, event: SimEvent) -> str:
-        if not self.targets.console_url or not self.targets.console_login:
+        console_url, login = self.targets.console_url, self.targets.console_login
+        if not console_url or not login:
             self.result.skipped["no_console"] += 1
             return "skipped"
-        session = await self._console_session(event.practice_id)
+        if event.case is None or event.step is None:
+            raise ValueError(f"staff event #{event.seq} names no case or step")
+        session = await self._console_session(event.practice_id, console_url, login)
         if session is None:
             return "console login failed"
         client, csrf = session

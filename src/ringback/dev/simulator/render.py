@@ -13,6 +13,7 @@ lengths are practice seconds (what the caller experienced).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import formatdate
@@ -44,11 +45,25 @@ def _forge(secret: str) -> str:
     return "forged-" + secret[::-1]
 
 
+def _call_ids(event: SimEvent) -> tuple[str, str, str]:
+    """(provider call id, caller, called number): every call, transcript and SMS of the plan has them."""
+    if event.call_id is None or event.caller is None or event.called is None:
+        raise ValueError(f"{event.kind} event #{event.seq} has no call id, caller or called number")
+    return event.call_id, event.caller, event.called
+
+
+def _missed_status(event: SimEvent) -> str:
+    """The provider's status of a missed call (no-answer, TargetBusy, NO ANSWER, ...): the plan sets it."""
+    if event.status is None:
+        raise ValueError(f"missed call #{event.seq} has no provider status")
+    return event.status
+
+
 # ---------------------------------------------------------------- webhooks
 def webhooks(event: SimEvent, base_url: str, secrets: Secrets, now: float) -> list[wh.Webhook]:
     """The requests of a CALL, TRANSCRIPT, SMS or webhook JUNK event (empty for the others)."""
     if event.kind == SMS:
-        params = wh.twilio_sms_inbound(event.call_id, event.caller, event.called, event.text or "")
+        params = wh.twilio_sms_inbound(*_call_ids(event), event.text or "")
         return [wh.twilio(base_url, wh.TWILIO_SMS_INBOUND, params, secrets.twilio)]
     if event.kind == TRANSCRIPT:
         return [_transcript(event, base_url, secrets, now)]
@@ -60,7 +75,13 @@ def webhooks(event: SimEvent, base_url: str, secrets: Secrets, now: float) -> li
     return []
 
 
-def _call(event: SimEvent, base_url: str, secrets: Secrets, now: float, secret_for=None) -> list[wh.Webhook]:
+def _call(
+    event: SimEvent,
+    base_url: str,
+    secrets: Secrets,
+    now: float,
+    secret_for: Callable[[str], str] | None = None,
+) -> list[wh.Webhook]:
     secret = secrets.of(event.provider)
     if secret_for is not None:
         secret = secret_for(secret)
@@ -75,11 +96,11 @@ def _call(event: SimEvent, base_url: str, secrets: Secrets, now: float, secret_f
 
 def _twilio_call(event: SimEvent, base_url: str, token: str, now: float) -> list[wh.Webhook]:
     stamp = formatdate(math.floor(now), usegmt=True)  # RFC 2822, to the second (as Twilio sends it)
-    sid, caller, called = event.call_id, event.caller, event.called
+    sid, caller, called = _call_ids(event)
     common = {"Timestamp": stamp, "CallbackSource": "call-progress-events"}
     ringing = wh.twilio_voice_status(sid, caller, called, "ringing", SequenceNumber="0", **common)
     if event.outcome == MISSED:
-        final = wh.twilio_voice_status(sid, caller, called, event.status, SequenceNumber="1", **common)
+        final = wh.twilio_voice_status(sid, caller, called, _missed_status(event), SequenceNumber="1", **common)
     elif event.outcome == VOICEMAIL:
         final = wh.twilio_voice_status(
             sid,
@@ -102,7 +123,7 @@ def _twilio_call(event: SimEvent, base_url: str, token: str, now: float) -> list
 
 def _transcript(event: SimEvent, base_url: str, secrets: Secrets, now: float) -> wh.Webhook:
     if event.provider == "twilio":
-        params = wh.twilio_transcription(event.call_id, event.caller, event.called, event.text or "")
+        params = wh.twilio_transcription(*_call_ids(event), event.text or "")
         return wh.twilio(base_url, wh.TWILIO_TRANSCRIPTION, params, secrets.twilio)
     if event.provider == "dialpad":
         claims = _dialpad_claims(event, "voicemail_uploaded", now)
@@ -116,12 +137,12 @@ def _transcript(event: SimEvent, base_url: str, secrets: Secrets, now: float) ->
 
 def _ringcentral_call(event: SimEvent, base_url: str, token: str, now: float) -> list[wh.Webhook]:
     when = _iso_ms(now)
-    session, caller, called = event.call_id, event.caller, event.called
+    session, caller, called = _call_ids(event)
     notes = [wh.ringcentral_session(session, caller, called, "Proceeding", event_time=when)]
     if event.outcome == MISSED:
         notes.append(
             wh.ringcentral_session(
-                session, caller, called, "Disconnected", reason=event.status, missed=True, event_time=when
+                session, caller, called, "Disconnected", reason=_missed_status(event), missed=True, event_time=when
             )
         )
     elif event.outcome == VOICEMAIL:
@@ -136,15 +157,14 @@ def _ringcentral_call(event: SimEvent, base_url: str, token: str, now: float) ->
 
 def _dialpad_claims(event: SimEvent, state: str, now: float, connected: bool = False, duration_ms: int = 0) -> dict:
     ms = int(now * 1000)
-    claims = wh.dialpad_call(
-        int(event.call_id), state, event.caller, event.called, connected=connected, duration_ms=duration_ms
-    )
+    call_id, caller, called = _call_ids(event)
+    claims = wh.dialpad_call(int(call_id), state, caller, called, connected=connected, duration_ms=duration_ms)
     claims.update(
         date_started=ms - 1,
         date_rang=ms - 1,
         date_ended=ms if state != "ringing" else None,
         event_timestamp=ms,
-        entry_point_target={"phone": event.called, "type": "office"},
+        entry_point_target={"phone": called, "type": "office"},
         date_connected=ms - 1 if connected else None,
     )
     return claims
@@ -163,7 +183,8 @@ def _dialpad_call(event: SimEvent, base_url: str, secret: str, now: float) -> li
 
 
 def _vonage_call(event: SimEvent, base_url: str, secret: str, now: float) -> list[wh.Webhook]:
-    when, uuid_, caller, called = _iso_ms(now), event.call_id, event.caller, event.called
+    when = _iso_ms(now)
+    uuid_, caller, called = _call_ids(event)
     payloads = [
         wh.vonage_event(uuid_, "started", caller, called, timestamp=when),
         wh.vonage_event(uuid_, "ringing", caller, called, timestamp=when),
@@ -198,11 +219,12 @@ def cdr_line(event: SimEvent, practice: Practice, now: float) -> bytes:
         return b'"","7735550000","' + _national(practice.phone_numbers[0]).encode() + b'","from-trunk","\n'
     local = datetime.fromtimestamp(math.floor(now), tz=ZoneInfo(practice.time_zone)).replace(tzinfo=None)
     start = local.strftime("%Y-%m-%d %H:%M:%S")
-    src, dst = _national(event.caller), _national(event.called)
+    call_id, caller, called = _call_ids(event)
+    src, dst = _national(caller), _national(called)
     ring = 25 if event.outcome == MISSED else 12
     if event.outcome == MISSED:
         disposition, app, data, dstchannel, billsec, answer = (
-            event.status,
+            _missed_status(event),
             "Dial",
             "PJSIP/201&PJSIP/202,25",
             f"PJSIP/201-{int(now * 1000) % 16**8:08x}",
@@ -245,7 +267,7 @@ def cdr_line(event: SimEvent, practice: Practice, now: float) -> bytes:
         str(billsec),
         disposition,
         "DOCUMENTATION",
-        event.call_id or "",
+        call_id,
         "",
     ]
     numeric = {12, 13}  # cdr_csv quotes text fields and leaves the numbers bare
