@@ -1,4 +1,4 @@
-"""Structured logs (ringback/logs.py): the JSON-lines formatter, the text formatter,
+"""Structured logs (observability/logs.py): the JSON-lines formatter, the text formatter,
 and the filter that keeps phone numbers out of every log line."""
 
 from __future__ import annotations

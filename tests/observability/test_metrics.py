@@ -1,7 +1,7 @@
 """Metrics without a broker: practice labels, the overdue-timer gauge's scan, cancelled
-gates, the sinks' first-response histogram, deferrals and dead letters (ringback/metrics.py,
-streams/timers.py, connectors/sinks/executor.py). The scrape of real processes:
-tests/integration/test_metrics_scrape.py."""
+gates, the sinks' first-response histogram, deferrals and dead letters (observability/metrics.py,
+workflow/timers.py, sinks/executor.py). The scrape of real processes:
+tests/observability/test_metrics_scrape.py."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_a_cancelled_gate_is_counted_and_its_stale_entry_is_not_overdue():
     h.now = T0 + HOLD_MS + 90_000
     assert overdue(h, p) is None  # the index entry is left, but stale
 
-    # The Tx reports which timers the close dropped (streams/topology.py counts them).
+    # The Tx reports which timers the close dropped (worker/topology.py counts them).
     h2 = Harness()
     h2.event(NEW_CALLER)
     event = {**answered, "event_id": "twilio:answered-2", "occurred_at": h2.now, "received_at": h2.now}
