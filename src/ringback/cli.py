@@ -3,35 +3,50 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
 import click
 
 from ringback.config.practices_file import ConfigError, load_practices
-from ringback.config.settings import Settings
+from ringback.config.settings import Settings, SettingsError, load_settings
 
 
 def _env() -> Settings:
-    return Settings()
+    """This process's settings (the environment, read once by `main`)."""
+    return click.get_current_context().find_root().obj
 
 
 @click.group()
-@click.option("--log-level", default=lambda: os.environ.get("RINGBACK_LOG_LEVEL", "INFO"), show_default="INFO")
+@click.option("--log-level", default=None, show_default="INFO", help="env RINGBACK_LOG_LEVEL")
 @click.option(
     "--log-format",
     type=click.Choice(["text", "json"], case_sensitive=False),
-    default=lambda: os.environ.get("RINGBACK_LOG_FORMAT", "text"),
+    default=None,
     show_default="text",
     help="text for a terminal, json (one object per line) in containers; env RINGBACK_LOG_FORMAT",
 )
-def main(log_level: str, log_format: str) -> None:
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None, log_format: str | None) -> None:
     """Recover the patients a practice loses to missed phone calls."""
-    from ringback.observability import logs
+    from ringback.config.secrets import LOG_HASH_KEY, read_secret
+    from ringback.observability import logs, metrics
+    from ringback.schemas import codec
 
+    try:  # a bad value stops every command here, with one line naming the variable
+        settings = ctx.obj = load_settings()
+    except SettingsError as exc:
+        raise click.ClickException(f"environment: {exc}") from None
+    hash_key = read_secret(LOG_HASH_KEY, settings)
     # Root handler on stderr with the chosen formatter and the phone-number redaction filter.
-    logs.configure(log_format, log_level)
+    logs.configure(
+        log_format or settings.ringback_log_format,
+        log_level or settings.ringback_log_level,
+        hash_key=hash_key.encode() if hash_key else None,
+    )
+    metrics.set_practice_labels(metrics.PracticeLabels.from_settings(settings))
+    # Confluent wire format through the registry when SCHEMA_REGISTRY_URL is set (every process encodes).
+    codec.use_registry(settings.schema_registry_url)
     # One line per HTTP request is noise at INFO (and would carry URLs into the logs).
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -46,7 +61,7 @@ def _broker(port: int | None, data_dir: str | None):
     from ringback.dev.local_kafka import LocalKafka
 
     if port is None:
-        bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+        bootstrap = _env().kafka_bootstrap_servers
         port = int(bootstrap.split(",")[0].rsplit(":", 1)[1])
     return LocalKafka(port=port, home=Path(data_dir) if data_dir else None)
 
@@ -108,7 +123,7 @@ def config() -> None:
 def config_apply(file: Path, dry_run: bool) -> None:
     """Validate a practices file and publish it to the config topic."""
     from ringback.clock import Clock
-    from ringback.kafka import topics
+    from ringback.kafka import admin, topics
     from ringback.kafka.practice_directory import practice_record
     from ringback.kafka.producer import AckedProducer
     from ringback.schemas import codec
@@ -121,7 +136,7 @@ def config_apply(file: Path, dry_run: bool) -> None:
         click.echo(f"{file}: {len(practices.practices)} practices, valid")
         return
     env = _env()
-    topics.ensure_topics(env)
+    admin.ensure_topics(env)
     producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=10)
     name = topics.topic_name(topics.PRACTICE_CONFIG, env)
     now = Clock().now_ms()
@@ -134,23 +149,22 @@ def config_apply(file: Path, dry_run: bool) -> None:
 # ---------------------------------------------------------------- processes
 @main.command()
 @click.option("--host", default="0.0.0.0")
-@click.option(
-    "--port", type=int, default=lambda: int(os.environ.get("RINGBACK_GATEWAY_PORT", "8080")), show_default="8080"
-)
-def ingest(host: str, port: int) -> None:
+@click.option("--port", type=int, default=None, show_default="8080", help="env RINGBACK_GATEWAY_PORT")
+def ingest(host: str, port: int | None) -> None:
     """The webhook gateway."""
     from ringback.sources import gateway
 
-    gateway.run(_env(), host=host, port=port)
+    env = _env()
+    gateway.run(env, host=host, port=env.ringback_gateway_port if port is None else port)
 
 
 def _run_faust(app, directory, env: Settings) -> None:
     import faust
 
-    from ringback.kafka import topics
+    from ringback.kafka import admin
 
     Path(app.conf.datadir).mkdir(parents=True, exist_ok=True)
-    topics.ensure_topics(env)
+    admin.ensure_topics(env)
     directory.follow(env)
     if not directory.wait_ready(60):
         raise click.ClickException("could not read the practice config topic within 60 s")
@@ -164,40 +178,52 @@ def _run_faust(app, directory, env: Settings) -> None:
 @main.command()
 def worker() -> None:
     """A stream worker; several share the work through their consumer group."""
-    from ringback.kafka.preflight import CopartitioningError, check_partitions
-    from ringback.worker import topology
-    from ringback.worker.app import app, directory, env
+    from ringback.clock import Clock
+    from ringback.kafka import admin
+    from ringback.kafka.practice_directory import PracticeDirectory
+    from ringback.worker.app import make_app
+    from ringback.worker.topology import build_topology
 
+    env = _env()
+    app = make_app(env)
+    directory = PracticeDirectory()  # every practice's settings, read from the config topic
+    topology = build_topology(app, env, directory, Clock())
     try:  # joins are local reads only on co-partitioned topics: refuse to start otherwise
-        check_partitions(env)
-    except CopartitioningError as exc:
+        admin.check_copartitioning(env, [t.get_topic_name() for t in topology.internal_topics])
+    except admin.CopartitioningError as exc:
         raise click.ClickException(str(exc)) from None
-    topology.ensure_changelog_topic()  # exists before the group assigns partitions
+    admin.ensure_internal_topics(env, topology.internal_topics)  # exist before the group assigns partitions
     _run_faust(app, directory, env)
 
 
 @main.command()
 def sinks() -> None:
     """The sink workers: SMS, staff notifications, tasks."""
-    from ringback.sinks.app import app, directory, ensure_sink_topics, env
+    from ringback.kafka import admin
+    from ringback.kafka.practice_directory import PracticeDirectory
+    from ringback.sinks.app import build_sinks, make_app
+    from ringback.sinks.clock import sink_clock
 
-    ensure_sink_topics()  # changelogs + ticks exist before the group assigns partitions
+    env = _env()
+    app = make_app(env)
+    directory = PracticeDirectory()  # every practice's settings, read from the config topic
+    built = build_sinks(app, env, directory, sink_clock(env))
+    admin.ensure_internal_topics(env, built.internal_topics)  # changelogs + ticks exist before the group assigns
     _run_faust(app, directory, env)
 
 
 # ---------------------------------------------------------------- staff console (issue 6)
 @main.group(invoke_without_command=True)
 @click.option("--host", default="0.0.0.0")
-@click.option(
-    "--port", type=int, default=lambda: int(os.environ.get("RINGBACK_CONSOLE_PORT", "8081")), show_default="8081"
-)
+@click.option("--port", type=int, default=None, show_default="8081", help="env RINGBACK_CONSOLE_PORT")
 @click.pass_context
-def console(ctx: click.Context, host: str, port: int) -> None:
+def console(ctx: click.Context, host: str, port: int | None) -> None:
     """The staff console: the callback task page (run without a subcommand) and its accounts."""
     if ctx.invoked_subcommand is None:
         from ringback.console import app as console_app
 
-        console_app.run(_env(), host=host, port=port)
+        env = _env()
+        console_app.run(env, host=host, port=env.ringback_console_port if port is None else port)
 
 
 def _console_users():
@@ -362,10 +388,7 @@ def cdr() -> None:
     help="dcontext prefix of outbound calls (repeatable; default from-internal, outrt, ...)",
 )
 @click.option(
-    "--metrics-port",
-    type=int,
-    default=lambda: int(os.environ.get("RINGBACK_CDR_METRICS_PORT", "0")),
-    help="serve /metrics on this port (0: off)",
+    "--metrics-port", type=int, default=None, help="serve /metrics on this port (env RINGBACK_CDR_METRICS_PORT; 0: off)"
 )
 def cdr_poll(
     directory: Path,
@@ -376,7 +399,7 @@ def cdr_poll(
     from_beginning: bool,
     time_zone: str | None,
     outbound_contexts: tuple[str, ...],
-    metrics_port: int,
+    metrics_port: int | None,
 ) -> None:
     """Turn the inbound calls in DIRECTORY/Master.csv into call events, as the file grows."""
     from ringback.sources.cdr import poller as cdr_poller
@@ -395,7 +418,7 @@ def cdr_poll(
             from_beginning=from_beginning,
             time_zone=time_zone,
             outbound_contexts=outbound_contexts or DEFAULT_OUTBOUND_CONTEXTS,
-            metrics_port=metrics_port or None,
+            metrics_port=(_env().ringback_cdr_metrics_port if metrics_port is None else metrics_port) or None,
         )
     except (LookupError, RuntimeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -446,7 +469,7 @@ def _print_report(report) -> None:
 @click.option(
     "--metrics-port",
     type=int,
-    default=lambda: int(os.environ.get("RINGBACK_EHR_METRICS_PORT", "0")),
+    default=None,
     help="with --every: serve /metrics on this port (env RINGBACK_EHR_METRICS_PORT; 0: none; "
     "a one-shot sync prints its report instead)",
 )
@@ -461,7 +484,7 @@ def ehr_sync(
     token_secret: str | None,
     no_deletions: bool,
     every: float | None,
-    metrics_port: int,
+    metrics_port: int | None,
     region: str | None,
 ) -> None:
     """Pull Patient, Appointment and Flag from a FHIR server; publish keyed records and tombstones."""
@@ -497,6 +520,8 @@ def ehr_sync(
         from ringback.sources.ehr import sync_loop as ehr_sync_loop
 
         ehr_sync_loop.declare_series()
+        if metrics_port is None:
+            metrics_port = env.ringback_ehr_metrics_port
         if metrics_port:
             start_http_server(metrics_port)
         ehr_sync_loop.run_forever(sync_once, every, report=_print_report_line)

@@ -1,4 +1,4 @@
-"""The gap guard's logic (ringback/gap_guard.py) without a broker: gaps, rewinds,
+"""The gap guard's logic (kafka/gap_guard.py) without a broker: gaps, rewinds,
 rebalances, the commit clamp and the watch, with a fake reader and a fake consumer."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A second worker joins while work flows: nothing is lost, nothing is done twice.
 
 faust-streaming 0.15.3 can drop records of a partition around a rebalance and commit
-past them (docs/sinks.md, "Known limits"). The gap guard (ringback/gap_guard.py) reads
+past them (docs/sinks.md, "Known limits"). The gap guard (kafka/gap_guard.py) reads
 skipped records back from the broker, holds commits at what the handler finished, and
 sends the consumer back when a partition was fetched but never handed over. These tests
 reproduce the rebalance that lost records: one worker running, a second one joining,

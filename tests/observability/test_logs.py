@@ -1,4 +1,4 @@
-"""Structured logs (ringback/logs.py): the JSON-lines formatter, the text formatter,
+"""Structured logs (observability/logs.py): the JSON-lines formatter, the text formatter,
 and the filter that keeps phone numbers out of every log line."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ KEY = b"test-log-hash-key"
 NUMBER = "+14155550123"
 
 
-def token(digits: str) -> str:
-    return "phone#" + hmac.new(KEY, digits.encode(), hashlib.sha256).hexdigest()[:8]
+def token(digits: str, key: bytes = KEY) -> str:
+    return "phone#" + hmac.new(key, digits.encode(), hashlib.sha256).hexdigest()[:8]
 
 
 TOKEN = token("14155550123")
@@ -184,23 +184,25 @@ def test_the_formatters_redact_even_without_the_filter():
     assert NUMBER not in logs.TextFormatter().format(make_record("to %s", NUMBER, caller=NUMBER))
 
 
-def test_without_a_configured_key_hashes_still_match_within_the_process(monkeypatch, tmp_path):
-    monkeypatch.delenv("RINGBACK_LOG_HASH_KEY", raising=False)
-    monkeypatch.setenv("RINGBACK_SECRETS_DIR", str(tmp_path))
+def test_without_a_configured_key_hashes_still_match_within_the_process():
     logs.set_hash_key(None)
+    logs.configure("text", "INFO", hash_key=None)
     first = logs.redact(NUMBER)
     assert first.startswith("phone#") and first == logs.redact(NUMBER) and first != TOKEN
 
 
-def test_the_key_comes_from_the_environment_or_the_secrets_dir(monkeypatch, tmp_path):
-    monkeypatch.setenv("RINGBACK_LOG_HASH_KEY", KEY.decode())
-    logs.set_hash_key(None)
+def test_the_command_keys_the_hashes_with_the_secret_from_the_environment_or_the_secrets_dir(monkeypatch, tmp_path):
+    from ringback.cli import main
+
+    practices = str(REPO / "examples" / "practices.yaml")
+    runner = CliRunner()
+    env = {"RINGBACK_LOG_HASH_KEY": KEY.decode(), "RINGBACK_SECRETS_DIR": str(tmp_path)}
+    assert runner.invoke(main, ["config", "apply", "--dry-run", practices], env=env).exit_code == 0
     assert logs.redact(NUMBER) == TOKEN
-    monkeypatch.delenv("RINGBACK_LOG_HASH_KEY")
-    (tmp_path / "RINGBACK_LOG_HASH_KEY").write_text(KEY.decode() + "\n")
-    monkeypatch.setenv("RINGBACK_SECRETS_DIR", str(tmp_path))
-    logs.set_hash_key(None)
-    assert logs.redact(NUMBER) == TOKEN
+    (tmp_path / "RINGBACK_LOG_HASH_KEY").write_text("another key\n")
+    env["RINGBACK_LOG_HASH_KEY"] = None  # type: ignore[assignment]  # CliRunner: None unsets it
+    assert runner.invoke(main, ["config", "apply", "--dry-run", practices], env=env).exit_code == 0
+    assert logs.redact(NUMBER) == token("14155550123", b"another key")
 
 
 # ---------------------------------------------------------------- text
@@ -276,4 +278,6 @@ def test_the_command_takes_the_format_from_option_or_environment():
     result = runner.invoke(main, ["config", "apply", "--dry-run", practices], env={"RINGBACK_LOG_FORMAT": None})
     assert type(_root_handler().formatter) is logs.TextFormatter  # the default, for humans
     result = runner.invoke(main, ["config", "apply", "--dry-run", practices], env={"RINGBACK_LOG_FORMAT": "xml"})
+    assert result.exit_code == 1 and "RINGBACK_LOG_FORMAT: Input should be 'text' or 'json'" in result.output
+    result = runner.invoke(main, ["--log-format", "xml", "config", "apply", "--dry-run", practices])
     assert result.exit_code == 2 and "log-format" in result.output

@@ -1,7 +1,7 @@
 """Metrics without a broker: practice labels, the overdue-timer gauge's scan, cancelled
-gates, the sinks' first-response histogram, deferrals and dead letters (ringback/metrics.py,
-streams/timers.py, connectors/sinks/executor.py). The scrape of real processes:
-tests/integration/test_metrics_scrape.py."""
+gates, the sinks' first-response histogram, deferrals and dead letters (observability/metrics.py,
+workflow/timers.py, sinks/executor.py). The scrape of real processes:
+tests/observability/test_metrics_scrape.py."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from ringback.config.practices_file import load_practices
+from ringback.config.settings import Settings
 from ringback.observability import metrics
 from ringback.observability.metrics import OTHER, PracticeLabels
 from ringback.sinks import records as rec
@@ -35,11 +36,10 @@ def practices():
 
 
 @pytest.fixture(autouse=True)
-def labels_from_env(monkeypatch):
-    monkeypatch.delenv("RINGBACK_METRICS_PRACTICE_LABELS", raising=False)
-    metrics.reset_practice_labels()
+def labels_off():
+    metrics.set_practice_labels(PracticeLabels())
     yield
-    metrics.reset_practice_labels()
+    metrics.set_practice_labels(PracticeLabels())
 
 
 # ------------------------------------------------------------------ practice labels
@@ -52,8 +52,9 @@ def test_practice_labels_on_are_bounded():
     assert [labels(p) for p in ("a-1", "b-2", "a-1", "c-3", "b-2", None)] == ["a-1", "b-2", "a-1", OTHER, "b-2", OTHER]
 
 
-def test_practice_labels_allow_list_and_no_phone_numbers(monkeypatch):
-    monkeypatch.setenv("RINGBACK_METRICS_PRACTICE_LABELS", "maple-family, oak-dental")
+def test_practice_labels_allow_list_and_no_phone_numbers():
+    settings = Settings(_env_file=None, ringback_metrics_practice_labels="maple-family, oak-dental")
+    metrics.set_practice_labels(PracticeLabels.from_settings(settings))
     assert metrics.practice_label("maple-family") == "maple-family"
     assert metrics.practice_label("birch") == OTHER
     assert PracticeLabels("on")("3125550100") == OTHER  # a valid practice id, but it looks like a number
@@ -91,7 +92,7 @@ def test_a_cancelled_gate_is_counted_and_its_stale_entry_is_not_overdue():
     h.now = T0 + HOLD_MS + 90_000
     assert overdue(h, p) is None  # the index entry is left, but stale
 
-    # The Tx reports which timers the close dropped (streams/topology.py counts them).
+    # The Tx reports which timers the close dropped (worker/topology.py counts them).
     h2 = Harness()
     h2.event(NEW_CALLER)
     event = {**answered, "event_id": "twilio:answered-2", "occurred_at": h2.now, "received_at": h2.now}
@@ -186,7 +187,7 @@ async def test_every_dead_letter_is_counted_by_source(practices):
 
 
 async def test_actions_carry_the_practice_label_when_it_is_on(practices):
-    metrics.reset_practice_labels(PracticeLabels("on"))
+    metrics.set_practice_labels(PracticeLabels("on"))
     ex = make(practices, now=NOON)
     name = "ringback_sink_actions_total"
     before = sample(name, kind="SEND_SMS", result="sent", practice="maple-family")

@@ -18,7 +18,7 @@ import pytest
 from confluent_kafka import Producer
 
 from ringback.config.settings import Settings
-from ringback.kafka import topics
+from ringback.kafka import admin, topics
 from ringback.kafka.producer import AckedProducer
 from ringback.schemas import codec
 from tests.conftest import ARTIFACTS, REPO
@@ -59,7 +59,7 @@ def outcome_env(kafka_bootstrap):
     """A namespace whose outcome topic holds: 3 old records, the scenario, one undecodable record."""
     namespace = f"t{uuid.uuid4().hex[:10]}"
     settings = Settings(kafka_bootstrap_servers=kafka_bootstrap, ringback_namespace=namespace, ringback_partitions=4)
-    topics.ensure_topics(settings)
+    admin.ensure_topics(settings)
     name = topics.topic_name(topics.OUTCOMES, settings)
 
     old = Producer({"bootstrap.servers": kafka_bootstrap, "partitioner": "murmur2_random"})

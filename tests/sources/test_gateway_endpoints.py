@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 from ringback.clock import ManualClock
 from ringback.config.settings import Settings
 from ringback.domain.practice import Practice
-from ringback.kafka import topics
+from ringback.kafka import admin, topics
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.kafka.producer import AckedProducer
 from ringback.sources.gateway import MAX_BODY_BYTES, Gateway
@@ -128,7 +128,7 @@ def env(kafka_bootstrap, tmp_path_factory):
         ringback_public_url=PUBLIC,
         twilio_auth_token=ACCOUNT_TWILIO_TOKEN,
     )
-    topics.ensure_topics(env)
+    admin.ensure_topics(env)
     return env
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from ringback.kafka import preflight
-
 pytestmark = pytest.mark.integration
 
 
@@ -23,24 +21,3 @@ def test_worker_refuses_mis_partitioned_topics(processes, service_env, kafka_boo
     assert result.returncode != 0
     assert "refusing to start" in result.stderr and f"{name}: {partitions} partitions" in result.stderr
     assert "RINGBACK_PARTITIONS=4" in result.stderr
-
-
-def test_the_check_covers_every_co_partitioned_input_output_and_the_state_changelog():
-    from ringback.config.settings import Settings
-
-    env = Settings(ringback_namespace="x", ringback_partitions=8)
-    names = preflight.copartitioned_topics(env)
-    for suffix in (
-        "call-events",
-        "patients",
-        "appointments",
-        "flags",
-        "task-updates",
-        "actions",
-        "outcomes",
-        "message-status",
-        "stream-ticks",
-    ):
-        assert f"x.{suffix}" in names
-    assert "x-streams-state-changelog" in names and "x.practice-config" not in names
-    assert preflight.mismatches({"x.flags": 2, "x.patients": 8, "other": 1}, 8, names) == ["x.flags: 2 partitions"]

@@ -1,24 +1,31 @@
 """Secrets: per-practice and account-wide values named in the practices file, read from
-the environment or a file in the secrets directory (never from the repository)."""
+the environment or a file in the secrets directory (never from the repository).
+
+A secret is read by a name only known at run time (the practices file names them), so
+this is, by design, the one read of the environment besides `Settings`.
+"""
 
 from __future__ import annotations
 
 import os
 
-from ringback.config.settings import Settings, settings
+from ringback.config.settings import Settings
 
 
-def read_secret(name: str, env: Settings | None = None) -> str | None:
-    """A per-practice secret, named in the practices file: env var first, then a file."""
+def read_secret(name: str, env: Settings) -> str | None:
+    """A secret by name: the environment variable first, then the file in the secrets dir."""
     value = os.environ.get(name)
     if value:
         return value
-    env = env or settings()
     path = env.ringback_secrets_dir / name
     if path.is_file():
         return path.read_text().strip()
     return None
 
+
+# Secrets every deployment may set, read by these fixed names.
+CONSOLE_SECRET = "RINGBACK_CONSOLE_SECRET"  # signs the console's session cookies
+LOG_HASH_KEY = "RINGBACK_LOG_HASH_KEY"  # keys the phone-number hashes in logs
 
 # Webhook secrets of the phone providers: the key a practice's `secrets` map uses, and the
 # name of the account-wide secret (env var or secrets-dir file) used for practices whose map

@@ -2,40 +2,204 @@
 
 The environment says where things are (broker, Twilio, SMTP) and how a process runs;
 the practices file (`ringback.config.practices_file`) says how each practice wants its
-missed calls handled.
+missed calls handled. Each field is read from the variable of the same name in upper
+case (`ringback_partitions` <- `RINGBACK_PARTITIONS`); an empty variable counts as
+unset. The `ringback` command reads them once at start (`load_settings`) and hands the
+object to what it builds; no other module reads the environment. The catalogue, with
+the same groups: docs/configuration.md. Secrets read by name (the practices file's
+`secrets`, `RINGBACK_CONSOLE_SECRET`, `RINGBACK_LOG_HASH_KEY`): `config/secrets.py`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(ValueError):
+    """An environment variable with a value of the wrong type; the message names it."""
 
 
 class Settings(BaseSettings):
     """Process settings from the environment (SPEC section 10)."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False, env_ignore_empty=True)
 
-    kafka_bootstrap_servers: str = "127.0.0.1:9092"
-    ringback_config: Path | None = None
-    # Topic and consumer-group names start with this; tests give each run its own.
-    ringback_namespace: str = "ringback"
-    ringback_partitions: int = 8
-    # Replicas of the topics the Faust apps declare (changelogs, ticks): RINGBACK_REPLICATION_FACTOR.
-    ringback_replication_factor: int = Field(1, ge=1)
-    twilio_account_sid: str | None = None
-    twilio_auth_token: str | None = None
-    twilio_api_base_url: str | None = None
-    smtp_url: str | None = None
-    schema_registry_url: str | None = None
-    ringback_secrets_dir: Path = Path("/run/secrets")
-    # Public base URL of the gateway as the phone providers see it (signature checks
-    # and SMS status callbacks); empty means "the URL of the request as received".
-    ringback_public_url: str | None = None
-    ringback_state_dir: Path = Path("var")
+    # ------------------------------------------------------------------ shared
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka brokers, host:port[,host:port...]")
+    ringback_namespace: str = Field(
+        "ringback", description="Prefix of every topic and consumer group; test runs and environments each have one"
+    )
+    ringback_partitions: int = Field(
+        8, ge=1, description="Partitions of the co-partitioned topics (call events, patient data, actions, state)"
+    )
+    ringback_replication_factor: int = Field(
+        1, ge=1, description="Replicas of the topics the worker's and the sinks' Faust apps declare themselves"
+    )
+    ringback_state_dir: Path = Field(Path("var"), description="Local state: RocksDB tables, console accounts")
+    ringback_secrets_dir: Path = Field(
+        Path("/run/secrets"), description="Folder of secret files, one per name (read when no variable has the name)"
+    )
+    ringback_config: Path | None = Field(
+        None, description="The practices file the deployment applies (`ringback config apply`)"
+    )
+    schema_registry_url: str | None = Field(
+        None, description="Confluent Schema Registry; unset: Avro without a registry (schema fingerprint header)"
+    )
+    ringback_public_url: str | None = Field(
+        None,
+        description="The gateway's public base URL as the phone providers see it (signatures, SMS status "
+        "callbacks); unset: the URL of the request as received, and no status callbacks",
+    )
+
+    # ------------------------------------------------------------------ stream worker (`ringback worker`)
+    ringback_store: str = Field(
+        "rocksdb://", description="Table store of the worker (and of the sinks, unless RINGBACK_SINKS_STORE)"
+    )
+    ringback_processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once", description="Faust processing guarantee of the worker"
+    )
+    ringback_session_timeout_s: float = Field(
+        10.0, gt=0, description="Worker consumer session timeout: how soon a dead worker's partitions move on"
+    )
+    ringback_heartbeat_interval_s: float = Field(2.0, gt=0, description="Worker consumer heartbeat interval")
+    ringback_worker_web: bool = Field(True, description="Serve the worker's web port (/metrics)")
+    ringback_worker_web_port: int = Field(6066, ge=0, description="The worker's web port (/metrics)")
+    ringback_tick_interval_s: float = Field(
+        0.25, gt=0, description="How often each worker ticks its partitions to fire due gate timers"
+    )
+    ringback_scan_max_records: int = Field(
+        50000,
+        ge=0,
+        description="At most this many records back a worker taking over a partition reads the actions/outcomes "
+        "partition for records it must not send again",
+    )
+    ringback_overdue_interval_s: float = Field(
+        1.0, gt=0, description="How often the worker measures ringback_timers_overdue_seconds"
+    )
+    ringback_overdue_grace_ms: int = Field(
+        1000, ge=0, description="A due gate timer counts as overdue once it is this late"
+    )
+
+    # ------------------------------------------------------------------ worker and sinks
+    ringback_gap_guard: bool = Field(
+        True, description="Read back records Faust skips around a rebalance (off: trust Faust; for comparisons)"
+    )
+    ringback_gap_watch_s: float = Field(
+        5.0, ge=0, description="How often the gap guard checks for a stalled partition (0: never)"
+    )
+
+    # ------------------------------------------------------------------ sinks (`ringback sinks`)
+    ringback_sinks_store: str | None = Field(None, description="Table store of the sinks; unset: RINGBACK_STORE")
+    ringback_sinks_web: bool = Field(True, description="Serve the sinks' web port (/metrics)")
+    ringback_sinks_metrics_port: int = Field(9102, ge=0, description="The sinks' web port (/metrics)")
+    ringback_sinks_commit_every: int = Field(1000, ge=1, description="Sinks commit offsets after this many records")
+    ringback_sinks_commit_interval: float = Field(
+        1.0, gt=0, description="Sinks commit offsets at least this often (seconds)"
+    )
+    ringback_sinks_session_timeout_s: float = Field(
+        30.0, gt=0, description="Sinks consumer session timeout: how soon a killed sink's partitions move on"
+    )
+    ringback_sinks_heartbeat_s: float = Field(3.0, gt=0, description="Sinks consumer heartbeat interval")
+    ringback_sinks_standbys: int = Field(1, ge=0, description="Standby copies of every sink table partition")
+    ringback_sinks_tick_s: float = Field(1.0, gt=0, description="How often the sinks check for deferred SMS due")
+    ringback_sinks_persist_timeout_s: float = Field(
+        20.0, gt=0, description="How long a sink waits for the broker to acknowledge a table write"
+    )
+    ringback_sink_retry_attempts: int = Field(6, ge=1, description="API calls per action, the first included")
+    ringback_sink_retry_base_s: float = Field(
+        1.0, ge=0, description="First backoff between attempts; doubles each attempt"
+    )
+    ringback_sink_retry_max_s: float = Field(60.0, ge=0, description="Longest backoff between attempts")
+    ringback_sink_retry_after_cap_s: float = Field(
+        120.0, ge=0, description="A longer Retry-After from an API is cut to this"
+    )
+    ringback_sink_retry_jitter_s: float = Field(1.0, ge=0, description="Random extra backoff, at most")
+    twilio_account_sid: str | None = Field(None, description="Twilio account; unset: the sinks send no SMS")
+    twilio_auth_token: str | None = Field(
+        None, description="Twilio auth token (API calls; webhook signatures of practices without their own)"
+    )
+    twilio_api_base_url: str | None = Field(None, description="Another Twilio API base URL (a mock, in tests)")
+    ringback_twilio_timeout_s: float = Field(10.0, gt=0, description="Timeout of one Twilio API call")
+    ringback_slack_timeout_s: float = Field(10.0, gt=0, description="Timeout of one Slack webhook call")
+    smtp_url: str | None = Field(
+        None, description="smtp://[user:password@]host[:port][?starttls=...] or smtps://...; unset: no e-mail"
+    )
+    ringback_smtp_from: str = Field("ringback@localhost", description="Sender address of staff e-mails")
+    ringback_smtp_timeout_s: float = Field(15.0, gt=0, description="Timeout of one SMTP delivery")
+
+    # ------------------------------------------------------------------ gateway (`ringback ingest`)
+    ringback_gateway_port: int = Field(8080, ge=0, description="Port of the webhook gateway (--port wins)")
+
+    # ------------------------------------------------------------------ console (`ringback console`)
+    ringback_console_port: int = Field(8081, ge=0, description="Port of the staff console (--port wins)")
+    ringback_console_users: Path | None = Field(
+        None, description="The console's account file; unset: <RINGBACK_STATE_DIR>/console/users.json"
+    )
+    ringback_console_ack_timeout_s: float = Field(
+        5.0, gt=0, description="How long the console waits for the broker to acknowledge a task update"
+    )
+    ringback_console_session_s: int = Field(43200, ge=1, description="Lifetime of a console login session")
+    ringback_console_cookie_secure: bool = Field(False, description="Mark the session cookie Secure (behind HTTPS)")
+
+    # ------------------------------------------------------------------ sources (`cdr poll`, `ehr sync`)
+    ringback_cdr_metrics_port: int = Field(0, ge=0, description="/metrics port of the CDR poller (0: none)")
+    ringback_ehr_metrics_port: int = Field(0, ge=0, description="/metrics port of `ehr sync --every` (0: none)")
+
+    # ------------------------------------------------------------------ observability
+    ringback_log_level: str = Field("INFO", description="Log level (--log-level wins)")
+    ringback_log_format: Literal["text", "json"] = Field(
+        "text", description="text for a terminal, json (one object per line) in containers (--log-format wins)"
+    )
+    ringback_metrics_practice_labels: str = Field(
+        "off", description="`practice` label of metrics: off, on (bounded), or a comma-separated allow-list of ids"
+    )
+    ringback_metrics_practice_labels_max: int = Field(
+        50, ge=0, description="With labels on: at most this many practices per process, the others `other`"
+    )
+    ringback_faust_prometheus: bool = Field(
+        True, description="Faust's own Prometheus monitor on /metrics (off: ours only, for the benchmark)"
+    )
+    ringback_lag_interval_s: float = Field(
+        5.0, gt=0, description="How often the worker and the sinks read end offsets for the consumer lag"
+    )
+
+    # ------------------------------------------------------------------ test hooks (never set in production)
+    ringback_fault_exit_after_sending: str | None = Field(
+        None, description="The worker dies after sending the actions of this step, before writing its state"
+    )
+    ringback_cdr_fault_kill_after_batches: int | None = Field(
+        None, description="The CDR poller dies after publishing this many batches, before its checkpoint"
+    )
+    ringback_sinks_clock_file: Path | None = Field(
+        None, description="The sinks read the time (epoch seconds) from this file instead of the wall clock"
+    )
+
+    @field_validator("ringback_log_format", "ringback_processing_guarantee", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @property
+    def sinks_store(self) -> str:
+        return self.ringback_sinks_store or self.ringback_store
 
 
-def settings() -> Settings:
-    return Settings()
+def variable(field: str) -> str:
+    """The environment variable of a Settings field."""
+    return field.upper()
+
+
+def load_settings() -> Settings:
+    """The settings of this process; SettingsError (one line per bad variable) on a bad value."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [
+            f"{variable(str(error['loc'][0])) if error['loc'] else 'environment'}: {error['msg']}"
+            for error in exc.errors()
+        ]
+        raise SettingsError("; ".join(problems)) from None

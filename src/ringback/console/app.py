@@ -411,29 +411,25 @@ class AccessLogger(AbstractAccessLogger):
 
 def run(env, host: str = "0.0.0.0", port: int = 8081) -> None:
     """`ringback console`: follow the task table and the practices, serve the page and the API."""
-    import os
-
     from ringback.console.sessions import session_key
     from ringback.console.users import users_path
-    from ringback.kafka import topics
+    from ringback.kafka import admin, topics
     from ringback.kafka.producer import AckedProducer
 
-    topics.ensure_topics(env)
+    admin.ensure_topics(env)
     notifier = ChangeNotifier()
     board = LiveTaskBoard(env, notifier).follow()
     directory = PracticeDirectory().follow(env)
-    producer = AckedProducer(
-        env.kafka_bootstrap_servers, timeout_s=float(os.environ.get("RINGBACK_CONSOLE_ACK_TIMEOUT_S", "5"))
-    )
+    producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=env.ringback_console_ack_timeout_s)
     key, key_source = session_key(env)
     users = UserStore(users_path(env))
     service = TaskService(board, producer, topics.topic_name(topics.TASK_UPDATES, env), Clock(), notifier)
     console = Console(
         service,
         users,
-        SessionCodec(key, int(os.environ.get("RINGBACK_CONSOLE_SESSION_S", "43200"))),
+        SessionCodec(key, env.ringback_console_session_s),
         directory=directory,
-        cookie_secure=os.environ.get("RINGBACK_CONSOLE_COOKIE_SECURE") == "1",
+        cookie_secure=env.ringback_console_cookie_secure,
         ready=lambda: board.ready() and directory.ready,
     )
     log.info("console: %d user accounts in %s; session key from %s", len(users.list()), users.path, key_source)

@@ -58,8 +58,7 @@ class User:
 
 
 def users_path(env: Settings) -> Path:
-    explicit = os.environ.get("RINGBACK_CONSOLE_USERS")
-    return Path(explicit) if explicit else env.ringback_state_dir / "console" / "users.json"
+    return env.ringback_console_users or env.ringback_state_dir / "console" / "users.json"
 
 
 def check_password(password: str) -> None:

@@ -53,13 +53,14 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, NamedTuple, Protocol
 
 from prometheus_client import Counter
+
+from ringback.config.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class GapGuard:
         self,
         app_name: str,
         topics: Mapping[str, str],
-        reader: GapReader | None,
+        reader: GapReader,
         enabled: bool = True,
         compacted: frozenset[str] | set[str] = frozenset(),
     ) -> None:
@@ -294,14 +295,12 @@ class GapGuard:
         self.reset()
         self.install(getattr(sender, "consumer", None))
 
-    def attach(self, app: Any, watch_interval_s: float | None = None) -> GapGuard:
-        """Follow the app's rebalances (Faust signals: bound methods, weakly referenced, so
-        keep the guard in a module global) and start the watch timer."""
+    def attach(self, app: Any, watch_interval_s: float) -> GapGuard:
+        """Follow the app's rebalances and start the watch timer (every `watch_interval_s`
+        seconds; 0: none)."""
         self._app = app
         app.on_partitions_revoked.connect(self.on_partitions_revoked)
         app.on_partitions_assigned.connect(self.on_partitions_assigned)
-        if watch_interval_s is None:
-            watch_interval_s = float(os.environ.get("RINGBACK_GAP_WATCH_S", "5"))
         if self.enabled and watch_interval_s > 0:
             app.timer(interval=watch_interval_s, name=f"gap_guard_watch_{self.app_name}")(self.watch)
         return self
@@ -466,7 +465,7 @@ class KafkaGapReader:
         }
         self.auto_offset_reset = auto_offset_reset
         self.timeout_s = timeout_s
-        self._consumer = None
+        self._consumer: Any = None  # a confluent_kafka Consumer, made at the first read
         self._lock = threading.Lock()
 
     def _get(self):
@@ -562,17 +561,18 @@ def for_app(
     app: Any,
     app_name: str,
     topics: Mapping[str, str],
-    enabled: bool = True,
+    settings: Settings,
     compacted: frozenset[str] | set[str] = frozenset(),
 ) -> GapGuard:
     """A guard for a Faust app: a reader with the app's group id and isolation level, the
-    rebalance signals connected, the watch timer started."""
+    rebalance signals connected, the watch timer started (RINGBACK_GAP_GUARD,
+    RINGBACK_GAP_WATCH_S)."""
     conf = app.conf
     bootstrap = ",".join(f"{u.host}:{u.port or 9092}" for u in conf.broker)
     isolation = "read_committed" if "exactly_once" in str(conf.processing_guarantee) else "read_uncommitted"
     reader = KafkaGapReader(
         bootstrap, conf.id, auto_offset_reset=conf.consumer_auto_offset_reset or "earliest", isolation_level=isolation
     )
-    guard = GapGuard(app_name, topics, reader, enabled=enabled, compacted=compacted)
+    guard = GapGuard(app_name, topics, reader, enabled=settings.ringback_gap_guard, compacted=compacted)
     guard.rewind_from_start = (conf.consumer_auto_offset_reset or "earliest") == "earliest"
-    return guard.attach(app)
+    return guard.attach(app, settings.ringback_gap_watch_s)

@@ -4,7 +4,8 @@ Names start with the namespace (env `RINGBACK_NAMESPACE`, default "ringback") so
 that test runs and environments never share topics. The call-event topic and the
 patient/appointment/flag topics are co-partitioned: same key
 (`practice_id|caller E.164`) and the same partition count, so a worker joins a
-call with the patient tables by a local read.
+call with the patient tables by a local read. Creating them and checking their
+partition counts: `kafka/admin.py`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ MESSAGE_STATUS = TopicSpec("message-status", "practice_id|recipient", "message_s
 # Where each CDR file poller has read up to (value: JSON, not Avro: it is private to the poller).
 CDR_CHECKPOINTS = TopicSpec("cdr-checkpoints", "poller_id|file", "-", compacted=True, partitions=1)
 # Private to the stream workers: the TICK each worker sends to its partitions so the agent
-# that owns a partition fires its due gate timers (streams/timers.py). Value: "-" (none).
+# that owns a partition fires its due gate timers (workflow/timers.py). Value: "-" (none).
 TICKS = TopicSpec("stream-ticks", "-", "-", co_partitioned=True, retention_ms=3_600_000)
 
 ALL = (
@@ -85,43 +86,3 @@ def partition_for(key: bytes, partitions: int) -> int:
     from aiokafka.partitioner import murmur2
 
     return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-def ensure_topics(env: Settings, timeout: float = 30.0) -> None:
-    """Create every topic with its partition count and cleanup policy (idempotent),
-    and refuse to go on if an existing co-partitioned topic has another count."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": env.kafka_bootstrap_servers})
-    existing = admin.list_topics(timeout=timeout).topics
-    wanted = []
-    for spec in ALL:
-        name = topic_name(spec, env)
-        count = partition_count(spec, env)
-        if name in existing:
-            have = len(existing[name].partitions)
-            if spec.co_partitioned and have != count:
-                raise RuntimeError(
-                    f"topic {name} has {have} partitions but the co-partitioned topics need "
-                    f"{count} (RINGBACK_PARTITIONS): joins would read the wrong partition"
-                )
-            continue
-        config = {"cleanup.policy": "compact"} if spec.compacted else {}
-        if spec.retention_ms is not None:
-            config["retention.ms"] = str(spec.retention_ms)
-        wanted.append(
-            NewTopic(name, num_partitions=count, replication_factor=1 if _single(admin) else 3, config=config)
-        )
-    if not wanted:
-        return
-    for name, fut in admin.create_topics(wanted, request_timeout=timeout).items():
-        try:
-            fut.result()
-        except KafkaException as exc:
-            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
-                raise
-
-
-def _single(admin) -> bool:
-    return len(admin.list_topics(timeout=10).brokers) < 3

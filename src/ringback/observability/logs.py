@@ -16,10 +16,11 @@ env `RINGBACK_LOG_FORMAT=json|text`); Faust workers get the same set-up through
   the same number can be matched without showing it. Both formatters also redact
   their final output, so a handler without the filter still leaks nothing.
 
-The hash key comes from the secret `RINGBACK_LOG_HASH_KEY` (env var or file in
-the secrets dir); without it each process draws a random key, so hashes match
-only within one process (never a plain unkeyed hash: phone numbers are few
-enough to be recovered from one by brute force).
+The hash key is the secret `RINGBACK_LOG_HASH_KEY` (env var or file in the
+secrets dir), which the `ringback` command reads and hands to `configure`; without
+it each process draws a random key, so hashes match only within one process (never
+a plain unkeyed hash: phone numbers are few enough to be recovered from one by
+brute force).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import hmac
 import json
 import logging
 import logging.config
-import os
 import re
 import secrets
 from collections.abc import Mapping
@@ -55,21 +55,12 @@ _key: bytes | None = None
 def _hash_key() -> bytes:
     global _key
     if _key is None:
-        value = os.environ.get("RINGBACK_LOG_HASH_KEY")
-        if not value:
-            secrets_dir = os.environ.get("RINGBACK_SECRETS_DIR", "/run/secrets")
-            path = os.path.join(secrets_dir, "RINGBACK_LOG_HASH_KEY")
-            try:
-                with open(path, encoding="utf-8") as f:
-                    value = f.read().strip()
-            except OSError:
-                value = ""
-        _key = value.encode() if value else secrets.token_bytes(32)
+        _key = secrets.token_bytes(32)
     return _key
 
 
 def set_hash_key(key: bytes | None) -> None:
-    """Use this key from now on (None: read the secret / draw one again). For tests."""
+    """Use this key from now on (None: draw a random one at the next use)."""
     global _key
     _key = key
 
@@ -214,9 +205,12 @@ def logging_config(fmt: str = "text", level: str | int = "INFO") -> dict:
     }
 
 
-def configure(fmt: str = "text", level: str | int = "INFO") -> None:
-    """Set up the root logger for this process (and remember it for Faust workers)."""
+def configure(fmt: str = "text", level: str | int = "INFO", hash_key: bytes | None = None) -> None:
+    """Set up the root logger for this process (and remember it for Faust workers);
+    `hash_key` keys the phone-number hashes (None: keep the process's random key)."""
     global _current
+    if hash_key is not None:
+        set_hash_key(hash_key)
     logging.config.dictConfig(logging_config(fmt, level))
     _current = (fmt.lower(), logging.getLevelName(level) if isinstance(level, int) else str(level).upper())
 

@@ -8,12 +8,13 @@ Catalogue of every metric, the alerts and the dashboard: docs/observability.md.
   practices. `on`: one value per practice id, at most `RINGBACK_METRICS_PRACTICE_LABELS_MAX`
   (50) per process, later ones `other`; or a comma-separated allow-list of practice ids
   (the others `other`). Never a phone number: an id holding 7 digits in a row is `other`.
+  The `ringback` command sets the process's choice at start (`set_practice_labels`).
 * `DEAD_LETTERS` (`ringback_dead_letters_total{source}`): every record any process
   writes to the dead-letter topic, labelled with the record's `source` field (gateway:
   the endpoint; `streams.<input>`; `sinks.<kind>` or `<namespace>.<topic>`; CDR poller:
   `cdr`; EHR sync/import: `fhir:<type>` / `fhir-ndjson:<type|ndjson>`, else `ehr.other`).
   Counted once the broker acknowledged the record.
-* `instrument_faust_app(app, prefix)`: Faust's own Prometheus monitor (its `/metrics`
+* `instrument_faust_app(app, prefix, settings)`: Faust's own Prometheus monitor (its `/metrics`
   page serves the default registry: Faust's metrics and ours), consumer lag per
   topic/partition and table sizes, computed when scraped.
 """
@@ -21,7 +22,6 @@ Catalogue of every metric, the alerts and the dashboard: docs/observability.md.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 from collections.abc import Iterable
@@ -29,6 +29,8 @@ from typing import Any
 
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily
+
+from ringback.config.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +54,8 @@ class PracticeLabels:
         self._warned = False
 
     @classmethod
-    def from_env(cls) -> PracticeLabels:
-        return cls(
-            os.environ.get("RINGBACK_METRICS_PRACTICE_LABELS", "off"),
-            int(os.environ.get("RINGBACK_METRICS_PRACTICE_LABELS_MAX", "50")),
-        )
+    def from_settings(cls, settings: Settings) -> PracticeLabels:
+        return cls(settings.ringback_metrics_practice_labels, settings.ringback_metrics_practice_labels_max)
 
     def __call__(self, practice_id: str | None) -> str:
         if not self.enabled:
@@ -82,19 +81,16 @@ class PracticeLabels:
         return OTHER
 
 
-_practice_labels: PracticeLabels | None = None
+_practice_labels = PracticeLabels()  # off until the process says otherwise
 
 
 def practice_label(practice_id: str | None) -> str:
-    """The `practice` label value for a practice id, per the process environment."""
-    global _practice_labels
-    if _practice_labels is None:
-        _practice_labels = PracticeLabels.from_env()
+    """The `practice` label value for a practice id, as this process labels practices."""
     return _practice_labels(practice_id)
 
 
-def reset_practice_labels(labels: PracticeLabels | None = None) -> None:
-    """Tests: use `labels` (or read the environment again on the next call)."""
+def set_practice_labels(labels: PracticeLabels) -> None:
+    """How this process labels practices from now on (the `ringback` command, at start)."""
     global _practice_labels
     _practice_labels = labels
 
@@ -195,6 +191,7 @@ class _FaustCollector:
 
 
 _collector: _FaustCollector | None = None
+_faust_metrics: dict[str, Any] = {}
 
 
 def consumer_lag(app: Any, highwaters: dict) -> dict[tuple[str, int], int]:
@@ -242,29 +239,35 @@ def table_sizes(app: Any) -> dict[str, int]:
     return sizes
 
 
-def instrument_faust_app(app: Any, name_prefix: str, lag_interval_s: float | None = None) -> None:
+def instrument_faust_app(app: Any, name_prefix: str, settings: Settings) -> None:
     """Wire Faust's Prometheus monitor (served at /metrics by the app's web server, with
     everything else in the default registry), consumer lag and table sizes into `app`.
 
     `RINGBACK_FAUST_PROMETHEUS=0` leaves Faust's own monitor out (the benchmark can
-    compare); our metrics and /metrics stay."""
+    compare); our metrics and /metrics stay. Several apps of one prefix in a process
+    (tests build a topology more than once) share one set of Faust metrics."""
     global _collector
-    from faust.sensors.prometheus import setup_prometheus_sensors
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-    if os.environ.get("RINGBACK_FAUST_PROMETHEUS", "1") != "0":
-        setup_prometheus_sensors(app, name_prefix=name_prefix)
-    else:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    if settings.ringback_faust_prometheus:
+        # What faust.sensors.prometheus.setup_prometheus_sensors does, but with the metrics
+        # created once per prefix: a second registration of a name raises.
+        from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 
-        @app.page("/metrics")
-        async def _metrics(web, request):
-            return web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        faust_metrics = _faust_metrics.get(name_prefix)
+        if faust_metrics is None:
+            faust_metrics = _faust_metrics[name_prefix] = FaustMetrics.create(REGISTRY, name_prefix)
+        app.monitor = PrometheusMonitor(metrics=faust_metrics)
+
+    @app.page("/metrics")
+    async def _metrics(web, request):
+        return web.bytes(generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     if _collector is None:
         _collector = _FaustCollector()
         REGISTRY.register(_collector)
     highwaters = _collector.add(app)
-    interval = lag_interval_s or float(os.environ.get("RINGBACK_LAG_INTERVAL_S", "5"))
+    interval = settings.ringback_lag_interval_s
 
     @app.timer(interval=interval, name=f"{name_prefix}.refresh_highwaters")
     async def _refresh_highwaters() -> None:

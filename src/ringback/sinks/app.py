@@ -2,6 +2,8 @@
 
 A separate Faust application (its own consumer group `<namespace>-sinks`) so a slow
 API never stalls classification; several sink processes share the partitions.
+`make_app(settings)` makes the app, `build_sinks(app, settings, directory, clock)`
+declares the topology below on it and returns the `Sinks`; nothing at import time.
 
 Topology (every input is keyed `practice_id|caller` and co-partitioned, so the
 tables of one caller live in one partition, whichever topic the event came from):
@@ -22,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from datetime import timedelta
+from typing import Any
 
 import faust
 from prometheus_client import Counter
 
+from ringback.clock import Clock
 from ringback.config.settings import Settings
 from ringback.kafka import gap_guard as gap_guard_module
 from ringback.kafka import topics
@@ -38,44 +41,52 @@ from ringback.schemas import codec
 from ringback.schemas.faust_codec import register_faust_codecs
 from ringback.sinks.channels.slack import SlackWebhook
 from ringback.sinks.channels.twilio_sms import TwilioSms
-from ringback.sinks.clock import sink_clock
 from ringback.sinks.executor import ActionExecutor, Tables
 from ringback.sinks.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
-# The twilio library logs every request at INFO, query strings (phone numbers) included.
-logging.getLogger("twilio").setLevel(logging.WARNING)
 
-env = Settings()
-register_faust_codecs()
-
-TICK_INTERVAL_S = float(os.environ.get("RINGBACK_SINKS_TICK_S", "1.0"))
-PERSIST_TIMEOUT_S = float(os.environ.get("RINGBACK_SINKS_PERSIST_TIMEOUT_S", "20"))
 UNEXPECTED_RETRIES = 4  # then the record goes to the dead-letter topic with the error
+# Table attribute name (executor.Tables) -> table name (its changelog: <app id>-<name>-changelog).
+TABLE_NAMES = {
+    "sent_log": "sent-log",
+    "consent": "consent",
+    "sms_history": "sms-history",
+    "deferred": "deferred",
+    "tasks": "tasks",
+}
+# Inputs (decoded here: an undecodable record becomes a dead letter, not a crash), guarded
+# by the gap guard (kafka/gap_guard.py, docs/sinks.md).
+INPUTS = (topics.ACTIONS, topics.CALL_EVENTS, topics.MESSAGE_STATUS, topics.TASK_UPDATES)
+TICKS_RETENTION = timedelta(hours=1)
 
-app = faust_app(
-    env,
-    "sinks",  # shared settings (names, broker, partitions, replication): ringback/faust_app.py
-    store=os.environ.get("RINGBACK_SINKS_STORE") or os.environ.get("RINGBACK_STORE") or "rocksdb://",
-    processing_guarantee="at_least_once",
-    web_enabled=os.environ.get("RINGBACK_SINKS_WEB", "1") == "1",
-    web_port=int(os.environ.get("RINGBACK_SINKS_METRICS_PORT", "9102")),
-    broker_commit_every=int(os.environ.get("RINGBACK_SINKS_COMMIT_EVERY", "1000")),
-    broker_commit_interval=float(os.environ.get("RINGBACK_SINKS_COMMIT_INTERVAL", "1.0")),
-    # How soon the group notices a killed worker and hands its partitions on.
-    broker_session_timeout=float(os.environ.get("RINGBACK_SINKS_SESSION_TIMEOUT_S", "30")),
-    broker_heartbeat_interval=float(os.environ.get("RINGBACK_SINKS_HEARTBEAT_S", "3")),
-    table_standby_replicas=int(os.environ.get("RINGBACK_SINKS_STANDBYS", "1")),
-)
-if app.conf.web_enabled:
-    # /metrics: Faust's monitor + the default registry, consumer lag, table sizes (ringback/metrics.py).
-    shared_metrics.instrument_faust_app(app, "ringback_sinks_faust")
+TICKS = Counter("ringback_sink_ticks_total", "TICK messages processed (deferred SMS checks)")
+
+
+def make_app(settings: Settings) -> faust.App:
+    """The sinks' app (consumer group `<namespace>-sinks`), no topic or agent yet."""
+    register_faust_codecs()
+    return faust_app(
+        settings,
+        "sinks",  # shared settings (names, broker, partitions, replication): kafka/faust_app.py
+        store=settings.sinks_store,
+        processing_guarantee="at_least_once",
+        web_enabled=settings.ringback_sinks_web,
+        web_port=settings.ringback_sinks_metrics_port,
+        broker_commit_every=settings.ringback_sinks_commit_every,
+        broker_commit_interval=settings.ringback_sinks_commit_interval,
+        # How soon the group notices a killed worker and hands its partitions on.
+        broker_session_timeout=settings.ringback_sinks_session_timeout_s,
+        broker_heartbeat_interval=settings.ringback_sinks_heartbeat_s,
+        table_standby_replicas=settings.ringback_sinks_standbys,
+    )
 
 
 class DurableTable(faust.Table):
     """A Faust table whose last changelog write can be awaited (broker acknowledged)."""
 
     _last_changelog = None
+    persist_timeout_s = 20.0  # RINGBACK_SINKS_PERSIST_TIMEOUT_S, set by build_sinks
 
     def send_changelog(self, *args, **kwargs):
         fut = super().send_changelog(*args, **kwargs)
@@ -93,298 +104,232 @@ class DurableTable(faust.Table):
         fut = self._last_changelog
         if fut is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(fut), PERSIST_TIMEOUT_S)
+                await asyncio.wait_for(asyncio.shield(fut), self.persist_timeout_s)
             except TimeoutError:
-                log.error("table %s: changelog write not acknowledged within %ss", self.name, PERSIST_TIMEOUT_S)
-                raise
-
-
-def _table(name: str) -> DurableTable:
-    return app.tables.add(
-        DurableTable(
-            app,
-            name=name,
-            default=None,
-            beacon=app.tables.beacon,
-            partitions=env.ringback_partitions,
-            key_type=str,  # JSON both
-            help=f"sinks: {name}",
-        )
-    )
-
-
-sent_log = _table("sent-log")
-consent = _table("consent")
-sms_history = _table("sms-history")
-deferred = _table("deferred")
-tasks_table = _table("tasks")
-TABLES = {
-    "sent_log": sent_log,
-    "consent": consent,
-    "sms_history": sms_history,
-    "deferred": deferred,
-    "tasks": tasks_table,
-}
-
-
-def _input(spec: topics.TopicSpec) -> faust.TopicT:
-    # Raw bytes in: we decode, so an undecodable record becomes a dead letter, not a crash.
-    return app.topic(
-        topics.topic_name(spec, env),
-        key_type=bytes,
-        value_type=bytes,
-        value_serializer="raw",
-        partitions=topics.partition_count(spec, env),
-    )
-
-
-actions_topic = _input(topics.ACTIONS)
-call_events_topic = _input(topics.CALL_EVENTS)
-message_status_topic = _input(topics.MESSAGE_STATUS)
-task_updates_topic = _input(topics.TASK_UPDATES)
-ticks_topic = app.topic(
-    f"{env.ringback_namespace}.sinks-ticks",
-    key_type=bytes,
-    value_type=bytes,
-    value_serializer="raw",
-    partitions=env.ringback_partitions,
-    internal=True,
-    retention=timedelta(hours=1),
-    deleting=True,
-)
-outcomes_topic = app.topic(
-    topics.topic_name(topics.OUTCOMES, env),
-    key_type=bytes,
-    value_serializer="avro_outcome",
-    partitions=topics.partition_count(topics.OUTCOMES, env),
-)
-dead_letters_topic = app.topic(
-    topics.topic_name(topics.DEAD_LETTERS, env),
-    key_type=bytes,
-    value_serializer="avro_dead_letter",
-    partitions=topics.partition_count(topics.DEAD_LETTERS, env),
-)
-
-
-def ensure_sink_topics(timeout: float = 30.0) -> None:
-    """Create the tables' changelog topics and the ticks topic before Faust starts.
-    Faust declares them itself, but on a first start the consumer can subscribe before
-    they appear in its metadata: the assignor then skips them and the first table write
-    fails with PartitionsMismatch."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": env.kafka_bootstrap_servers})
-    existing = admin.list_topics(timeout=timeout).topics
-    replication = 1 if len(admin.list_topics(timeout=timeout).brokers) < 3 else 3
-    wanted = [
-        NewTopic(
-            t.changelog_topic.get_topic_name(),
-            num_partitions=env.ringback_partitions,
-            replication_factor=replication,
-            config={"cleanup.policy": "compact"},
-        )
-        for t in TABLES.values()
-    ]
-    wanted.append(
-        NewTopic(
-            ticks_topic.get_topic_name(),
-            num_partitions=env.ringback_partitions,
-            replication_factor=replication,
-            config={"cleanup.policy": "delete", "retention.ms": str(3600 * 1000)},
-        )
-    )
-    wanted = [w for w in wanted if w.topic not in existing]
-    for name, fut in admin.create_topics(wanted, request_timeout=timeout).items() if wanted else ():
-        try:
-            fut.result()
-        except KafkaException as exc:
-            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                log.error("table %s: changelog write not acknowledged within %ss", self.name, self.persist_timeout_s)
                 raise
 
 
 class FaustEffects:
+    """The executor's effects on Faust: table writes awaited, outcomes, dead letters."""
+
+    def __init__(self, tables: dict[str, DurableTable], outcomes: faust.TopicT, dead_letters: faust.TopicT) -> None:
+        self.tables = tables
+        self.outcomes = outcomes
+        self.dead_letters = dead_letters
+
     async def persist(self, table: str, key: str, value: dict | None) -> None:
-        await TABLES[table].persist(key, value)
+        await self.tables[table].persist(key, value)
 
     async def outcome(self, key: bytes, record: dict) -> None:
-        await outcomes_topic.send(key=key, value=record)
+        await self.outcomes.send(key=key, value=record)
 
     async def dead_letter(self, key: bytes, record: dict) -> None:
-        await dead_letters_topic.send(key=key, value=record)
+        await self.dead_letters.send(key=key, value=record)
 
 
-directory = PracticeDirectory()
-clock = sink_clock()
+class Sinks:
+    """The sinks' channels, tables and executor on one app. Made by `build_sinks`, which
+    also starts the agents and the tick timer."""
+
+    def __init__(self, app: faust.App, settings: Settings, directory: PracticeDirectory, clock: Clock) -> None:
+        self.app = app
+        self.settings = settings
+        self.clock = clock
+        self.tables: dict[str, DurableTable] = {attr: self._table(name) for attr, name in TABLE_NAMES.items()}
+        self.inputs = {spec.suffix: self._input(spec) for spec in INPUTS}
+        self.ticks_topic = app.topic(
+            f"{settings.ringback_namespace}.sinks-ticks",
+            key_type=bytes,
+            value_type=bytes,
+            value_serializer="raw",
+            partitions=settings.ringback_partitions,
+            internal=True,
+            retention=TICKS_RETENTION,
+            deleting=True,
+        )
+        self.outcomes_topic = app.topic(
+            topics.topic_name(topics.OUTCOMES, settings),
+            key_type=bytes,
+            value_serializer="avro_outcome",
+            partitions=topics.partition_count(topics.OUTCOMES, settings),
+        )
+        self.dead_letters_topic = app.topic(
+            topics.topic_name(topics.DEAD_LETTERS, settings),
+            key_type=bytes,
+            value_serializer="avro_dead_letter",
+            partitions=topics.partition_count(topics.DEAD_LETTERS, settings),
+        )
+        self.executor = ActionExecutor(
+            settings,
+            Tables(**self.tables),
+            FaustEffects(self.tables, self.outcomes_topic, self.dead_letters_topic),
+            directory,
+            clock,
+            policy=RetryPolicy.from_settings(settings),
+            sms=TwilioSms(settings) if settings.twilio_account_sid and settings.twilio_auth_token else None,
+            slack=SlackWebhook(settings.ringback_slack_timeout_s),
+            mailer=_mailer(settings),
+        )
+        self.gap_guard: gap_guard_module.GapGuard | None = None  # build_sinks attaches it
+
+    def _table(self, name: str) -> DurableTable:
+        table = DurableTable(
+            self.app,
+            name=name,
+            default=None,
+            beacon=self.app.tables.beacon,
+            partitions=self.settings.ringback_partitions,
+            key_type=str,  # JSON both
+            help=f"sinks: {name}",
+        )
+        table.persist_timeout_s = self.settings.ringback_sinks_persist_timeout_s
+        self.app.tables.add(table)
+        return table
+
+    def _input(self, spec: topics.TopicSpec) -> faust.TopicT:
+        # Raw bytes in: we decode, so an undecodable record becomes a dead letter, not a crash.
+        return self.app.topic(
+            topics.topic_name(spec, self.settings),
+            key_type=bytes,
+            value_type=bytes,
+            value_serializer="raw",
+            partitions=topics.partition_count(spec, self.settings),
+        )
+
+    @property
+    def internal_topics(self) -> list[faust.TopicT]:
+        """The topics to create before the app starts (`kafka.admin.ensure_internal_topics`):
+        the tables' changelogs and the ticks topic."""
+        return [t.changelog_topic for t in self.tables.values()] + [self.ticks_topic]
+
+    def agent_body(self, schema: str, source: str, handler):
+        """An agent's body: every record of the stream decoded as `schema`, given to `handler`."""
+
+        async def consume(stream) -> None:
+            await self._consume(stream, schema, source, handler)
+
+        return consume
+
+    async def _consume(self, stream, schema: str, source: str, handler) -> None:
+        guard = self.gap_guard
+        assert guard is not None, "build_sinks attaches the gap guard"
+        async for event in stream.events():
+            message = event.message
+            generation = guard.generation
+            if guard.begin(message.tp, message.offset):  # first after a rebalance, a gap, a rewind
+                await guard.resolve(
+                    message.tp,
+                    message.offset,
+                    lambda r: self._handle_one(schema, source, handler, r.key, r.value, message.partition),  # noqa: B023 - awaited in this iteration
+                    generation,
+                )
+            await self._handle_one(schema, source, handler, event.key, event.value, message.partition)
+            guard.done(message.tp, message.offset, generation)
+
+    async def _handle_one(
+        self, schema: str, source: str, handler, key: bytes | None, raw: bytes | None, partition: int
+    ) -> None:
+        """One record (also a skipped one the gap guard read back from the broker)."""
+        try:
+            value = codec.decode(schema, raw)  # type: ignore[arg-type]  # None (a tombstone) is undecodable too
+        except ValueError as exc:
+            await self._dead_input(source, f"undecodable {schema}: {exc}", raw)
+            return
+        for attempt in range(UNEXPECTED_RETRIES + 1):
+            try:
+                await handler(key, value, partition)
+                break
+            except Exception as exc:
+                if attempt < UNEXPECTED_RETRIES:
+                    # Infrastructure trouble (a changelog write refused, metadata not
+                    # there yet) usually passes: the handlers are idempotent, try again.
+                    log.warning("%s: error handling a record, retrying: %s: %s", source, type(exc).__name__, exc)
+                    await asyncio.sleep(min(2**attempt, 8))
+                    continue
+                log.exception("%s: unexpected error handling a record", source)
+                await self._dead_input(
+                    source, f"unexpected error: {type(exc).__name__}: {exc}", raw, value.get("practice_id")
+                )
+
+    async def _dead_input(self, source: str, reason: str, raw: bytes | None, practice_id: str | None = None) -> None:
+        await self.dead_letters_topic.send(
+            key=source.encode(),
+            value={
+                "source": source,
+                "reason": reason[:500],
+                "raw": raw or b"",
+                "content_type": "avro/binary",
+                "received_at": self.clock.now_ms(),
+                "practice_id": practice_id,
+            },
+        )
+        shared_metrics.DEAD_LETTERS.labels(source).inc()
+
+    async def close_clients(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        """On shutdown (the app's on_before_shutdown signal)."""
+        for client in (self.executor.sms, self.executor.slack):
+            if client is not None:
+                try:
+                    await client.close()
+                except Exception:
+                    log.debug("closing a client failed", exc_info=True)
 
 
-def _mailer():
-    if not env.smtp_url:
+def _mailer(settings: Settings):
+    if not settings.smtp_url:
         return None
     from ringback.sinks.channels.email import SmtpMailer
 
-    return SmtpMailer(env.smtp_url)
+    return SmtpMailer(settings.smtp_url, sender=settings.ringback_smtp_from, timeout_s=settings.ringback_smtp_timeout_s)
 
 
-executor = ActionExecutor(
-    env,
-    Tables(sent_log, consent, sms_history, deferred, tasks_table),
-    FaustEffects(),
-    directory,
-    clock,
-    policy=RetryPolicy.from_env(),
-    sms=TwilioSms(env) if env.twilio_account_sid and env.twilio_auth_token else None,
-    slack=SlackWebhook(),
-    mailer=_mailer(),
-)
+def build_sinks(app: faust.App, settings: Settings, directory: PracticeDirectory, clock: Clock) -> Sinks:
+    """Declare the sinks on `app`: tables, inputs, the agents, the tick timer, the gap
+    guard and (with the web server on) /metrics."""
+    # The twilio library logs every request at INFO, query strings (phone numbers) included.
+    logging.getLogger("twilio").setLevel(logging.WARNING)
+    sinks = Sinks(app, settings, directory, clock)
+    executor = sinks.executor
+    if app.conf.web_enabled:
+        # /metrics: Faust's monitor + the default registry, consumer lag, table sizes (observability/metrics.py).
+        shared_metrics.instrument_faust_app(app, "ringback_sinks_faust", settings)
+    input_names = {topics.topic_name(spec, settings): spec.suffix for spec in INPUTS}
+    sinks.gap_guard = gap_guard_module.for_app(app, "sinks", input_names, settings)
+    action_kinds = next(f["type"]["symbols"] for f in codec.schema("action_command")["fields"] if f["name"] == "kind")
+    shared_metrics.declare_dead_letter_sources([*input_names, *(f"sinks.{kind.lower()}" for kind in action_kinds)])
 
+    # SMS / Slack / e-mail / task, exactly once; inbound STOP / START; receipts; claims.
+    for spec, agent_name, schema, handler in (
+        (topics.ACTIONS, "carry_out", "action_command", lambda k, v, p: executor.handle_action(k, v, p)),
+        (topics.CALL_EVENTS, "watch_consent", "call_event", lambda k, v, p: executor.on_call_event(k, v, p)),
+        (topics.MESSAGE_STATUS, "track_delivery", "message_status", lambda k, v, p: executor.on_message_status(k, v)),
+        (topics.TASK_UPDATES, "track_tasks", "task_update", lambda k, v, p: executor.on_task_update(k, v)),
+    ):
+        body = sinks.agent_body(schema, topics.topic_name(spec, settings), handler)
+        app.agent(sinks.inputs[spec.suffix], name=f"{__name__}.{agent_name}")(body)
 
-# Records Faust skips around a rebalance are read from the broker and handled first, and no
-# offset is committed past a record not handled yet (ringback/gap_guard.py, docs/sinks.md).
-gap_guard = gap_guard_module.for_app(
-    app,
-    "sinks",
-    {
-        topics.topic_name(spec, env): spec.suffix
-        for spec in (topics.ACTIONS, topics.CALL_EVENTS, topics.MESSAGE_STATUS, topics.TASK_UPDATES)
-    },
-    enabled=os.environ.get("RINGBACK_GAP_GUARD", "on") != "off",
-)
-
-
-async def _consume(stream, schema: str, source: str, handler) -> None:
-    async for event in stream.events():
-        message = event.message
-        generation = gap_guard.generation
-        if gap_guard.begin(message.tp, message.offset):  # first after a rebalance, a gap, a rewind
-            await gap_guard.resolve(
-                message.tp,
-                message.offset,
-                lambda r: _handle_one(schema, source, handler, r.key, r.value, message.partition),
-                generation,
-            )
-        await _handle_one(schema, source, handler, event.key, event.value, message.partition)
-        gap_guard.done(message.tp, message.offset, generation)
-
-
-async def _handle_one(schema: str, source: str, handler, key: bytes | None, raw: bytes | None, partition: int) -> None:
-    """One record (also a skipped one the gap guard read back from the broker)."""
-    try:
-        value = codec.decode(schema, raw)
-    except ValueError as exc:
-        await _dead_input(source, f"undecodable {schema}: {exc}", raw)
-        return
-    for attempt in range(UNEXPECTED_RETRIES + 1):
-        try:
-            await handler(key, value, partition)
-            break
-        except Exception as exc:
-            if attempt < UNEXPECTED_RETRIES:
-                # Infrastructure trouble (a changelog write refused, metadata not
-                # there yet) usually passes: the handlers are idempotent, try again.
-                log.warning("%s: error handling a record, retrying: %s: %s", source, type(exc).__name__, exc)
-                await asyncio.sleep(min(2**attempt, 8))
-                continue
-            log.exception("%s: unexpected error handling a record", source)
-            await _dead_input(source, f"unexpected error: {type(exc).__name__}: {exc}", raw, value.get("practice_id"))
-
-
-_ACTION_KINDS = next(f["type"]["symbols"] for f in codec.schema("action_command")["fields"] if f["name"] == "kind")
-shared_metrics.declare_dead_letter_sources(
-    [
-        topics.topic_name(spec, env)
-        for spec in (topics.ACTIONS, topics.CALL_EVENTS, topics.MESSAGE_STATUS, topics.TASK_UPDATES)
-    ]
-    + [f"sinks.{kind.lower()}" for kind in _ACTION_KINDS]
-)
-
-
-async def _dead_input(source: str, reason: str, raw: bytes | None, practice_id: str | None = None) -> None:
-    await dead_letters_topic.send(
-        key=source.encode(),
-        value={
-            "source": source,
-            "reason": reason[:500],
-            "raw": raw or b"",
-            "content_type": "avro/binary",
-            "received_at": clock.now_ms(),
-            "practice_id": practice_id,
-        },
-    )
-    shared_metrics.DEAD_LETTERS.labels(source).inc()
-
-
-@app.agent(actions_topic)
-async def carry_out(stream):
-    await _consume(
-        stream,
-        "action_command",
-        topics.topic_name(topics.ACTIONS, env),
-        lambda k, v, p: executor.handle_action(k, v, p),
-    )
-
-
-@app.agent(call_events_topic)
-async def watch_consent(stream):
-    await _consume(
-        stream,
-        "call_event",
-        topics.topic_name(topics.CALL_EVENTS, env),
-        lambda k, v, p: executor.on_call_event(k, v, p),
-    )
-
-
-@app.agent(message_status_topic)
-async def track_delivery(stream):
-    await _consume(
-        stream,
-        "message_status",
-        topics.topic_name(topics.MESSAGE_STATUS, env),
-        lambda k, v, p: executor.on_message_status(k, v),
-    )
-
-
-@app.agent(task_updates_topic)
-async def track_tasks(stream):
-    await _consume(
-        stream,
-        "task_update",
-        topics.topic_name(topics.TASK_UPDATES, env),
-        lambda k, v, p: executor.on_task_update(k, v),
-    )
-
-
-TICKS = Counter("ringback_sink_ticks_total", "TICK messages processed (deferred SMS checks)")
-
-
-@app.agent(ticks_topic)
-async def fire_deferred(stream):
-    async for event in stream.events():
-        TICKS.inc()
-        try:
-            await executor.fire_due(event.message.partition)
-        except Exception:
-            log.exception("firing deferred SMS failed")
-
-
-@app.timer(interval=TICK_INTERVAL_S)
-async def send_ticks() -> None:
-    """Tables may only be written while processing an event: the timer sends a TICK to
-    each ticks partition this worker owns, and `fire_deferred` does the work there."""
-    name = ticks_topic.get_topic_name()
-    try:
-        owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == name)
-    except Exception:  # noqa: BLE001 - not assigned yet (starting, rebalancing)
-        return
-    for partition in owned:
-        await ticks_topic.send(value=b"tick", partition=partition)
-
-
-@app.on_before_shutdown.connect
-async def _close_clients(app, **kwargs) -> None:
-    for client in (executor.sms, executor.slack):
-        if client is not None:
+    async def fire_deferred(stream):
+        async for event in stream.events():
+            TICKS.inc()
             try:
-                await client.close()
+                await executor.fire_due(event.message.partition)
             except Exception:
-                log.debug("closing a client failed", exc_info=True)
+                log.exception("firing deferred SMS failed")
+
+    app.agent(sinks.ticks_topic, name=f"{__name__}.fire_deferred")(fire_deferred)
+
+    async def send_ticks() -> None:
+        """Tables may only be written while processing an event: the timer sends a TICK to
+        each ticks partition this worker owns, and `fire_deferred` does the work there."""
+        name = sinks.ticks_topic.get_topic_name()
+        try:
+            owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == name)
+        except Exception:  # noqa: BLE001 - not assigned yet (starting, rebalancing)
+            return
+        for partition in owned:
+            await sinks.ticks_topic.send(value=b"tick", partition=partition)
+
+    app.timer(interval=settings.ringback_sinks_tick_s, name=f"{__name__}.send_ticks")(send_ticks)
+    app.on_before_shutdown.connect(sinks.close_clients)  # type: ignore[arg-type]  # mode's handler type admits no function
+    return sinks

@@ -7,10 +7,10 @@ practice time and later at 08:00 without waiting a night. Never set in productio
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ringback.clock import Clock
+from ringback.config.settings import Settings
 
 
 class FileClock(Clock):
@@ -26,6 +26,6 @@ class FileClock(Clock):
         return self._last
 
 
-def sink_clock() -> Clock:
-    path = os.environ.get("RINGBACK_SINKS_CLOCK_FILE")
+def sink_clock(settings: Settings) -> Clock:
+    path = settings.ringback_sinks_clock_file
     return FileClock(path) if path else Clock()

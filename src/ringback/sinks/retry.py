@@ -12,11 +12,12 @@ The waiting itself is tenacity's (`wait_exponential_jitter`), with Retry-After i
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from tenacity import wait_exponential_jitter
 from tenacity.wait import wait_base
+
+from ringback.config.settings import Settings
 
 
 class SinkError(Exception):
@@ -48,14 +49,13 @@ class RetryPolicy:
     jitter_s: float = 1.0
 
     @classmethod
-    def from_env(cls) -> RetryPolicy:
-        e = os.environ
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
         return cls(
-            attempts=int(e.get("RINGBACK_SINK_RETRY_ATTEMPTS", cls.attempts)),
-            base_s=float(e.get("RINGBACK_SINK_RETRY_BASE_S", cls.base_s)),
-            max_s=float(e.get("RINGBACK_SINK_RETRY_MAX_S", cls.max_s)),
-            retry_after_cap_s=float(e.get("RINGBACK_SINK_RETRY_AFTER_CAP_S", cls.retry_after_cap_s)),
-            jitter_s=float(e.get("RINGBACK_SINK_RETRY_JITTER_S", min(cls.jitter_s, cls.base_s))),
+            attempts=settings.ringback_sink_retry_attempts,
+            base_s=settings.ringback_sink_retry_base_s,
+            max_s=settings.ringback_sink_retry_max_s,
+            retry_after_cap_s=settings.ringback_sink_retry_after_cap_s,
+            jitter_s=settings.ringback_sink_retry_jitter_s,
         )
 
     def wait(self) -> wait_base:

@@ -1,10 +1,14 @@
 """The stream topology, declared in one place: topics, the state table, the agent, the ticks.
 
+`build_topology(app, settings, directory, clock)` declares it on an app from
+`worker/app.py: make_app` and returns the `Topology` (the CLI runs the app; tests call
+`handle` or look at what was declared). Nothing is declared at import time.
+
 One agent, `process`, reads every co-partitioned input of a partition in one stream:
 call events, patients, appointments, flags, task updates, message receipts and
 TICKs. One agent (concurrency 1) means the inputs of a caller are handled one at a
 time, in log order within each topic, by the worker that owns the partition, and all
-its state is one changelog-backed table, `state` (layout: streams/agents/workflow.py).
+its state is one changelog-backed table, `state` (layout: workflow/engine.py).
 
 For each input:
   1. the workflow (pure) reads the table through a `Tx` and decides: actions, outcomes,
@@ -34,12 +38,14 @@ import faust
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
+from ringback.clock import Clock
+from ringback.config.settings import Settings
 from ringback.kafka import gap_guard as gap_guard_module
 from ringback.kafka import topics
+from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.observability import metrics as shared_metrics
 from ringback.observability.metrics import child
 from ringback.schemas import codec
-from ringback.worker.app import app, clock, directory, env
 from ringback.workflow import timers
 from ringback.workflow.inputs import Workflow
 from ringback.workflow.state import DELETE, Tx
@@ -47,57 +53,30 @@ from ringback.workflow.timers import index_entry_pending
 
 log = logging.getLogger(__name__)
 
-N = topics.partition_count(topics.CALL_EVENTS, env)
-TICK_INTERVAL_S = float(os.environ.get("RINGBACK_TICK_INTERVAL_S", "0.25"))
-# At most how many records back a worker taking over a partition reads the actions/outcomes
-# partition for records it must not emit again (from the offsets in the partition meta; the
-# sinks also write ACTION outcomes, so the range may hold more than ours).
-SCAN_MAX_RECORDS = int(os.environ.get("RINGBACK_SCAN_MAX_RECORDS", "50000"))
-WORKER_ID = f"{socket.gethostname()}-{os.getpid()}".encode()
-# Fault injection for the crash tests only: die like SIGKILL right after the records of this
-# step were acknowledged and before the state that knows of them is written (the worst moment).
-_EXIT_AFTER_SENDING = os.environ.get("RINGBACK_FAULT_EXIT_AFTER_SENDING")
-
-INPUTS = {
-    topics.topic_name(topics.CALL_EVENTS, env): "call_event",
-    topics.topic_name(topics.PATIENTS, env): "patient",
-    topics.topic_name(topics.APPOINTMENTS, env): "appointment",
-    topics.topic_name(topics.FLAGS, env): "flag",
-    topics.topic_name(topics.TASK_UPDATES, env): "task_update",
-    topics.topic_name(topics.MESSAGE_STATUS, env): "message_status",
-    topics.topic_name(topics.TICKS, env): "tick",
-}
-TICKS_TOPIC = topics.topic_name(topics.TICKS, env)
-ACTIONS_TOPIC = topics.topic_name(topics.ACTIONS, env)
-OUTCOMES_TOPIC = topics.topic_name(topics.OUTCOMES, env)
-
-inputs = app.topic(
-    *INPUTS, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=N
+# Every input of the agent and the name its records are decoded (and counted) by.
+INPUTS: tuple[tuple[topics.TopicSpec, str], ...] = (
+    (topics.CALL_EVENTS, "call_event"),
+    (topics.PATIENTS, "patient"),
+    (topics.APPOINTMENTS, "appointment"),
+    (topics.FLAGS, "flag"),
+    (topics.TASK_UPDATES, "task_update"),
+    (topics.MESSAGE_STATUS, "message_status"),
+    (topics.TICKS, "tick"),
 )
-ticks = app.topic(
-    TICKS_TOPIC, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", partitions=N
+# Records Faust skips around a rebalance are read from the broker and handled first, and no
+# offset is committed past a record not handled yet (kafka/gap_guard.py, docs/stream-app.md).
+# Every input but the ticks (a skipped tick is caught up by the next). The compacted EHR
+# topics are guarded too: a skipped patient record would make a known patient look new.
+GUARDED = (
+    topics.CALL_EVENTS,
+    topics.TASK_UPDATES,
+    topics.MESSAGE_STATUS,
+    topics.PATIENTS,
+    topics.APPOINTMENTS,
+    topics.FLAGS,
 )
-actions = app.topic(ACTIONS_TOPIC, key_type=bytes, value_serializer="avro_action_command", partitions=N)
-outcomes = app.topic(OUTCOMES_TOPIC, key_type=bytes, value_serializer="avro_outcome", partitions=N)
-dead_letters = app.topic(
-    topics.topic_name(topics.DEAD_LETTERS, env), key_type=bytes, value_serializer="avro_dead_letter", partitions=1
-)
-
-state = app.Table(
-    "state",
-    default=None,
-    partitions=N,
-    schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
-)
-_MEMORY_STORE = str(app.conf.store).startswith("memory")
-
-
-def _read(key: str) -> Any:
-    """One store lookup (`state.get` makes two: `in`, then `[]`)."""
-    try:
-        return state.data[key]
-    except KeyError:
-        return None
+GUARDED_COMPACTED = (topics.PATIENTS, topics.APPOINTMENTS, topics.FLAGS)
+STATE_TABLE = "state"
 
 
 # ------------------------------------------------------------------ metrics (no PHI in labels)
@@ -123,9 +102,6 @@ NOT_REEMITTED = Counter(
     ["topic"],
 )
 DEAD_LETTERED = Counter("ringback_stream_dead_letters_total", "Inputs that could not be decoded", ["input"])
-for _input in INPUTS.values():
-    DEAD_LETTERED.labels(_input)  # at 0 from the start, as the shared counter's series below
-shared_metrics.declare_dead_letter_sources(f"streams.{name}" for name in INPUTS.values())
 TIMERS_CANCELLED = Counter(
     "ringback_stream_timers_cancelled_total",
     "Gate timers dropped unfired because their case closed (answered, converted, ...)",
@@ -136,8 +112,6 @@ TIMERS_OVERDUE = Gauge(
     "How late the oldest due but unfired gate timer of this worker's partitions is "
     "(0 while none is more than RINGBACK_OVERDUE_GRACE_MS late)",
 )
-OVERDUE_INTERVAL_S = float(os.environ.get("RINGBACK_OVERDUE_INTERVAL_S", "1.0"))
-OVERDUE_GRACE_MS = int(os.environ.get("RINGBACK_OVERDUE_GRACE_MS", "1000"))
 PROCESS_SECONDS = Histogram(
     "ringback_stream_process_seconds",
     "Time to process one input, sends included",
@@ -146,104 +120,282 @@ PROCESS_SECONDS = Histogram(
 )
 
 
-# ------------------------------------------------------------------ takeover: what is already in the log
-_already_sent: dict[int, tuple[set[str], set[str]]] = {}
-_scan_consumer: Consumer | None = None
+class Topology:
+    """The channels and the state table of the worker on one app, and the agent's body
+    (`handle`). Made by `build_topology`, which also starts the agent and the timers."""
 
+    def __init__(self, app: faust.App, settings: Settings, directory: PracticeDirectory, clock: Clock) -> None:
+        self.app = app
+        self.settings = settings
+        self.directory = directory
+        self.clock = clock
+        self.partitions = topics.partition_count(topics.CALL_EVENTS, settings)
+        n = self.partitions
+        self.input_names = {topics.topic_name(spec, settings): name for spec, name in INPUTS}
+        self.ticks_topic_name = topics.topic_name(topics.TICKS, settings)
+        self.actions_topic_name = topics.topic_name(topics.ACTIONS, settings)
+        self.outcomes_topic_name = topics.topic_name(topics.OUTCOMES, settings)
 
-def _read_ids(consumer: Consumer, topic: str, partition: int, after: int | None, schema: str, field: str) -> set[str]:
-    tp = TopicPartition(topic, partition)
-    low, high = consumer.get_watermark_offsets(tp, timeout=10)
-    start = max(low, high - SCAN_MAX_RECORDS, (after + 1) if after is not None else 0)
-    if start >= high:
-        return set()
-    consumer.assign([TopicPartition(topic, partition, start)])
-    found: set[str] = set()
-    position = start
-    deadline = time.monotonic() + 30
-    while position < high:
-        msg = consumer.poll(1.0)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"could not read {topic}[{partition}] up to offset {high}")
-        if msg is None or msg.error():
-            continue
-        position = msg.offset() + 1
+        self.inputs = app.topic(
+            *self.input_names,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=n,
+        )
+        self.ticks = app.topic(
+            self.ticks_topic_name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=n,
+        )
+        self.actions = app.topic(
+            self.actions_topic_name, key_type=bytes, value_serializer="avro_action_command", partitions=n
+        )
+        self.outcomes = app.topic(
+            self.outcomes_topic_name, key_type=bytes, value_serializer="avro_outcome", partitions=n
+        )
+        self.dead_letters = app.topic(
+            topics.topic_name(topics.DEAD_LETTERS, settings),
+            key_type=bytes,
+            value_serializer="avro_dead_letter",
+            partitions=1,
+        )
+        self.state = app.Table(
+            STATE_TABLE,
+            default=None,
+            partitions=n,
+            schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+        )
+        self.memory_store = str(app.conf.store).startswith("memory")
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}".encode()
+        # Fault injection for the crash tests only: die like SIGKILL right after the records of
+        # this step were acknowledged and before the state that knows of them is written.
+        self.exit_after_sending = settings.ringback_fault_exit_after_sending
+        # Takeover: per partition, the ids already in the log (see `_scan`).
+        self._already_sent: dict[int, tuple[set[str], set[str]]] = {}
+        self._scan_consumer: Consumer | None = None
+        self.gap_guard: gap_guard_module.GapGuard | None = None  # build_topology attaches it
+
+    @property
+    def internal_topics(self) -> list[faust.TopicT]:
+        """The topics to create before the app starts (`kafka.admin.ensure_internal_topics`):
+        the state table's changelog (co-partitioned with the inputs)."""
+        return [self.state.changelog_topic]
+
+    def _read(self, key: str) -> Any:
+        """One store lookup (`state.get` makes two: `in`, then `[]`)."""
         try:
-            found.add(codec.decode(schema, msg.value())[field])
-        except ValueError:
-            continue
-    consumer.unassign()
-    return found
+            return self.state.data[key]
+        except KeyError:
+            return None
 
+    # -------------------------------------------------------------- takeover: what is already in the log
+    def _read_ids(
+        self, consumer: Consumer, topic: str, partition: int, after: int | None, schema: str, field: str
+    ) -> set[str]:
+        tp = TopicPartition(topic, partition)
+        low, high = consumer.get_watermark_offsets(tp, timeout=10)
+        start = max(low, high - self.settings.ringback_scan_max_records, (after + 1) if after is not None else 0)
+        if start >= high:
+            return set()
+        consumer.assign([TopicPartition(topic, partition, start)])
+        found: set[str] = set()
+        position = start
+        deadline = time.monotonic() + 30
+        while position < high:
+            msg = consumer.poll(1.0)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"could not read {topic}[{partition}] up to offset {high}")
+            if msg is None or msg.error():
+                continue
+            position = (msg.offset() or 0) + 1  # a consumed message always has an offset
+            value = msg.value()
+            if value is None:
+                continue  # a tombstone carries no id
+            try:
+                found.add(codec.decode(schema, value)[field])
+            except ValueError:
+                continue
+        consumer.unassign()
+        return found
 
-def _scan(partition: int, meta: dict) -> tuple[set[str], set[str]]:
-    global _scan_consumer
-    if _scan_consumer is None:
-        _scan_consumer = Consumer(
-            {
-                "bootstrap.servers": env.kafka_bootstrap_servers,
-                "group.id": f"{env.ringback_namespace}.streams-scan",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-            }
-        )
-    return (
-        _read_ids(_scan_consumer, ACTIONS_TOPIC, partition, meta.get("actions_offset"), "action_command", "action_id"),
-        _read_ids(_scan_consumer, OUTCOMES_TOPIC, partition, meta.get("outcomes_offset"), "outcome", "outcome_id"),
-    )
-
-
-async def _ensure_scanned(partition: int) -> tuple[set[str], set[str]]:
-    found = _already_sent.get(partition)
-    if found is None:
-        meta = state.get(timers.meta_key(partition)) or {}
-        log.info(
-            "partition %d taken over: looking for records after offsets %s",
-            partition,
-            {k: v for k, v in meta.items() if k.endswith("_offset")},
-        )
-        found = await asyncio.get_running_loop().run_in_executor(None, _scan, partition, meta)
-        if found[0] or found[1]:
-            log.warning(
-                "partition %d: %d actions and %d outcomes were sent before a crash without their "
-                "state; they will not be sent again",
-                partition,
-                len(found[0]),
-                len(found[1]),
+    def _scan(self, partition: int, meta: dict) -> tuple[set[str], set[str]]:
+        if self._scan_consumer is None:
+            self._scan_consumer = Consumer(
+                {
+                    "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                    "group.id": f"{self.settings.ringback_namespace}.streams-scan",
+                    "enable.auto.commit": False,
+                    "isolation.level": "read_committed",
+                }
             )
-        _already_sent[partition] = found
-    return found
+        consumer = self._scan_consumer
+        return (
+            self._read_ids(
+                consumer, self.actions_topic_name, partition, meta.get("actions_offset"), "action_command", "action_id"
+            ),
+            self._read_ids(
+                consumer, self.outcomes_topic_name, partition, meta.get("outcomes_offset"), "outcome", "outcome_id"
+            ),
+        )
+
+    async def _ensure_scanned(self, partition: int) -> tuple[set[str], set[str]]:
+        found = self._already_sent.get(partition)
+        if found is None:
+            meta = self.state.get(timers.meta_key(partition)) or {}
+            log.info(
+                "partition %d taken over: looking for records after offsets %s",
+                partition,
+                {k: v for k, v in meta.items() if k.endswith("_offset")},
+            )
+            found = await asyncio.get_running_loop().run_in_executor(None, self._scan, partition, meta)
+            if found[0] or found[1]:
+                log.warning(
+                    "partition %d: %d actions and %d outcomes were sent before a crash without their "
+                    "state; they will not be sent again",
+                    partition,
+                    len(found[0]),
+                    len(found[1]),
+                )
+            self._already_sent[partition] = found
+        return found
+
+    async def forget_revoked(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        """on_partitions_revoked(revoked): what was found in the log of those partitions is stale."""
+        (revoked,) = args
+        for tp in revoked:
+            self._already_sent.pop(tp.partition, None)
+
+    # -------------------------------------------------------------- the agent's body
+    async def _dead_letter(self, input_name: str, reason: str, raw: bytes | None) -> None:
+        child(DEAD_LETTERED, input_name).inc()
+        child(shared_metrics.DEAD_LETTERS, f"streams.{input_name}").inc()
+        log.error("undecodable %s record dead-lettered: %s", input_name, reason)
+        await self.dead_letters.send(
+            key=f"streams.{input_name}".encode(),
+            value={
+                "source": f"streams.{input_name}",
+                "reason": reason[:500],
+                "raw": raw or b"",
+                "content_type": f"avro/binary; schema={input_name}",
+                "received_at": self.clock.now_ms(),
+                "practice_id": None,
+            },
+        )
+
+    async def handle(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> Workflow:
+        """Process one input of `partition` (the agent's body; tests call it too)."""
+        input_name = self.input_names[topic]
+        started = time.perf_counter()
+        sent_actions, sent_outcomes = await self._ensure_scanned(partition)
+        # 1. Decide (pure): what to send, what to write.
+        read = self._read
+        tx = Tx(read, copy_reads=self.memory_store)
+        wf = Workflow(tx, self.directory, self.clock.now_ms(), partition)
+        try:
+            _dispatch(wf, input_name, key, value)
+        except (codec.SchemaDecodeError, codec.SchemaValidationError) as exc:
+            await self._dead_letter(input_name, f"undecodable: {exc}", value)  # keep it, go on
+            return wf
+        except Exception as exc:
+            log.exception("processing a %s input failed; dead-lettered, nothing sent, no state changed", input_name)
+            await self._dead_letter(input_name, f"processing failed: {type(exc).__name__}", value)
+            return wf
+        child(INPUTS_TOTAL, input_name).inc()
+        for reason in tx.ignored:
+            child(IGNORED, reason).inc()
+        for scenario in tx.opened:
+            child(CASES_OPENED, scenario).inc()
+
+        # 2. Send, then wait for every acknowledgement.
+        pending = []
+        headers = {"ringback-worker": self.worker_id}
+        for key_bytes, command in tx.actions:
+            if command["action_id"] in sent_actions:
+                child(NOT_REEMITTED, "actions").inc()
+                continue
+            pending.append(
+                (
+                    "actions",
+                    command,
+                    await self.actions.send(key=key_bytes, value=command, partition=partition, headers=headers),
+                )
+            )
+        for record in tx.outcomes:
+            if record["outcome_id"] in sent_outcomes:
+                child(NOT_REEMITTED, "outcomes").inc()
+                continue
+            pending.append(
+                (
+                    "outcomes",
+                    record,
+                    await self.outcomes.send(
+                        key=record["case_id"].encode(), value=record, partition=partition, headers=headers
+                    ),
+                )
+            )
+        offsets: dict[str, int] = {}
+        for kind, record, fut in pending:
+            metadata = await fut
+            offsets[kind] = max(offsets.get(kind, -1), metadata.offset)
+            if kind == "actions":
+                child(ACTIONS_EMITTED, record["kind"], re.sub(r"_\d+$", "", record["step"])).inc()
+            else:
+                child(OUTCOMES_EMITTED, record["state"], str(record["final"]).lower()).inc()
+
+        exit_after = self.exit_after_sending
+        if exit_after and any(r["step"] == exit_after for k, r, _ in pending if k == "actions"):
+            log.warning("fault injection: exiting after sending %s, before writing the state", exit_after)
+            os._exit(137)
+
+        # 3. The state, in the order the workflow left it, the partition meta last.
+        state = self.state
+        for k, v in tx.writes.items():
+            if v is DELETE:
+                if read(k) is not None:
+                    del state[k]
+            else:
+                state[k] = v
+        if offsets:
+            meta_key = timers.meta_key(partition)
+            meta = dict(state.get(meta_key) or {})
+            if "actions" in offsets:
+                meta["actions_offset"] = offsets["actions"]
+            if "outcomes" in offsets:
+                meta["outcomes_offset"] = offsets["outcomes"]
+            state[meta_key] = meta
+        for name, lag_ms in tx.fired:
+            child(TIMERS_FIRED, name).inc()
+            child(TIMER_LAG, name).observe(max(lag_ms, 0) / 1000)
+        for name in tx.cancelled:
+            child(TIMERS_CANCELLED, name).inc()
+        child(PROCESS_SECONDS, input_name).observe(time.perf_counter() - started)
+        return wf
+
+    # -------------------------------------------------------------- metrics
+    def overdue_ms(self, partitions, now_ms: int) -> int:
+        """How late the oldest due but unfired timer of `partitions` is (0: none over the grace)."""
+        worst = 0
+        read = self._read
+        grace_ms = self.settings.ringback_overdue_grace_ms
+        for partition in partitions:
+            due = timers.oldest_overdue(
+                read, partition, now_ms - grace_ms, lambda entry: index_entry_pending(read, entry)
+            )
+            if due is not None:
+                worst = max(worst, now_ms - due)
+        return worst
 
 
-@app.on_partitions_revoked.connect
-async def _forget_revoked(sender: Any, revoked: set, **kwargs: Any) -> None:
-    for tp in revoked:
-        _already_sent.pop(tp.partition, None)
-
-
-# ------------------------------------------------------------------ the agent
 def _split(key: bytes | None, parts: int) -> list[str] | None:
     if not key:
         return None
     fields = key.decode("utf-8", "replace").split("|", parts - 1)
     return fields if len(fields) == parts else None
-
-
-async def _dead_letter(input_name: str, reason: str, raw: bytes | None) -> None:
-    child(DEAD_LETTERED, input_name).inc()
-    child(shared_metrics.DEAD_LETTERS, f"streams.{input_name}").inc()
-    log.error("undecodable %s record dead-lettered: %s", input_name, reason)
-    await dead_letters.send(
-        key=f"streams.{input_name}".encode(),
-        value={
-            "source": f"streams.{input_name}",
-            "reason": reason[:500],
-            "raw": raw or b"",
-            "content_type": f"avro/binary; schema={input_name}",
-            "received_at": clock.now_ms(),
-            "practice_id": None,
-        },
-    )
 
 
 def _dispatch(wf: Workflow, input_name: str, key: bytes | None, value: bytes | None) -> None:
@@ -279,183 +431,60 @@ def _dispatch(wf: Workflow, input_name: str, key: bytes | None, value: bytes | N
             wf.on_message_status(record)
 
 
-async def handle(topic: str, partition: int, key: bytes | None, value: bytes | None) -> Workflow:
-    """Process one input of `partition` (the agent's body; tests call it too)."""
-    input_name = INPUTS[topic]
-    started = time.perf_counter()
-    sent_actions, sent_outcomes = await _ensure_scanned(partition)
-    # 1. Decide (pure): what to send, what to write.
-    tx = Tx(_read, copy_reads=_MEMORY_STORE)
-    wf = Workflow(tx, directory, clock.now_ms(), partition)
-    try:
-        _dispatch(wf, input_name, key, value)
-    except (codec.SchemaDecodeError, codec.SchemaValidationError) as exc:
-        await _dead_letter(input_name, f"undecodable: {exc}", value)  # keep it, go on
-        return wf
-    except Exception as exc:
-        log.exception("processing a %s input failed; dead-lettered, nothing sent, no state changed", input_name)
-        await _dead_letter(input_name, f"processing failed: {type(exc).__name__}", value)
-        return wf
-    child(INPUTS_TOTAL, input_name).inc()
-    for reason in tx.ignored:
-        child(IGNORED, reason).inc()
-    for scenario in tx.opened:
-        child(CASES_OPENED, scenario).inc()
+def build_topology(app: faust.App, settings: Settings, directory: PracticeDirectory, clock: Clock) -> Topology:
+    """Declare the worker on `app`: its topics and state table, the agent `process`, the
+    tick and overdue timers, the gap guard and /metrics."""
+    t = Topology(app, settings, directory, clock)
+    for name in t.input_names.values():
+        DEAD_LETTERED.labels(name)  # at 0 from the start, as the shared counter's series below
+    shared_metrics.declare_dead_letter_sources(f"streams.{name}" for name in t.input_names.values())
+    app.on_partitions_revoked.connect(t.forget_revoked)  # type: ignore[arg-type]  # mode's handler type admits no function
+    gap_guard = t.gap_guard = gap_guard_module.for_app(
+        app,
+        "streams",
+        {topics.topic_name(spec, settings): spec.suffix for spec in GUARDED},
+        settings,
+        compacted={topics.topic_name(spec, settings) for spec in GUARDED_COMPACTED},
+    )
 
-    # 2. Send, then wait for every acknowledgement.
-    pending = []
-    headers = {"ringback-worker": WORKER_ID}
-    for key_bytes, command in tx.actions:
-        if command["action_id"] in sent_actions:
-            child(NOT_REEMITTED, "actions").inc()
-            continue
-        pending.append(
-            ("actions", command, await actions.send(key=key_bytes, value=command, partition=partition, headers=headers))
-        )
-    for record in tx.outcomes:
-        if record["outcome_id"] in sent_outcomes:
-            child(NOT_REEMITTED, "outcomes").inc()
-            continue
-        pending.append(
-            (
-                "outcomes",
-                record,
-                await outcomes.send(key=record["case_id"].encode(), value=record, partition=partition, headers=headers),
-            )
-        )
-    offsets: dict[str, int] = {}
-    for kind, record, fut in pending:
-        metadata = await fut
-        offsets[kind] = max(offsets.get(kind, -1), metadata.offset)
-        if kind == "actions":
-            child(ACTIONS_EMITTED, record["kind"], re.sub(r"_\d+$", "", record["step"])).inc()
-        else:
-            child(OUTCOMES_EMITTED, record["state"], str(record["final"]).lower()).inc()
+    async def process(stream):
+        async for event in stream.events():
+            message = event.message
+            generation = gap_guard.generation
+            if gap_guard.begin(message.tp, message.offset):  # first after a rebalance, a gap, a rewind
+                await gap_guard.resolve(
+                    message.tp,
+                    message.offset,
+                    lambda r: t.handle(message.topic, message.partition, r.key, r.value),  # noqa: B023 - awaited in this iteration
+                    generation,
+                )
+            await t.handle(message.topic, message.partition, event.key, event.value)
+            gap_guard.done(message.tp, message.offset, generation)
 
-    if _EXIT_AFTER_SENDING and any(r["step"] == _EXIT_AFTER_SENDING for k, r, _ in pending if k == "actions"):
-        log.warning("fault injection: exiting after sending %s, before writing the state", _EXIT_AFTER_SENDING)
-        os._exit(137)
+    app.agent(t.inputs, name=f"{__name__}.process")(process)
 
-    # 3. The state, in the order the workflow left it, the partition meta last.
-    for k, v in tx.writes.items():
-        if v is DELETE:
-            if _read(k) is not None:
-                del state[k]
-        else:
-            state[k] = v
-    if offsets:
-        meta_key = timers.meta_key(partition)
-        meta = dict(state.get(meta_key) or {})
-        if "actions" in offsets:
-            meta["actions_offset"] = offsets["actions"]
-        if "outcomes" in offsets:
-            meta["outcomes_offset"] = offsets["outcomes"]
-        state[meta_key] = meta
-    for name, lag_ms in tx.fired:
-        child(TIMERS_FIRED, name).inc()
-        child(TIMER_LAG, name).observe(max(lag_ms, 0) / 1000)
-    for name in tx.cancelled:
-        child(TIMERS_CANCELLED, name).inc()
-    child(PROCESS_SECONDS, input_name).observe(time.perf_counter() - started)
-    return wf
+    async def send_ticks() -> None:
+        """Every worker ticks the partitions it owns; the owner's agent fires what is due."""
+        for tp in app.assignor.assigned_actives():
+            if tp.topic == t.ticks_topic_name:
+                await t.ticks.send(key=b"tick", value=b"-", partition=tp.partition)
 
+    app.timer(interval=settings.ringback_tick_interval_s, name=f"{__name__}.send_ticks")(send_ticks)
 
-# Records Faust skips around a rebalance are read from the broker and handled first, and no
-# offset is committed past a record not handled yet (ringback/gap_guard.py, docs/stream-app.md).
-# Every input but the ticks (a skipped tick is caught up by the next). The compacted EHR
-# topics are guarded too: a skipped patient record would make a known patient look new.
-gap_guard = gap_guard_module.for_app(
-    app,
-    "streams",
-    {
-        topics.topic_name(spec, env): spec.suffix
-        for spec in (
-            topics.CALL_EVENTS,
-            topics.TASK_UPDATES,
-            topics.MESSAGE_STATUS,
-            topics.PATIENTS,
-            topics.APPOINTMENTS,
-            topics.FLAGS,
-        )
-    },
-    compacted={topics.topic_name(spec, env) for spec in (topics.PATIENTS, topics.APPOINTMENTS, topics.FLAGS)},
-    enabled=os.environ.get("RINGBACK_GAP_GUARD", "on") != "off",
-)
+    async def measure_overdue() -> None:
+        """`ringback_timers_overdue_seconds`, from the table (reads only; not while recovering,
+        when the table is a prefix of itself and no gate can fire anyway)."""
+        if app.in_recovery:
+            return
+        try:
+            owned = [tp.partition for tp in app.assignor.assigned_actives() if tp.topic == t.ticks_topic_name]
+            TIMERS_OVERDUE.set(t.overdue_ms(owned, clock.now_ms()) / 1000)
+        except Exception:
+            log.debug("measuring overdue timers failed", exc_info=True)
 
+    app.timer(interval=settings.ringback_overdue_interval_s, name=f"{__name__}.measure_overdue")(measure_overdue)
 
-@app.agent(inputs)
-async def process(stream):
-    async for event in stream.events():
-        message = event.message
-        generation = gap_guard.generation
-        if gap_guard.begin(message.tp, message.offset):  # first after a rebalance, a gap, a rewind
-            await gap_guard.resolve(
-                message.tp,
-                message.offset,
-                lambda r: handle(message.topic, message.partition, r.key, r.value),
-                generation,
-            )
-        await handle(message.topic, message.partition, event.key, event.value)
-        gap_guard.done(message.tp, message.offset, generation)
-
-
-# ------------------------------------------------------------------ ticks
-@app.timer(interval=TICK_INTERVAL_S)
-async def send_ticks() -> None:
-    """Every worker ticks the partitions it owns; the owner's agent fires what is due."""
-    for tp in app.assignor.assigned_actives():
-        if tp.topic == TICKS_TOPIC:
-            await ticks.send(key=b"tick", value=b"-", partition=tp.partition)
-
-
-def ensure_changelog_topic(timeout: float = 30.0) -> None:
-    """Create the state table's changelog topic before Faust starts (as the sinks do:
-    connectors/sinks/app.py). Faust declares it itself, but on a first start the consumer
-    can subscribe before it exists: the first table write then fails with
-    PartitionsMismatch until a metadata refresh, minutes later."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": env.kafka_bootstrap_servers})
-    metadata = admin.list_topics(timeout=timeout)
-    name = state.changelog_topic.get_topic_name()
-    if name in metadata.topics:
-        return  # its partition count is checked by streams/preflight.py
-    replication = 1 if len(metadata.brokers) < 3 else 3
-    wanted = NewTopic(name, num_partitions=N, replication_factor=replication, config={"cleanup.policy": "compact"})
-    try:
-        admin.create_topics([wanted], request_timeout=timeout)[name].result()
-    except KafkaException as exc:
-        if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
-            raise
-
-
-# ------------------------------------------------------------------ metrics
-def overdue_ms(partitions, now_ms: int) -> int:
-    """How late the oldest due but unfired timer of `partitions` is (0: none over the grace)."""
-    worst = 0
-    for partition in partitions:
-        due = timers.oldest_overdue(
-            _read, partition, now_ms - OVERDUE_GRACE_MS, lambda entry: index_entry_pending(_read, entry)
-        )
-        if due is not None:
-            worst = max(worst, now_ms - due)
-    return worst
-
-
-@app.timer(interval=OVERDUE_INTERVAL_S)
-async def measure_overdue() -> None:
-    """`ringback_timers_overdue_seconds`, from the table (reads only; not while recovering,
-    when the table is a prefix of itself and no gate can fire anyway)."""
-    if app.in_recovery:
-        return
-    try:
-        owned = [tp.partition for tp in app.assignor.assigned_actives() if tp.topic == TICKS_TOPIC]
-        TIMERS_OVERDUE.set(overdue_ms(owned, clock.now_ms()) / 1000)
-    except Exception:
-        log.debug("measuring overdue timers failed", exc_info=True)
-
-
-# /metrics on the worker's web port: Faust's monitor + everything in the default registry,
-# consumer lag and table sizes (ringback/metrics.py).
-shared_metrics.instrument_faust_app(app, "ringback_worker_faust")
+    # /metrics on the worker's web port: Faust's monitor + everything in the default registry,
+    # consumer lag and table sizes (observability/metrics.py).
+    shared_metrics.instrument_faust_app(app, "ringback_worker_faust", settings)
+    return t

@@ -207,7 +207,7 @@ class Namespace:
     def apply_practices(self, practices: list[dict]) -> Path:
         """Write the practices file, create the topics and publish it (as `ringback config apply`)."""
         from ringback.config.practices_file import load_practices
-        from ringback.kafka import topics
+        from ringback.kafka import admin, topics
         from ringback.kafka.practice_directory import practice_record
         from ringback.kafka.producer import AckedProducer
         from ringback.schemas import codec
@@ -215,7 +215,7 @@ class Namespace:
         path = self.work_dir / "practices.yaml"
         path.write_text(yaml.safe_dump({"practices": practices}, sort_keys=False))
         parsed = load_practices(path)
-        topics.ensure_topics(self.settings)
+        admin.ensure_topics(self.settings)
         producer = AckedProducer(self.bootstrap, timeout_s=10)
         name = self.topic(topics.PRACTICE_CONFIG)
         now = int(time.time() * 1000)

@@ -10,7 +10,6 @@ recognisable as the same message by mail clients and by us.
 from __future__ import annotations
 
 import hashlib
-import os
 from email.message import EmailMessage
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -24,7 +23,7 @@ def message_id(action_id: str) -> str:
 
 
 class SmtpMailer:
-    def __init__(self, smtp_url: str, sender: str | None = None, timeout_s: float | None = None) -> None:
+    def __init__(self, smtp_url: str, sender: str = "ringback@localhost", timeout_s: float = 15.0) -> None:
         url = urlsplit(smtp_url)
         if url.scheme not in ("smtp", "smtps") or not url.hostname:
             raise ValueError("SMTP_URL must look like smtp://[user:password@]host[:port] or smtps://...")
@@ -36,8 +35,8 @@ class SmtpMailer:
         self.password = unquote(url.password) if url.password else None
         starttls = query.get("starttls", "auto")
         self.start_tls = None if starttls == "auto" else starttls in ("require", "1", "true", "yes")
-        self.sender = sender or os.environ.get("RINGBACK_SMTP_FROM", "ringback@localhost")
-        self.timeout_s = timeout_s or float(os.environ.get("RINGBACK_SMTP_TIMEOUT_S", "15"))
+        self.sender = sender  # RINGBACK_SMTP_FROM
+        self.timeout_s = timeout_s  # RINGBACK_SMTP_TIMEOUT_S
 
     def build(self, action_id: str, to: str, subject: str, text: str) -> EmailMessage:
         msg = EmailMessage()

@@ -8,16 +8,14 @@ Slack's contract (tests/vendor/slack): 200 `ok` on success; 400 invalid_payload,
 
 from __future__ import annotations
 
-import os
-
 import httpx
 
 from ringback.sinks.retry import Permanent, Transient, parse_retry_after
 
 
 class SlackWebhook:
-    def __init__(self, timeout_s: float | None = None) -> None:
-        self.timeout_s = timeout_s or float(os.environ.get("RINGBACK_SLACK_TIMEOUT_S", "10"))
+    def __init__(self, timeout_s: float = 10.0) -> None:
+        self.timeout_s = timeout_s  # RINGBACK_SLACK_TIMEOUT_S
         self._client: httpx.AsyncClient | None = None
 
     def _get_client(self) -> httpx.AsyncClient:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
@@ -54,7 +53,7 @@ class TwilioSms:
         self.env = env
         # The library's async client passes no timeout to aiohttp (5 min default): we
         # bound every call ourselves, and a timeout is an ambiguous outcome.
-        self.timeout_s = timeout_s or float(os.environ.get("RINGBACK_TWILIO_TIMEOUT_S", "10"))
+        self.timeout_s = timeout_s or env.ringback_twilio_timeout_s
         self._client: Client | None = None
 
     def _get_client(self) -> Client:

@@ -23,7 +23,7 @@ from prometheus_client import Counter, Gauge
 from ringback.clock import Clock
 from ringback.config.settings import Settings
 from ringback.domain.practice import Practice
-from ringback.kafka import topics
+from ringback.kafka import admin, topics
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.kafka.producer import AckedProducer, BrokerUnavailable
 from ringback.observability.metrics import DEAD_LETTERS, declare_dead_letter_sources
@@ -401,7 +401,7 @@ def run(
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port)
-    topics.ensure_topics(env)
+    admin.ensure_topics(env)
     directory = PracticeDirectory().follow(env)
     if not directory.wait_ready(60):
         raise RuntimeError("could not read the practice config topic within 60 s")
@@ -409,7 +409,6 @@ def run(
         directory.close()
         raise LookupError(f"practice {practice_id!r} is not in the config topic (ringback config apply)")
     producer = AckedProducer(env.kafka_bootstrap_servers)
-    kill_after = os.environ.get("RINGBACK_CDR_FAULT_KILL_AFTER_BATCHES")
     poller = CdrPoller(
         env,
         directory,
@@ -422,7 +421,7 @@ def run(
         from_beginning=from_beginning,
         time_zone=time_zone,
         outbound_contexts=outbound_contexts,
-        kill_after_batches=int(kill_after) if kill_after else None,
+        kill_after_batches=env.ringback_cdr_fault_kill_after_batches,
     )
 
     async def main() -> None:

@@ -27,7 +27,7 @@ from prometheus_client import Counter
 from ringback.clock import Clock
 from ringback.config.settings import Settings
 from ringback.domain.phones import PhoneRejected, normalize, region_of
-from ringback.kafka import topics
+from ringback.kafka import admin
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.kafka.producer import AckedProducer
 from ringback.sources.ehr.publisher import (
@@ -614,7 +614,7 @@ def run_sync(
     overlap_s: int = 300,
     deletions: bool = True,
 ) -> SyncReport:
-    topics.ensure_topics(env)
+    admin.ensure_topics(env)
     region = _practice_region(env, practice_id, region)
     producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=10)
 
@@ -636,7 +636,7 @@ def run_sync(
 
 
 def run_import(env: Settings, paths: list[Path], practice_id: str, region: str | None = None) -> SyncReport:
-    topics.ensure_topics(env)
+    admin.ensure_topics(env)
     region = _practice_region(env, practice_id, region)
     producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=10)
 

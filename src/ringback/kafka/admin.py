@@ -1,0 +1,134 @@
+"""Topic administration, in one place: create the topics, check their partition counts.
+
+* `ensure_topics(settings)`: every topic of `kafka/topics.py`, with its partition count
+  and cleanup policy (idempotent); every process that writes or reads runs it at start.
+* `ensure_internal_topics(settings, faust_topics)`: topics a Faust app declares itself
+  (table changelogs, tick topics), created before the app starts. Faust would create
+  them, but on a first start its consumer can subscribe before they exist: the assignor
+  then skips them and the first table write fails with PartitionsMismatch until a
+  metadata refresh, minutes later.
+* `check_copartitioning(settings, changelogs)`: joins are local reads only if the
+  call-event topic, the patient/appointment/flag topics, the other co-partitioned inputs
+  and outputs and the state table's changelog all have RINGBACK_PARTITIONS partitions.
+  `ensure_topics` refuses a mismatch when it creates topics; this check runs at every
+  worker start, also over topics made by others (an operator, an older deployment with
+  another RINGBACK_PARTITIONS, Faust's changelog).
+
+Replicas: 1 on a cluster of fewer than 3 brokers, else 3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ringback.config.settings import Settings
+from ringback.kafka import topics
+
+
+class CopartitioningError(RuntimeError):
+    """Co-partitioned topics disagree on their partition count."""
+
+
+def _admin(settings: Settings) -> Any:
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+
+
+def _replication(metadata: Any) -> int:
+    return 1 if len(metadata.brokers) < 3 else 3
+
+
+def _create(admin: Any, wanted: list, timeout: float) -> None:
+    """Create `wanted` (NewTopic), a topic someone else created meanwhile included."""
+    from confluent_kafka import KafkaException
+
+    if not wanted:
+        return
+    for fut in admin.create_topics(wanted, request_timeout=timeout).values():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise
+
+
+def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
+    """Create every topic with its partition count and cleanup policy (idempotent),
+    and refuse to go on if an existing co-partitioned topic has another count."""
+    from confluent_kafka.admin import NewTopic
+
+    admin = _admin(settings)
+    metadata = admin.list_topics(timeout=timeout)
+    wanted = []
+    for spec in topics.ALL:
+        name = topics.topic_name(spec, settings)
+        count = topics.partition_count(spec, settings)
+        if name in metadata.topics:
+            have = len(metadata.topics[name].partitions)
+            if spec.co_partitioned and have != count:
+                raise CopartitioningError(
+                    f"topic {name} has {have} partitions but the co-partitioned topics need "
+                    f"{count} (RINGBACK_PARTITIONS): joins would read the wrong partition"
+                )
+            continue
+        config = {"cleanup.policy": "compact"} if spec.compacted else {}
+        if spec.retention_ms is not None:
+            config["retention.ms"] = str(spec.retention_ms)
+        wanted.append(NewTopic(name, num_partitions=count, replication_factor=_replication(metadata), config=config))
+    _create(admin, wanted, timeout)
+
+
+def ensure_internal_topics(settings: Settings, faust_topics: Iterable[Any], timeout: float = 30.0) -> None:
+    """Create the topics of these Faust topic objects (a table's `changelog_topic`, a
+    topic declared with `internal=True`) as Faust would declare them: their partitions,
+    compact/delete policy and retention. Existing ones are left alone (their partition
+    counts: `check_copartitioning`)."""
+    from confluent_kafka.admin import NewTopic
+    from mode.utils.times import want_seconds
+
+    admin = _admin(settings)
+    metadata = admin.list_topics(timeout=timeout)
+    wanted = []
+    for topic in faust_topics:
+        name = topic.get_topic_name()
+        if name in metadata.topics:
+            continue
+        policy = ",".join(p for p, on in (("compact", topic.compacting), ("delete", topic.deleting)) if on)
+        config = {str(k): str(v) for k, v in (topic.config or {}).items()}
+        if policy:
+            config["cleanup.policy"] = policy
+        if topic.retention:
+            config["retention.ms"] = str(int(want_seconds(topic.retention) * 1000))
+        partitions = topic.partitions or settings.ringback_partitions
+        wanted.append(
+            NewTopic(name, num_partitions=partitions, replication_factor=_replication(metadata), config=config)
+        )
+    _create(admin, wanted, timeout)
+
+
+def copartitioned_topics(settings: Settings, changelogs: Iterable[str]) -> list[str]:
+    """The co-partitioned topics of `topics.py` and the given changelog topics."""
+    return [topics.topic_name(s, settings) for s in topics.ALL if s.co_partitioned] + list(changelogs)
+
+
+def mismatches(counts: Mapping[str, int], wanted: int, names: list[str]) -> list[str]:
+    """One line per existing topic of `names` whose partition count is not `wanted`."""
+    return [f"{name}: {counts[name]} partitions" for name in names if name in counts and counts[name] != wanted]
+
+
+def check_copartitioning(settings: Settings, changelogs: Iterable[str], timeout: float = 30.0) -> None:
+    """Raise CopartitioningError naming every co-partitioned topic (those of `topics.py`
+    and the given changelogs) with another partition count than RINGBACK_PARTITIONS."""
+    metadata = _admin(settings).list_topics(timeout=timeout).topics
+    counts = {name: len(md.partitions) for name, md in metadata.items() if md.error is None}
+    bad = mismatches(counts, settings.ringback_partitions, copartitioned_topics(settings, changelogs))
+    if bad:
+        raise CopartitioningError(
+            f"refusing to start: co-partitioned topics must all have RINGBACK_PARTITIONS="
+            f"{settings.ringback_partitions} partitions (a caller's call events, patient data, task updates and "
+            f"state must share a partition), but "
+            + "; ".join(bad)
+            + ". Recreate them with the same count, or set RINGBACK_PARTITIONS to match."
+        )
