@@ -13,7 +13,8 @@ tables of one caller live in one partition, whichever topic the event came from)
     sinks-ticks     → fire_deferred    a timer's TICK per owned partition: deferred SMS due now
     → outcomes (ACTION records), dead-letters
 
-Tables (changelog-backed, JSON): sent-log, consent, sms-history, deferred, tasks.
+Tables (changelog-backed, JSON): sent-log, consent, sms-history, deferred; and tasks,
+whose changelog is the contract topic `<namespace>.tasks` (Avro `task`, read by the console).
 Writes that stand for an effect (the sent-log before and after an API call, a
 deferral, a task) are awaited until the broker acknowledged the changelog record.
 """
@@ -36,6 +37,7 @@ from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.observability import metrics as shared_metrics
 from ringback.schemas import codec
 from ringback.schemas.faust_codec import register_faust_codecs
+from ringback.sinks.channels import tasks as task_channel
 from ringback.sinks.channels.slack import SlackWebhook
 from ringback.sinks.channels.twilio_sms import TwilioSms
 from ringback.sinks.clock import sink_clock
@@ -99,25 +101,29 @@ class DurableTable(faust.Table):
                 raise
 
 
-def _table(name: str) -> DurableTable:
-    return app.tables.add(
-        DurableTable(
-            app,
-            name=name,
-            default=None,
-            beacon=app.tables.beacon,
-            partitions=env.ringback_partitions,
-            key_type=str,  # JSON both
-            help=f"sinks: {name}",
-        )
+def _table(name: str, changelog_topic: faust.Topic | None = None) -> DurableTable:
+    table = DurableTable(
+        app,
+        name=name,
+        default=None,
+        beacon=app.tables.beacon,
+        partitions=env.ringback_partitions,
+        key_type=str,  # JSON both, unless the changelog topic says otherwise
+        changelog_topic=changelog_topic,
+        help=f"sinks: {name}",
     )
+    if changelog_topic is not None:  # the store keeps the changelog's bytes: encode alike
+        table.key_serializer = changelog_topic.key_serializer
+        table.value_serializer = changelog_topic.value_serializer
+    app.tables.add(table)
+    return table
 
 
 sent_log = _table("sent-log")
 consent = _table("consent")
 sms_history = _table("sms-history")
 deferred = _table("deferred")
-tasks_table = _table("tasks")
+tasks_table = _table("tasks", task_channel.changelog_topic(app, env))
 TABLES = {
     "sent_log": sent_log,
     "consent": consent,
