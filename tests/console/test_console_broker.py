@@ -119,11 +119,11 @@ def test_general_inquiry_task_from_a_missed_call_is_claimed_and_completed(stack)
     assert task_id not in desk.open_ids()
     # The sinks applied them: the task table says COMPLETED; the stream app converted the case.
     wait_for(
-        lambda: (stack.task_changelog().get(task_id) or {}).get("state") == "COMPLETED",
+        lambda: (stack.tasks().get(task_id) or {}).get("state") == "COMPLETED",
         60,
         message="the task COMPLETED in the task table",
     )
-    row = stack.task_changelog()[task_id]
+    row = stack.tasks()[task_id]
     assert (row["completed_by"], row["outcome"]) == ("desk", "reached_patient")
     converted = wait_for(
         lambda: [o for o in stack.outcomes(action["case_id"]) if o["record_type"] == "CASE" and o["converted"]],
@@ -168,7 +168,7 @@ def test_completing_the_urgent_task_closes_the_manager_gate_and_leaving_it_does_
     due_s = (done_action["missed_at"] or done_action["created_at"]) / 1000 + ESCALATION_S
     wait_for(lambda: time.time() > due_s + 5, ESCALATION_S + 30, interval=0.5, message="past the gate's due time")
     assert not [a for a in stack.actions() if a["kind"] == "ALERT_MANAGER" and a["case_id"] == done_action["case_id"]]
-    assert stack.task_changelog()[done_action["action_id"]]["state"] == "COMPLETED"
+    assert stack.tasks()[done_action["action_id"]]["state"] == "COMPLETED"
     assert left_action["action_id"] in nurse.open_ids()
 
 

@@ -89,7 +89,7 @@ def test_nurse_claims_and_completes_a_missed_call_task_in_the_browser(stack, bro
         message="the general inquiry's task",
     )
     wait_for(
-        lambda: {general["action_id"], overdue["action_id"]} <= set(stack.task_changelog()),
+        lambda: {general["action_id"], overdue["action_id"]} <= set(stack.tasks()),
         60,
         message="both tasks in the task table",
     )
@@ -180,7 +180,7 @@ def test_nurse_claims_and_completes_a_missed_call_task_in_the_browser(stack, bro
         ("COMPLETE", "nina", "reached_patient"),
     ]
     wait_for(
-        lambda: (stack.task_changelog().get(action["action_id"]) or {}).get("state") == "COMPLETED",
+        lambda: (stack.tasks().get(action["action_id"]) or {}).get("state") == "COMPLETED",
         60,
         message="the task COMPLETED in the task table",
     )

@@ -1,7 +1,7 @@
-"""The staff console without a broker: the aiohttp app with the real TaskBoard (fed its
-changelog records by hand), the real user store and sessions, and a producer stand-in
+"""The staff console without a broker: the aiohttp app with the real TaskCache (fed
+tasks-topic records by hand), the real user store and sessions, and a producer stand-in
 that records the TaskUpdates it would send. Every JSON answer is checked against
-connectors/console/openapi.yaml."""
+console/openapi.yaml."""
 
 from __future__ import annotations
 
@@ -22,12 +22,13 @@ from ringback.clock import ManualClock
 from ringback.config.settings import Settings
 from ringback.console import views
 from ringback.console.app import Console
-from ringback.console.service import ChangeNotifier, LiveTaskBoard, TaskService
+from ringback.console.service import ChangeNotifier, TaskService
 from ringback.console.sessions import COOKIE, LoginThrottle, SessionCodec
+from ringback.console.task_cache import TaskCache
 from ringback.console.users import User, UserError, UserStore
+from ringback.domain.tasks import apply_update, hold_update, new_task
 from ringback.kafka.producer import BrokerUnavailable
 from ringback.schemas import codec
-from ringback.sinks.channels.tasks import apply_update, new_task
 from tests.support.console_api import check_openapi
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,10 +88,10 @@ class Harness:
     def __init__(self, tmp_path: Path) -> None:
         self.clock = ManualClock(NOW_MS / 1000)
         self.notifier = ChangeNotifier()
-        self.board = LiveTaskBoard(Settings(_env_file=None), self.notifier)
+        self.cache = TaskCache(Settings(_env_file=None), on_change=self.notifier.bump)
         self.producer = Producer()
         self.users = UserStore(tmp_path / "users.json", hasher=FAST_HASHER)
-        self.service = TaskService(self.board, self.producer, TOPIC, self.clock, self.notifier)
+        self.service = TaskService(self.cache, self.producer, TOPIC, self.clock, self.notifier)
         self.console = Console(
             self.service,
             self.users,
@@ -100,8 +101,8 @@ class Harness:
         )
 
     def put(self, task: dict) -> dict:
-        """A changelog record of the sinks' task table, as the board reads it."""
-        self.board.apply(json.dumps(task["task_id"]).encode(), json.dumps(task).encode())
+        """A record of the tasks topic, as the sinks write it and the cache reads it."""
+        self.cache.apply(task["task_id"].encode(), codec.encode("task", task))
         return task
 
     def task(self, practice: str, case: str, role: str = "admin_team", caller: str = CALLER_A, **over) -> dict:
@@ -112,7 +113,7 @@ class Harness:
         """What the sink workers do with every update the console sent."""
         for _, _, update in self.producer.sent:
             if update["task_id"] == task_id:
-                task = self.board._tasks[task_id]
+                task = self.cache._tasks[task_id]
                 new, _ = apply_update(task, update)
                 self.put(new)
 
@@ -188,6 +189,40 @@ async def login(client: TestClient, practice: str, username: str, password: str 
 
 def task_path(task_id: str, action: str | None = None) -> str:
     return f"/api/tasks/{quote(task_id, safe=':')}" + (f"/{action}" if action else "")
+
+
+# ------------------------------------------------------------------ the task cache
+def test_the_cache_keeps_tasks_of_the_contract_topic_and_shows_no_placeholder(caplog):
+    changed: list[str] = []
+    cache = TaskCache(Settings(_env_file=None), on_change=changed.append)
+    task = new_task(action("maple-family", "c1"), CALLER_A, "admin_team", NOW_MS)
+    cache.apply(task["task_id"].encode(), codec.encode("task", task))
+    assert cache.get("maple-family", task["task_id"]) == task and cache.get("lakeside-peds", task["task_id"]) is None
+    # Updates that overtook their task: on the topic, never on the page.
+    held = hold_update(
+        None,
+        {
+            "update_id": "u1",
+            "task_id": "maple-family:c2:admin_task",
+            "case_id": "maple-family:c2",
+            "practice_id": "maple-family",
+            "action": "CLAIM",
+            "actor": "ana",
+            "at": NOW_MS,
+        },
+    )
+    cache.apply(b"maple-family:c2:admin_task", codec.encode("task", held))
+    assert cache.get("maple-family", "maple-family:c2:admin_task") is None
+    assert [t["task_id"] for t in cache.all_tasks("maple-family")] == [task["task_id"]]
+    assert [t["task_id"] for t in cache.open_tasks("maple-family", role="admin_team")] == [task["task_id"]]
+    # A record not in the contract (e.g. JSON of the old private changelog) is skipped, and said so.
+    with caplog.at_level(logging.ERROR, logger="ringback.console.task_cache"):
+        cache.apply(b"maple-family:c3:admin_task", json.dumps(task).encode())
+    assert cache.get("maple-family", "maple-family:c3:admin_task") is None
+    assert "unreadable task record skipped" in caplog.text and CALLER_A not in caplog.text
+    cache.apply(task["task_id"].encode(), None)  # a tombstone
+    assert cache.all_tasks("maple-family") == []
+    assert changed == ["maple-family"] * 3
 
 
 # ------------------------------------------------------------------ pure pieces
@@ -387,18 +422,18 @@ async def test_claim_then_complete_sends_acknowledged_task_updates_and_the_task_
     assert status == 200 and body["task"]["state"] == "COMPLETED" and body["task"]["outcome"] == "left_message"
     _, listed, _ = await call(h.client, "GET", "/api/tasks")
     assert listed["tasks"] == []
-    topics_, keys, updates = zip(*h.producer.sent)
+    topics_, keys, updates = zip(*h.producer.sent, strict=True)
     assert set(topics_) == {TOPIC} and set(keys) == {f"maple-family|{CALLER_A}".encode()}
     assert [(u["action"], u["actor"], u["outcome"], u["task_id"], u["case_id"], u["at"]) for u in updates] == [
         ("CLAIM", "ana", None, t["task_id"], t["case_id"], NOW_MS),
         ("COMPLETE", "ana", "left_message", t["task_id"], t["case_id"], NOW_MS),
     ]
-    # Once the sinks applied both, the board says the same, and it stays out of the list.
+    # Once the sinks applied both, the cache says the same, and it stays out of the list.
     h.sink_applies(t["task_id"])
-    assert h.board.get("maple-family", t["task_id"])["state"] == "COMPLETED"
+    assert h.cache.get("maple-family", t["task_id"])["state"] == "COMPLETED"
     _, listed, _ = await call(h.client, "GET", "/api/tasks")
     assert listed["tasks"] == []
-    assert h.service._pending == {}  # the board shows both updates: nothing left to lay over it
+    assert h.service._pending == {}  # the cache shows both updates: nothing left to lay over it
     status, body, _ = await call(
         h.client, "POST", task_path(t["task_id"], "complete"), {"outcome": "left_message"}, csrf=session["csrf_token"]
     )
@@ -551,7 +586,7 @@ async def test_practice_a_cannot_read_claim_complete_or_reassign_practice_b_task
     never = await call(h.client, "GET", task_path("lakeside-peds:0000:admin_task"))
     assert real[:2] == never[:2]
     assert h.producer.sent == []
-    assert h.board.get("lakeside-peds", theirs["task_id"])["state"] == "OPEN"
+    assert h.cache.get("lakeside-peds", theirs["task_id"])["state"] == "OPEN"
     # Practice B's own user does see and can claim it.
     b = await new_client(h)
     lee = await login(b, "lakeside-peds", "lee")
@@ -625,7 +660,7 @@ async def test_events_stream_announces_changes_of_the_own_practice_only(h):
 
     first = await next_event()
     h.task("lakeside-peds", "c9")  # another practice: no event for maple
-    t = h.task("maple-family", "c1")  # the board thread's path: bump from "another thread"
+    t = h.task("maple-family", "c1")  # the cache thread's path: bump from "another thread"
     second = await next_event()
     assert second["version"] > first["version"]
     await call(h.client, "POST", task_path(t["task_id"], "claim"), {}, csrf=session["csrf_token"])
@@ -683,7 +718,9 @@ def test_the_openapi_description_is_valid_and_every_route_is_in_it():
     spec, _ = read_from_filename(str(REPO / "src" / "ringback" / "console" / "openapi.yaml"))
     validate(spec)
     notifier = ChangeNotifier()
-    service = TaskService(LiveTaskBoard(Settings(_env_file=None), notifier), Producer(), TOPIC, ManualClock(), notifier)
+    service = TaskService(
+        TaskCache(Settings(_env_file=None), notifier.bump), Producer(), TOPIC, ManualClock(), notifier
+    )
     console = Console(service, UserStore("/nonexistent/users.json"), SessionCodec(b"k" * 32))
     app = console.app()
     api_routes = {
@@ -698,20 +735,20 @@ def test_the_openapi_description_is_valid_and_every_route_is_in_it():
     assert api_routes == described
 
 
-async def test_own_updates_overlay_the_board_until_applied_or_expired(h):
+async def test_own_updates_overlay_the_cache_until_applied_or_expired(h):
     t = h.task("maple-family", "c1")
     user = h.users.get("maple-family", "ana")
     now = [0.0]
     h.service.monotonic = lambda: now[0]
     await h.service.update(user, t["task_id"], "COMPLETE", outcome="wrong_number")
-    assert h.service.open_tasks("maple-family") == []  # the board still says OPEN; the overlay wins
-    assert h.board.get("maple-family", t["task_id"])["state"] == "OPEN"
-    now[0] = 601.0  # never applied by the sinks (e.g. down for 10 min): the board is the truth again
+    assert h.service.open_tasks("maple-family") == []  # the cache still says OPEN; the overlay wins
+    assert h.cache.get("maple-family", t["task_id"])["state"] == "OPEN"
+    now[0] = 601.0  # never applied by the sinks (e.g. down for 10 min): the tasks topic is the truth again
     assert [x["task_id"] for x in h.service.open_tasks("maple-family")] == [t["task_id"]]
-    # A deleted task (a tombstone in the changelog) disappears and tells its practice's streams.
-    await asyncio.sleep(0)  # the bumps queued so far (from "the board thread") have run
+    # A deleted task (a tombstone in the tasks topic) disappears and tells its practice's streams.
+    await asyncio.sleep(0)  # the bumps queued so far (from "the cache thread") have run
     before = h.notifier.version("maple-family")
-    h.board.apply(json.dumps(t["task_id"]).encode(), None)
+    h.cache.apply(t["task_id"].encode(), None)
     await asyncio.sleep(0)
     assert h.service.get("maple-family", t["task_id"]) is None
     assert h.notifier.version("maple-family") == before + 1

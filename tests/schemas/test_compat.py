@@ -28,7 +28,8 @@ def test_the_current_schemas_read_every_history_version(capsys):
     assert set(results) == {f"{n} vs history/v1" for n in codec.SCHEMA_NAMES}
     assert all(problems == [] for problems in results.values()), results
     assert compat.main([]) == 0
-    assert capsys.readouterr().out.endswith("10/10 compatible\n")
+    count = len(codec.SCHEMA_NAMES)
+    assert capsys.readouterr().out.endswith(f"{count}/{count} compatible\n")
 
 
 @pytest.mark.parametrize("mutate", [add_optional_field, widen_int_to_long])

@@ -78,6 +78,30 @@ EXPECTED_FIELDS = {
         "config_json",
     ],
     "task_update": ["update_id", "task_id", "case_id", "practice_id", "action", "actor", "outcome", "new_role", "at"],
+    "task": [
+        "task_id",
+        "case_id",
+        "practice_id",
+        "state",
+        "caller",
+        "role",
+        "reason",
+        "priority",
+        "due_at",
+        "created_at",
+        "scenario",
+        "step",
+        "missed_at",
+        "details",
+        "claimed_by",
+        "claimed_at",
+        "completed_by",
+        "completed_at",
+        "outcome",
+        "history",
+        "updates",
+        "pending_updates",
+    ],
     "outcome": [
         "outcome_id",
         "case_id",
@@ -154,6 +178,10 @@ def test_contract_types():
     assert pc["blocked_numbers"]["default"] == [] and pc["config_json"]["default"] is None
     tu = {f["name"]: f for f in codec.schema("task_update")["fields"]}
     assert tu["action"]["type"]["symbols"] == ["CLAIM", "COMPLETE", "REASSIGN"]
+    tk = {f["name"]: f for f in codec.schema("task")["fields"]}
+    assert tk["state"]["type"]["symbols"] == ["OPEN", "CLAIMED", "COMPLETED", "PENDING"]
+    assert tk["priority"]["type"] == ac["priority"]["type"] and tk["priority"]["default"] == "NORMAL"
+    assert tk["scenario"]["type"][1] == ac["scenario"]["type"]
     dl = {f["name"]: f for f in codec.schema("dead_letter")["fields"]}
     assert dl["raw"]["type"] == "bytes"
 

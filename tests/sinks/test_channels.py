@@ -1,6 +1,6 @@
 """The sink channels one by one, against real local servers (no broker): Twilio's
 contract (Prism) and the capture server, Slack's HTTP contract, a real SMTP server;
-plus templates, staff texts, task ordering and the retry waits."""
+plus templates, staff texts and the retry waits."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from ringback.dev.fake_apis import FakeApiServer
 from ringback.sinks import records as rec
 from ringback.sinks.channels.email import SmtpMailer, message_id
 from ringback.sinks.channels.slack import SlackWebhook
-from ringback.sinks.channels.tasks import TaskBoard, apply_update, new_task, open_tasks
 from ringback.sinks.channels.twilio_sms import SmsRejected, TwilioSms, classify_rest_error, status_callback_url
 from ringback.sinks.retry import OptedOut, Permanent, RetryPolicy, Transient
 from tests.conftest import REPO, free_port
@@ -237,39 +236,6 @@ def test_staff_message_says_what_and_what_to_do_with_minimum_data():
     assert CALLER in notify
 
 
-def test_open_tasks_order_and_practice_scope():
-    base = {
-        "action_id": "x",
-        "case_id": "c",
-        "practice_id": "maple-family",
-        "reason": "r",
-        "scenario": "NEW_PATIENT",
-        "step": "s",
-    }
-    late = new_task({**base, "action_id": "t1", "due_at": 2000, "priority": "URGENT"}, CALLER, "nurse", 0)
-    early = new_task({**base, "action_id": "t2", "due_at": 1000, "priority": "LOW"}, CALLER, "nurse", 0)
-    same_due_high = new_task({**base, "action_id": "t3", "due_at": 1000, "priority": "HIGH"}, CALLER, "admin", 0)
-    other = new_task({**base, "action_id": "t4", "practice_id": "lakeside-peds", "due_at": 1}, CALLER, "nurse", 0)
-    done, _ = apply_update(
-        late, {"update_id": "u", "practice_id": "maple-family", "action": "COMPLETE", "actor": "a", "at": 5}
-    )
-    assert [t["task_id"] for t in open_tasks([late, early, same_due_high, other], "maple-family")] == ["t3", "t2", "t1"]
-    assert [t["task_id"] for t in open_tasks([done, early, other], "maple-family", role="nurse")] == ["t2"]
-    assert (
-        apply_update(
-            late, {"update_id": "v", "practice_id": "lakeside-peds", "action": "CLAIM", "actor": "a", "at": 1}
-        )[1]
-        == "update from another practice"
-    )
-    board = TaskBoard(Settings(_env_file=None))
-    board.apply(json.dumps("t2").encode(), json.dumps(early).encode())
-    board.apply(json.dumps("t4").encode(), json.dumps(other).encode())
-    assert [t["task_id"] for t in board.open_tasks("maple-family")] == ["t2"]
-    assert board.get("maple-family", "t4") is None and board.get("lakeside-peds", "t4")["task_id"] == "t4"
-    board.apply(json.dumps("t2").encode(), None)
-    assert board.open_tasks("maple-family") == []
-
-
 def test_retry_wait_honours_retry_after_with_a_cap_else_backs_off(monkeypatch):
     policy = RetryPolicy(attempts=5, base_s=1.0, max_s=8.0, retry_after_cap_s=30.0, jitter_s=0.5)
     wait = policy.wait()
@@ -297,35 +263,3 @@ def test_package_json_pins_prism_and_the_lock_file_exists():
     lock = json.loads((REPO / "package-lock.json").read_text())
     assert "node_modules/@stoplight/prism-cli" in lock["packages"]
     assert Path(REPO / "node_modules" / ".bin" / "prism").exists()
-
-
-def test_the_first_claim_in_the_log_holds_the_task():
-    # Two console replicas accepted a claim of the same task at the same instant: the
-    # sinks' table and every console's copy apply the log in order and keep the first.
-    task = new_task(
-        {
-            "action_id": "t1",
-            "case_id": "c",
-            "practice_id": "maple-family",
-            "reason": "r",
-            "scenario": "NEW_PATIENT",
-            "step": "s",
-            "due_at": 1000,
-            "priority": "HIGH",
-        },
-        CALLER,
-        "admin",
-        0,
-    )
-
-    def update(uid: str, action: str, actor: str) -> dict:
-        return {"update_id": uid, "practice_id": "maple-family", "action": action, "actor": actor, "at": 5}
-
-    ana, _ = apply_update(task, update("u1", "CLAIM", "ana"))
-    after, why = apply_update(ana, update("u2", "CLAIM", "bo"))
-    assert (after, why) == (ana, "already claimed by someone else")
-    again, why = apply_update(ana, update("u3", "CLAIM", "ana"))  # claiming one's own task again is fine
-    assert why is None and again["claimed_by"] == "ana"
-    released, _ = apply_update(ana, {**update("u4", "REASSIGN", "ana"), "new_role": "nurse"})
-    bo, why = apply_update(released, update("u5", "CLAIM", "bo"))  # free again after a reassign
-    assert why is None and bo["claimed_by"] == "bo"

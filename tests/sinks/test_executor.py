@@ -16,6 +16,7 @@ from ringback.clock import ManualClock
 from ringback.config.practices_file import load_practices
 from ringback.config.settings import Settings
 from ringback.kafka.practice_directory import PracticeDirectory
+from ringback.schemas import codec
 from ringback.sinks import records as rec
 from ringback.sinks.executor import ActionExecutor, Tables, caller_of, resolve_target
 from ringback.sinks.retry import OptedOut, Permanent, RetryPolicy, Transient
@@ -37,6 +38,8 @@ class FakeEffects:
         t = getattr(self.tables, table)
         if value is None:
             t.pop(key, None)
+        elif table == "tasks":  # the contract topic's codec, as the sinks' store writes and reads it back
+            t[key] = codec.decode("task", codec.encode("task", value))
         else:
             t[key] = value
         self.log.append(("persist", table, key, (value or {}).get("state") if isinstance(value, dict) else None))

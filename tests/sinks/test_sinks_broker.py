@@ -1,6 +1,6 @@
 """The sink workers on the real broker: Twilio through Prism (the official OpenAPI
 contract, request validation on), Slack on a local HTTP endpoint, e-mail through a
-real aiosmtpd server, the task queue read back through its changelog.
+real aiosmtpd server, the task queue read back from the tasks topic as the console reads it.
 
 Actions are produced straight onto the actions topic (the stream app is rebuilt in
 parallel). One sinks process serves the whole module.
@@ -21,12 +21,13 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from ringback.config.settings import Settings
+from ringback.console.task_cache import TaskCache
 from ringback.dev.fake_apis import FakeApiServer
+from ringback.domain.tasks import update_record
 from ringback.kafka import topics
 from ringback.kafka.producer import AckedProducer
 from ringback.schemas import codec
 from ringback.sinks.channels.email import message_id
-from ringback.sinks.channels.tasks import TaskBoard, update_record
 from tests.conftest import ARTIFACTS, REPO, Processes, free_port, wait_for
 from tests.support import kafka_tools
 from tests.support.prism import PrismMock
@@ -177,6 +178,11 @@ class SinkStack:
             out[json.loads(key)] = json.loads(value) if value is not None else None
         return out
 
+    def tasks(self) -> dict:
+        """The latest task per task_id, read from the tasks topic (the task table's changelog)."""
+        records = kafka_tools.read_all(self.bootstrap, self.topic(topics.TASKS), "task")
+        return {key.decode(): value for key, value in records if key is not None}
+
     def close(self) -> None:
         self.procs.stop_all()
         self.producer.close()
@@ -324,11 +330,11 @@ def test_each_action_kind_is_carried_out_once_against_twilio_contract(stack):
         assert stack.results(a["action_id"]) == ["SENT"], a["kind"]
     assert stack.metric("ringback_sink_duplicates_skipped_total") >= 5
 
-    # The task is in the queue, readable by the console through the changelog.
-    board = TaskBoard(stack.settings).follow()
+    # The task is in the queue: the tasks topic, the contract the console reads.
+    tasks = TaskCache(stack.settings).follow()
     try:
-        assert board.wait_ready(30)
-        opened = wait_for(lambda: board.open_tasks("maple-family"), 30, message="the task on the board")
+        assert tasks.wait_ready(30)
+        opened = wait_for(lambda: tasks.open_tasks("maple-family"), 30, message="the task in the tasks topic")
         assert [t["task_id"] for t in opened] == [task["action_id"]]
         t = opened[0]
         assert (t["role"], t["priority"], t["due_at"], t["state"], t["caller"]) == (
@@ -338,7 +344,7 @@ def test_each_action_kind_is_carried_out_once_against_twilio_contract(stack):
             "OPEN",
             caller,
         )
-        assert board.open_tasks("lakeside-peds") == [] and board.get("lakeside-peds", t["task_id"]) is None
+        assert tasks.open_tasks("lakeside-peds") == [] and tasks.get("lakeside-peds", t["task_id"]) is None
         # Claim, then complete (the complete sent twice): it leaves the open list.
         for action in ("CLAIM", "COMPLETE"):
             key, update = update_record(
@@ -351,16 +357,16 @@ def test_each_action_kind_is_carried_out_once_against_twilio_contract(stack):
             stack.produce(topics.TASK_UPDATES, "task_update", key.decode(), update)
         stack.produce(topics.TASK_UPDATES, "task_update", key.decode(), update)
         wait_for(
-            lambda: (board.get("maple-family", t["task_id"]) or {}).get("state") == "COMPLETED",
+            lambda: (tasks.get("maple-family", t["task_id"]) or {}).get("state") == "COMPLETED",
             30,
             message="the completed task",
         )
-        done = board.get("maple-family", t["task_id"])
+        done = tasks.get("maple-family", t["task_id"])
         assert done["completed_by"] == "staff-7" and done["outcome"] == "reached"
         assert [h["action"] for h in done["history"]] == ["CREATE", "CLAIM", "COMPLETE"]
-        assert board.open_tasks("maple-family") == []
+        assert tasks.open_tasks("maple-family") == []
     finally:
-        board.close()
+        tasks.close()
 
     # A delivery receipt (as the gateway produces it, twice) becomes one DELIVERED outcome.
     receipt = {

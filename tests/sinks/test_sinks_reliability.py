@@ -165,7 +165,7 @@ def test_stop_then_new_sms_action_sends_no_sms_but_the_staff_task_happens(stack,
     assert suppressed["reason"] == "opted out"
     stack.wait_result(task["action_id"], "SENT", 60)
     stack.wait_result(sms["action_id"] + ":callback", "SENT", 60)  # the call-back instead of the SMS
-    tasks = stack.changelog("tasks")
+    tasks = stack.tasks()
     assert tasks[task["action_id"]]["state"] == "OPEN"
     assert "opted out" in tasks[sms["action_id"] + ":callback"]["reason"]
     # The single confirmation text still goes out, once.

@@ -4,7 +4,6 @@ console accounts made with `ringback console add-user`, and readers of the topic
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from pathlib import Path
@@ -245,7 +244,7 @@ class ConsoleStack:
             if kafka_tools.total_records(self.bootstrap, self.topic(spec)) == 0:
                 continue
             wait_for(
-                lambda: kafka_tools.caught_up(self.bootstrap, f"{self.ns}-streams", self.topic(spec)),
+                lambda spec=spec: kafka_tools.caught_up(self.bootstrap, f"{self.ns}-streams", self.topic(spec)),
                 60,
                 interval=0.3,
                 message=f"the stream worker caught up with {spec.suffix}",
@@ -292,11 +291,10 @@ class ConsoleStack:
     def task_updates(self) -> list[tuple[bytes, dict]]:
         return kafka_tools.read_all(self.bootstrap, self.topic(topics.TASK_UPDATES), "task_update")
 
-    def task_changelog(self) -> dict:
-        out: dict = {}
-        for key, value in kafka_tools.read_all(self.bootstrap, f"{self.ns}-sinks-tasks-changelog"):
-            out[json.loads(key)] = json.loads(value) if value is not None else None
-        return out
+    def tasks(self) -> dict:
+        """The latest task per task_id, read from the tasks topic (what the sinks persisted)."""
+        records = kafka_tools.read_all(self.bootstrap, self.topic(topics.TASKS), "task")
+        return {key.decode(): value for key, value in records if key is not None}
 
     def outcomes(self, case_id: str) -> list[dict]:
         return [

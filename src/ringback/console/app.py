@@ -1,9 +1,9 @@
 """The staff console (`ringback console`): the callback task queue as a web page.
 
 A small aiohttp application of its own (not Faust's web server: it consumes nothing
-through a consumer group and holds no table; it reads the sinks' task table from its
-changelog and produces TaskUpdates, so any number of console processes can run
-beside the workers). Routes (the JSON API is described in `openapi.yaml`):
+through a consumer group and holds no table; it reads the tasks topic, the contract
+the sinks write their task table to, and produces TaskUpdates, so any number of console
+processes can run beside the workers). Routes (the JSON API is described in `openapi.yaml`):
 
     GET  /                           the page (static/index.html, console.js, console.css)
     POST /api/login                  practice + username + password → session cookie
@@ -39,8 +39,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_late
 
 from ringback.clock import Clock
 from ringback.console import views
-from ringback.console.service import ChangeNotifier, ConsoleError, LiveTaskBoard, TaskService
+from ringback.console.service import ChangeNotifier, ConsoleError, TaskService
 from ringback.console.sessions import COOKIE, CSRF_HEADER, LoginThrottle, Session, SessionCodec, csrf_ok
+from ringback.console.task_cache import TaskCache
 from ringback.console.users import MAX_PASSWORD, PRACTICE_RE, UserStore
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.kafka.producer import BrokerUnavailable
@@ -241,8 +242,11 @@ class Console:
         if not self._same_origin(request):
             return _error(403, "cross_origin", "cross-origin request refused")
         body = await self._json_body(request)
-        practice_id, username, password = body.get("practice_id"), body.get("username"), body.get("password")
-        if not all(isinstance(v, str) and v for v in (practice_id, username, password)):
+        practice_id, username, password = (
+            v if isinstance(v, str) else ""
+            for v in (body.get("practice_id"), body.get("username"), body.get("password"))
+        )
+        if not (practice_id and username and password):
             return _error(400, "bad_request", "practice_id, username and password are required strings")
         practice_id, username = practice_id.strip().lower(), username.strip().lower()
         if len(practice_id) > 64 or len(username) > 64 or len(password) > MAX_PASSWORD:
@@ -385,7 +389,7 @@ class Console:
                 if self.notifier.closing or self._session(request) is None:
                     break  # shutting down, or the account changed / the session expired
                 if changed:
-                    await asyncio.sleep(0.05)  # coalesce a burst of changelog records into one event
+                    await asyncio.sleep(0.05)  # coalesce a burst of task records into one event
                     seen = self.notifier.version(practice)
                     await response.write(f"event: tasks\ndata: {json.dumps({'version': seen})}\n\n".encode())
                 else:
@@ -418,7 +422,7 @@ def run(env, host: str = "0.0.0.0", port: int = 8081) -> None:
 
     admin.ensure_topics(env)
     notifier = ChangeNotifier()
-    board = LiveTaskBoard(env, notifier).follow()
+    board = TaskCache(env, on_change=notifier.bump).follow()  # the tasks topic
     directory = PracticeDirectory().follow(env)
     producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=env.ringback_console_ack_timeout_s)
     key, key_source = session_key(env)

@@ -1,38 +1,37 @@
 """The console's view of the task queue, and the staff updates it sends.
 
-Reads come from `connectors.sinks.tasks.TaskBoard` (the sinks' `tasks` table, read
-from its changelog topic, every partition). Writes are TaskUpdate records on the
+Reads come from `TaskCache` (console/task_cache.py: the tasks topic, every partition,
+which is the changelog of the sinks' task table). Writes are TaskUpdate records on the
 task-updates topic, keyed `practice_id|caller` like every co-partitioned topic, sent
 with `AckedProducer`: the console answers only once the broker acknowledged the
-update. The sink workers then apply it to the table (and the stream app closes the
-case's gate on COMPLETE); until the board shows it, the console lays its own sent
-updates over the board's copy (`apply_update`, the sinks' own function), so the page
-never shows a completed task again while the changelog catches up.
+update. The sink workers then apply it to their table (and the stream app closes the
+case's gate on COMPLETE); until the cache shows it, the console lays its own sent
+updates over the cache's copy (`apply_update`, the rule the sinks apply too), so the
+page never shows a completed task again while the tasks topic catches up.
 
 `ChangeNotifier` tells the page's event streams (SSE) that a practice's tasks changed:
-the board's thread and the request handlers bump a per-practice version.
+the cache's thread and the request handlers bump a per-practice version.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from ringback.clock import Clock
-from ringback.config.settings import Settings
 from ringback.console import views
+from ringback.console.task_cache import TaskCache
 from ringback.console.users import User
+from ringback.domain.tasks import CLAIMED, COMPLETED, apply_update, is_open, update_record, urgency_key
 from ringback.kafka.producer import AckedProducer
 from ringback.schemas import codec
-from ringback.sinks.channels.tasks import COMPLETED, TaskBoard, apply_update, is_open, update_record, urgency_key
 
 log = logging.getLogger(__name__)
 
-PENDING_TTL_S = 600.0  # the board is the truth again after this, applied or not
+PENDING_TTL_S = 600.0  # the tasks topic is the truth again after this, applied or not
 
 
 class ConsoleError(Exception):
@@ -93,35 +92,6 @@ class ChangeNotifier:
         return self._versions[practice_id] != seen
 
 
-class LiveTaskBoard(TaskBoard):
-    """A TaskBoard that tells a ChangeNotifier which practice each changelog record touched."""
-
-    def __init__(self, env: Settings, notifier: ChangeNotifier) -> None:
-        super().__init__(env)
-        self.notifier = notifier
-
-    def apply(self, key: bytes | None, value: bytes | None) -> None:
-        practice = None
-        if value is not None:
-            try:
-                practice = json.loads(value).get("practice_id")
-            except (ValueError, AttributeError):
-                practice = None
-        elif key is not None:
-            try:
-                task_id = json.loads(key)
-            except ValueError:
-                task_id = key.decode(errors="replace")
-            with self._lock:
-                practice = (self._tasks.get(task_id) or {}).get("practice_id")
-        super().apply(key, value)
-        if isinstance(practice, str):
-            self.notifier.bump(practice)
-
-    def ready(self) -> bool:
-        return self._ready.is_set()
-
-
 @dataclass
 class _Pending:
     updates: list[dict] = field(default_factory=list)
@@ -131,14 +101,14 @@ class _Pending:
 class TaskService:
     def __init__(
         self,
-        board: TaskBoard,
+        tasks: TaskCache,
         producer: AckedProducer,
         topic: str,
         clock: Clock,
         notifier: ChangeNotifier,
         monotonic=time.monotonic,
     ) -> None:
-        self.board = board
+        self.tasks = tasks
         self.producer = producer
         self.topic = topic
         self.clock = clock
@@ -149,7 +119,7 @@ class TaskService:
 
     # ------------------------------------------------------------------ reads
     def _overlay(self, task: dict) -> dict:
-        """The board's task with this console's acknowledged updates the board does not show yet."""
+        """The cached task with this console's acknowledged updates the cache does not show yet."""
         pending = self._pending.get(task["task_id"])
         if pending is None:
             return task
@@ -168,15 +138,13 @@ class TaskService:
 
     def get(self, practice_id: str, task_id: str) -> dict | None:
         """The practice's task (any state), None if there is none or it is another practice's."""
-        task = self.board.get(practice_id, task_id)
-        if task is None or task.get("state") == "PENDING":  # an update that overtook its task
-            return None
-        return self._overlay(task)
+        task = self.tasks.get(practice_id, task_id)
+        return None if task is None else self._overlay(task)
 
     def open_tasks(self, practice_id: str, role: str | None = None) -> list[dict]:
         # All of the practice's tasks, then the overlay, then the open filter: a task this
-        # console completed leaves the list even while the board still shows it open.
-        tasks = [self._overlay(t) for t in self.board.all_tasks(practice_id) if t.get("state") != "PENDING"]
+        # console completed leaves the list even while the cache still shows it open.
+        tasks = [self._overlay(t) for t in self.tasks.all_tasks(practice_id)]
         return sorted((t for t in tasks if is_open(t) and (role is None or t.get("role") == role)), key=urgency_key)
 
     # ------------------------------------------------------------------ writes
@@ -217,7 +185,7 @@ class TaskService:
             task = self.get(practice_id, task_id)
             if task is None:
                 raise ConsoleError(404, "not_found", "no such task")
-            if action == "CLAIM" and task.get("state") == "CLAIMED" and task.get("claimed_by") == user.username:
+            if action == "CLAIM" and task.get("state") == CLAIMED and task.get("claimed_by") == user.username:
                 return task  # claiming twice changes nothing
             self._check(user, task, action, outcome, new_role, allowed_roles or [])
             key, record = update_record(

@@ -88,7 +88,7 @@ class SessionCodec:
 
 
 def csrf_ok(session: Session, sent: str | None) -> bool:
-    return bool(sent) and hmac.compare_digest(session.csrf.encode(), sent.encode())
+    return sent is not None and sent != "" and hmac.compare_digest(session.csrf.encode(), sent.encode())
 
 
 class LoginThrottle:

@@ -20,7 +20,7 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -183,7 +183,7 @@ class UserStore:
         practice_id: str,
         username: str,
         password: str,
-        roles: list[str] | tuple[str, ...],
+        roles: Sequence[str],  # not `list[str]`: in this class `list` is the method
         now_ms: int,
         replace: bool = False,
     ) -> User:

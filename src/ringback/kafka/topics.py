@@ -39,6 +39,10 @@ FLAGS = TopicSpec("flags", "practice_id|phone|flag_id", "flag", compacted=True, 
 PRACTICE_CONFIG = TopicSpec("practice-config", "practice_id", "practice_config", compacted=True, partitions=1)
 ACTIONS = TopicSpec("actions", "practice_id|caller", "action_command", co_partitioned=True)
 TASK_UPDATES = TopicSpec("task-updates", "practice_id|caller", "task_update", co_partitioned=True)
+# Every callback task as the sinks keep it, one record per change: the changelog of the
+# sinks' task table, read by the staff console. Key: the task_id (raw UTF-8); each task
+# lies in the partition of its caller's key (practice_id|caller), where the sinks wrote it.
+TASKS = TopicSpec("tasks", "task_id", "task", compacted=True, co_partitioned=True)
 OUTCOMES = TopicSpec("outcomes", "case_id", "outcome", co_partitioned=True)
 DEAD_LETTERS = TopicSpec("dead-letters", "source", "dead_letter", partitions=1)
 # Delivery receipts of the SMS we sent, for the sinks (Twilio status callbacks).
@@ -57,6 +61,7 @@ ALL = (
     PRACTICE_CONFIG,
     ACTIONS,
     TASK_UPDATES,
+    TASKS,
     OUTCOMES,
     DEAD_LETTERS,
     MESSAGE_STATUS,

@@ -15,7 +15,8 @@ tables of one caller live in one partition, whichever topic the event came from)
     sinks-ticks     → fire_deferred    a timer's TICK per owned partition: deferred SMS due now
     → outcomes (ACTION records), dead-letters
 
-Tables (changelog-backed, JSON): sent-log, consent, sms-history, deferred, tasks.
+Tables (changelog-backed, JSON): sent-log, consent, sms-history, deferred; and tasks,
+whose changelog is the contract topic `<namespace>.tasks` (Avro `task`, read by the console).
 Writes that stand for an effect (the sent-log before and after an API call, a
 deferral, a task) are awaited until the broker acknowledged the changelog record.
 """
@@ -39,6 +40,7 @@ from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.observability import metrics as shared_metrics
 from ringback.schemas import codec
 from ringback.schemas.faust_codec import register_faust_codecs
+from ringback.sinks.channels import tasks as task_channel
 from ringback.sinks.channels.slack import SlackWebhook
 from ringback.sinks.channels.twilio_sms import TwilioSms
 from ringback.sinks.executor import ActionExecutor, Tables
@@ -47,7 +49,8 @@ from ringback.sinks.retry import RetryPolicy
 log = logging.getLogger(__name__)
 
 UNEXPECTED_RETRIES = 4  # then the record goes to the dead-letter topic with the error
-# Table attribute name (executor.Tables) -> table name (its changelog: <app id>-<name>-changelog).
+# Table attribute name (executor.Tables) -> table name (its changelog: <app id>-<name>-changelog,
+# but for tasks: the contract topic, sinks/channels/tasks.py).
 TABLE_NAMES = {
     "sent_log": "sent-log",
     "consent": "consent",
@@ -174,15 +177,20 @@ class Sinks:
         self.gap_guard: gap_guard_module.GapGuard | None = None  # build_sinks attaches it
 
     def _table(self, name: str) -> DurableTable:
+        changelog = task_channel.changelog_topic(self.app, self.settings) if name == "tasks" else None
         table = DurableTable(
             self.app,
             name=name,
             default=None,
             beacon=self.app.tables.beacon,
             partitions=self.settings.ringback_partitions,
-            key_type=str,  # JSON both
+            key_type=str,  # JSON both, unless the changelog topic says otherwise
+            changelog_topic=changelog,
             help=f"sinks: {name}",
         )
+        if changelog is not None:  # the store keeps the changelog's bytes: encode alike
+            table.key_serializer = changelog.key_serializer
+            table.value_serializer = changelog.value_serializer
         table.persist_timeout_s = self.settings.ringback_sinks_persist_timeout_s
         self.app.tables.add(table)
         return table

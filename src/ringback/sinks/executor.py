@@ -37,11 +37,11 @@ from ringback.config.settings import Settings
 from ringback.domain import consent as rules
 from ringback.domain.practice import Practice
 from ringback.domain.recipes import ACK_SMS, FIRST_SMS, RESCHEDULE_SMS
+from ringback.domain.tasks import PENDING, apply_update, hold_update, new_task
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.observability.metrics import DEAD_LETTERS as ALL_DEAD_LETTERS
 from ringback.observability.metrics import FIRST_RESPONSE_BUCKETS, child, practice_label
 from ringback.sinks import records as rec
-from ringback.sinks.channels.tasks import apply_update, new_task
 from ringback.sinks.channels.twilio_sms import TwilioSms, body_digest, status_callback_url
 from ringback.sinks.retry import OptedOut, Permanent, RetryPolicy, Transient
 
@@ -116,7 +116,7 @@ class Tables:
     # action_id -> {"action", "caller", "due_at", "partition"}; and, per number, the ids of its
     # deferred SMS: deferred_index_key(practice_id, recipient) -> {"action_ids": [...]}
     deferred: MutableMapping
-    tasks: MutableMapping  # task_id -> task (connectors/sinks/tasks.py)
+    tasks: MutableMapping  # task_id -> task (domain/tasks.py; its changelog is the tasks topic)
 
 
 class Stop(Exception):
@@ -356,18 +356,12 @@ class ActionExecutor:
     async def on_task_update(self, key: bytes | None, update: dict) -> str | None:
         task_id = update["task_id"]
         task = self.t.tasks.get(task_id)
-        if task is None or task.get("state") == "PENDING":
+        if task is None or task.get("state") == PENDING:
             # The update overtook its task (redelivery, replay): keep it until the task exists.
-            holder = task or {
-                "task_id": task_id,
-                "practice_id": update["practice_id"],
-                "state": "PENDING",
-                "pending_updates": [],
-            }
-            if all(u["update_id"] != update["update_id"] for u in holder["pending_updates"]):
-                holder = {**holder, "pending_updates": holder["pending_updates"] + [update]}
+            holder = hold_update(task, update)
+            if holder is not None:
                 await self.fx.persist("tasks", task_id, holder)
-            return "PENDING"
+            return PENDING
         new, why = apply_update(task, update)
         if why:
             log.info("task update %s not applied: %s", update["update_id"], why)
@@ -610,7 +604,7 @@ class ActionExecutor:
     ) -> str:
         aid = action["action_id"]
         existing = self.t.tasks.get(aid)
-        if existing and existing.get("state") != "PENDING":
+        if existing and existing.get("state") != PENDING:
             child(DUPLICATES, action["kind"]).inc()
         else:
             params = action.get("params") or {}
