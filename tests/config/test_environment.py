@@ -39,8 +39,15 @@ def documented() -> dict[str, str]:
     return {name: default.strip() for name, default in rows}
 
 
+# Defaults that depend on the machine (the per-user data folder), as the page words them.
+MACHINE_DEFAULTS = {"RINGBACK_STATE_DIR": "`state` in the per-user data folder"}
+
+
 def test_every_setting_is_documented_with_its_default_and_nothing_else_is():
-    fields = {variable(name): shown(field.default) for name, field in Settings.model_fields.items()}
+    fields = {
+        variable(name): MACHINE_DEFAULTS[variable(name)] if field.default_factory else shown(field.default)
+        for name, field in Settings.model_fields.items()
+    }
     doc = documented()
     assert sorted(set(fields) - set(doc)) == [], "document these in docs/configuration.md"
     assert sorted(set(doc) - set(fields) - SECRETS) == [], "not a setting nor a secret: remove from the page"
@@ -136,3 +143,11 @@ def test_the_check_sees_every_spelling(tmp_path):
         "a = os.environ.get('X')\nb = os.getenv('Y')\nc = getenv('Z')\nd = dict(os.environ)\n"
     )
     assert _environment_reads(module) == [2, 3, 4, 6]
+
+
+def test_local_state_defaults_to_the_per_user_data_folder_not_the_current_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv("RINGBACK_STATE_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    assert load_settings().ringback_state_dir == tmp_path / "data" / "ringback" / "state"
+    monkeypatch.setenv("RINGBACK_STATE_DIR", str(tmp_path / "elsewhere"))
+    assert load_settings().ringback_state_dir == tmp_path / "elsewhere"

@@ -82,7 +82,7 @@ def test_the_apps_internal_topics_are_created_as_faust_would_declare_them(env, k
         f"{ns}-sinks-consent-changelog": (4, "compact"),
         f"{ns}-sinks-sms-history-changelog": (4, "compact"),
         f"{ns}-sinks-deferred-changelog": (4, "compact"),
-        f"{ns}-sinks-tasks-changelog": (4, "compact"),
+        f"{ns}.tasks": (4, "compact"),  # the tasks table's changelog is the contract topic
         f"{ns}.sinks-ticks": (4, "delete"),
     }
     assert got[f"{ns}.sinks-ticks"][2] == "3600000"

@@ -28,8 +28,8 @@ from ringback.kafka import topics
 from ringback.kafka.gap_guard import KafkaGapReader
 from ringback.schemas import codec
 from tests.conftest import REPO, free_port, wait_for
-from tests.sinks.test_sinks_broker import SinkStack, make_action, sms_body
 from tests.support import kafka_tools
+from tests.support.sink_stack import SinkStack, make_action, sms_body
 from tests.worker.test_reference_day import Collector, Feed, worker_env
 
 pytestmark = pytest.mark.integration

@@ -20,7 +20,7 @@ from ringback.workflow import timers
 from ringback.workflow.state import caller_key
 from ringback.workflow.timers import index_entry_pending
 from tests.conftest import REPO
-from tests.sinks.test_executor import CHICAGO, NOON, action, key, make
+from tests.sinks.harness import CHICAGO, NOON, action, key, make
 from tests.workflow.harness import NEW_CALLER, PRACTICE_ID, T0, Harness
 
 HOLD_MS = 45_000  # the default first_response_hold

@@ -32,7 +32,7 @@ from twilio.request_validator import RequestValidator
 
 from ringback.dev.fake_apis import FakeApiServer
 from tests.conftest import ARTIFACTS, REPO, Processes, free_port, wait_for
-from tests.sinks.test_sinks_broker import SmtpCapture
+from tests.support.sink_stack import SmtpCapture
 
 pytestmark = pytest.mark.integration
 
@@ -341,7 +341,9 @@ def test_faust_workers_serve_faust_metrics_and_consumer_lag(stack):
         lag = lag_series()
         assert all(s["consumer_group"] == group for s in lag), (process, lag)
         wait_for(
-            lambda: stack.scrape(process).value("ringback_consumer_lag_messages", topic=f"{stack.ns}.{topic}") == 0,
+            lambda process=process, topic=topic: (
+                stack.scrape(process).value("ringback_consumer_lag_messages", topic=f"{stack.ns}.{topic}") == 0
+            ),
             30,
             message=f"{process} lag on {topic} back to 0",
         )

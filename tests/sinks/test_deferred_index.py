@@ -19,7 +19,7 @@ from ringback.sinks.executor import (
     deferred_index_key,
     is_index_key,
 )
-from tests.sinks.test_executor import CALLER, CHICAGO, action, key, make, practices  # noqa: F401
+from tests.sinks.harness import CALLER, CHICAGO, action, key, make
 
 EVENING = datetime(2026, 11, 24, 22, 30, tzinfo=CHICAGO).timestamp()
 OPENING = datetime(2026, 11, 25, 8, 0, tzinfo=CHICAGO).timestamp()

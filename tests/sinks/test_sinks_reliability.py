@@ -17,8 +17,8 @@ import pytest
 from ringback.dev.fake_apis import FakeApiServer
 from ringback.kafka import topics
 from tests.conftest import wait_for
-from tests.sinks.test_sinks_broker import CHICAGO, NOON, SinkStack, make_action, sms_body
 from tests.support import kafka_tools
+from tests.support.sink_stack import CHICAGO, NOON, SinkStack, make_action, sms_body
 
 pytestmark = pytest.mark.integration
 

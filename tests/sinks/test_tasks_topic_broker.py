@@ -12,7 +12,7 @@ import pytest
 from ringback.domain.tasks import update_record
 from ringback.kafka import topics
 from tests.conftest import wait_for
-from tests.sinks.test_sinks_broker import NOON, SinkStack, make_action
+from tests.support.sink_stack import NOON, SinkStack, make_action
 
 pytestmark = pytest.mark.integration
 

@@ -307,7 +307,9 @@ def test_a_scaled_down_practice_day(processes, service_env, kafka_bootstrap, out
     feed.appointment(r_done, "ap4", t + DAY_MS, updated_at=t - 20 * DAY_MS)
     for spec in (topics.PATIENTS, topics.FLAGS, topics.APPOINTMENTS):
         wait_for(
-            lambda: kafka_tools.caught_up(kafka_bootstrap, f"{ns}-streams", topics.topic_name(spec, feed.env)),
+            lambda spec=spec: kafka_tools.caught_up(
+                kafka_bootstrap, f"{ns}-streams", topics.topic_name(spec, feed.env)
+            ),
             90,
             message=f"the worker read {spec.suffix}",
         )
@@ -444,7 +446,9 @@ def test_a_scaled_down_practice_day(processes, service_env, kafka_bootstrap, out
     # Everything the worker read is committed: no late record can still be on its way.
     for spec in (topics.CALL_EVENTS, topics.TASK_UPDATES, topics.APPOINTMENTS):
         wait_for(
-            lambda: kafka_tools.caught_up(kafka_bootstrap, f"{ns}-streams", topics.topic_name(spec, feed.env)),
+            lambda spec=spec: kafka_tools.caught_up(
+                kafka_bootstrap, f"{ns}-streams", topics.topic_name(spec, feed.env)
+            ),
             30,
             message=f"the worker committed {spec.suffix}",
         )

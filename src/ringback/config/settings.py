@@ -15,8 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from platformdirs import user_data_path
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def user_state_dir() -> Path:
+    """`state` in the per-user data folder (~/.local/share/ringback/state on Linux): a process
+    started anywhere never writes its tables into the current directory or an installation."""
+    return user_data_path("ringback", appauthor=False) / "state"
 
 
 class SettingsError(ValueError):
@@ -39,7 +46,9 @@ class Settings(BaseSettings):
     ringback_replication_factor: int = Field(
         1, ge=1, description="Replicas of the topics the worker's and the sinks' Faust apps declare themselves"
     )
-    ringback_state_dir: Path = Field(Path("var"), description="Local state: RocksDB tables, console accounts")
+    ringback_state_dir: Path = Field(
+        default_factory=user_state_dir, description="Local state: RocksDB tables, console accounts"
+    )
     ringback_secrets_dir: Path = Field(
         Path("/run/secrets"), description="Folder of secret files, one per name (read when no variable has the name)"
     )

@@ -121,7 +121,7 @@ class FaustEffects:
         self.outcomes = outcomes
         self.dead_letters = dead_letters
 
-    async def persist(self, table: str, key: str, value: dict | None) -> None:
+    async def persist(self, table: str, key: str, value: dict | list | None) -> None:
         await self.tables[table].persist(key, value)
 
     async def outcome(self, key: bytes, record: dict) -> None:

@@ -103,7 +103,7 @@ SETTLE_MARGIN_S = 2.0
 
 
 class Effects(Protocol):
-    async def persist(self, table: str, key: str, value: dict | None) -> None: ...
+    async def persist(self, table: str, key: str, value: dict | list | None) -> None: ...
     async def outcome(self, key: bytes, record: dict) -> None: ...
     async def dead_letter(self, key: bytes, record: dict) -> None: ...
 
@@ -341,7 +341,7 @@ class ActionExecutor:
         )
         aid = status.get("action_id")
         entry = self.t.sent_log.get(aid) if aid else None
-        if result is None or entry is None:
+        if result is None or aid is None or entry is None:
             return None
         if entry.get("delivery") in ("DELIVERED", "UNDELIVERED", "FAILED"):
             return None  # one delivery outcome per action (receipts repeat and arrive out of order)
@@ -425,7 +425,8 @@ class ActionExecutor:
 
     async def _deliver(self, action: dict, practice: Practice, entry: dict | None, fired: bool = False) -> str:
         aid, to, body = action["action_id"], action["recipient"], action["body"]
-        if self.sms is None:
+        sms = self.sms
+        if sms is None:
             return await self._dead(action, "SMS action but TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN are not set", entry)
         callback = status_callback_url(self.env, practice.id, aid)
         base = rec.entry_base(action)
@@ -435,16 +436,16 @@ class ActionExecutor:
             "look_first": bool(entry and entry["state"] == rec.ATTEMPTING),
             "last": None,
         }
-        if state["look_first"]:
+        if entry is not None and state["look_first"]:
             # Someone (this process before a crash, another worker before a rebalance)
             # may still have that request in flight: let it finish or time out first.
-            settle = entry["started_wall"] + self.sms.timeout_s + SETTLE_MARGIN_S - self.wall()
+            settle = entry["started_wall"] + sms.timeout_s + SETTLE_MARGIN_S - self.wall()
             if settle > 0:
-                await self.sleep(min(settle, self.sms.timeout_s + SETTLE_MARGIN_S))
+                await self.sleep(min(settle, sms.timeout_s + SETTLE_MARGIN_S))
 
         async def attempt() -> str:
             if state["look_first"]:
-                found = await self.sms.find_sent(practice, to, body, int(state["first_wall"] * 1000))
+                found = await sms.find_sent(practice, to, body, int(state["first_wall"] * 1000))
                 child(LOOKUPS, "found" if found else "not_found").inc()
                 log.info(
                     "action %s: earlier attempt %s at Twilio",
@@ -474,7 +475,7 @@ class ActionExecutor:
             started = time.perf_counter()
             log.info("action %s: Twilio attempt %d", aid, state["sends"])
             try:
-                return await self.sms.send(practice, to, body, callback)
+                return await sms.send(practice, to, body, callback)
             except Transient as exc:
                 state["last"] = str(exc)
                 state["look_first"] = exc.ambiguous
@@ -504,7 +505,7 @@ class ActionExecutor:
         except Transient as exc:
             if exc.ambiguous or state["look_first"]:
                 try:  # a last look: the final attempt may have gone out after all
-                    sid = await self.sms.find_sent(practice, to, body, int((state["first_wall"] or 0) * 1000))
+                    sid = await sms.find_sent(practice, to, body, int((state["first_wall"] or 0) * 1000))
                 except Transient:
                     sid = None
                 if sid:
