@@ -4,8 +4,6 @@ groups, tables, changelogs, agents)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from ringback.clock import ManualClock
@@ -25,16 +23,19 @@ def worker_topology() -> Topology:
 
 
 # ------------------------------------------------------------------ worker
-def test_the_worker_app_takes_its_settings():
+def test_the_worker_app_takes_its_settings(tmp_path):
     env = settings(
-        ringback_processing_guarantee="exactly_once", ringback_session_timeout_s=6, ringback_worker_web_port=7001
+        ringback_processing_guarantee="exactly_once",
+        ringback_session_timeout_s=6,
+        ringback_worker_web_port=7001,
+        ringback_state_dir=tmp_path,
     )
     app = make_app(env)
     assert app.conf.id == "x-streams" and str(app.conf.store) == "memory:"
     assert app.conf.processing_guarantee.value == "exactly_once"
     assert app.conf.broker_session_timeout == 6 and app.conf.web_port == 7001
     assert app.conf.table_standby_replicas == 1 and app.conf.topic_partitions == 4
-    assert app.conf.datadir == Path("var") / "streams"
+    assert app.conf.datadir == tmp_path / "streams"
     assert not app.agents and not app.tables  # nothing declared until build_topology
 
 
