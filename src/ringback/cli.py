@@ -1,4 +1,4 @@
-"""The `ringback` console command (SPEC section 10)."""
+"""The `ringback` console command: one subcommand per process or tool (README, "The `ringback` command")."""
 
 from __future__ import annotations
 
@@ -212,7 +212,7 @@ def sinks() -> None:
     _run_faust(app, directory, env)
 
 
-# ---------------------------------------------------------------- staff console (issue 6)
+# ---------------------------------------------------------------- staff console
 @main.group(invoke_without_command=True)
 @click.option("--host", default="0.0.0.0")
 @click.option("--port", type=int, default=None, show_default="8081", help="env RINGBACK_CONSOLE_PORT")
@@ -328,7 +328,7 @@ def demo(practices: int, seed: int, speed: float, calls: int, keep_running: bool
     )
 
 
-# ---------------------------------------------------------------- benchmarks (issue 8, item 3)
+# ---------------------------------------------------------------- benchmarks
 @main.command("bench")
 @click.option("--quick", is_flag=True, help="everything scaled down (CI-sized: a few minutes)")
 @click.option(
@@ -352,7 +352,7 @@ def demo(practices: int, seed: int, speed: float, calls: int, keep_running: bool
     help="sample the worker with py-spy during figure (a) (pip install py-spy)",
 )
 def bench(quick: bool, only: str | None, out_dir: Path | None, profile_worker: bool) -> None:
-    """The benchmarks of SPEC section 8: throughput, latency, gate delay, restart, scaling."""
+    """The benchmarks against the targets (docs/benchmarks.md): throughput, latency, gate delay, restart, scaling."""
     from ringback.dev.bench import runner
 
     try:
@@ -365,7 +365,7 @@ def bench(quick: bool, only: str | None, out_dir: Path | None, profile_worker: b
     sys.exit(1 if results["errors"] else 0)
 
 
-# ---------------------------------------------------------------- legacy PBX CDRs (issue 3, item 4)
+# ---------------------------------------------------------------- legacy PBX CDRs
 @main.group()
 def cdr() -> None:
     """Call detail records of legacy PBXs (Asterisk / FreePBX Master.csv)."""
@@ -424,7 +424,7 @@ def cdr_poll(
         raise click.ClickException(str(exc)) from None
 
 
-# ---------------------------------------------------------------- EHR (FHIR R4) (issue 3, item 5)
+# ---------------------------------------------------------------- EHR (FHIR R4)
 @main.group()
 def ehr() -> None:
     """Patients, appointments and flags from the EHR (FHIR R4)."""
@@ -591,7 +591,7 @@ def report_cmd(
     as_of: str | None,
     timeout: float,
 ) -> None:
-    """The KPI report (SPEC section 7) from the outcome topic, per practice and in total."""
+    """The weekly KPI report (docs/report.md) from the outcome topic, per practice and in total."""
     from ringback.report import kpis, reader
 
     try:

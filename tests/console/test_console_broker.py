@@ -1,7 +1,7 @@
 """The staff console on the real broker, through its JSON API: tasks made by missed calls
 (gateway → stream worker → sinks → task table), worked in `ringback console`, and the
 TaskUpdates flowing back to close the case's gate. Every answer is checked against
-connectors/console/openapi.yaml. One stack of processes serves the module."""
+src/ringback/console/openapi.yaml. One stack of processes serves the module."""
 
 from __future__ import annotations
 

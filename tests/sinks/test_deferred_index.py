@@ -1,6 +1,6 @@
 """The deferred SMS index by number (answered call -> cancel without scanning the table),
 its crash safety (the index may list more than the table, never less), and the cached
-metric children. No broker: dict tables, see test_sink_executor.py."""
+metric children. No broker: dict tables, see test_executor.py."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def index_of(ex: ActionExecutor, caller=CALLER) -> list[str] | None:
 def test_index_keys_cannot_be_action_ids():
     assert is_index_key(deferred_index_key("maple-family", CALLER))
     assert not is_index_key(action()["action_id"]) and not is_index_key(None)
-    # Practice ids are [a-z0-9][a-z0-9-]+ (ringback/settings.py): no action id starts with the prefix.
+    # Practice ids are [a-z0-9][a-z0-9-]+ (domain/practice.py): no action id starts with the prefix.
     assert not INDEX_PREFIX[0].isalnum()
 
 

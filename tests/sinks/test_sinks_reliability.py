@@ -1,6 +1,6 @@
 """Exactly once as the patient sees it, compliance and retries, on the real broker.
 
-Twilio is the local capture server (ringback/standin_http.py): it counts every
+Twilio is the local capture server (src/ringback/dev/fake_apis.py): it counts every
 request exactly, can answer 500 / 429 / late (scripted), and lists the messages it
 created like Twilio's Messages list, which the sink uses to settle ambiguous sends.
 The sink's clock is a file the test sets (22:30, 08:00), and offsets are committed

@@ -1,4 +1,4 @@
-"""Checks a staff-console answer against connectors/console/openapi.yaml (openapi-core)."""
+"""Checks a staff-console answer against src/ringback/console/openapi.yaml (openapi-core)."""
 
 from __future__ import annotations
 

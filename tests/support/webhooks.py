@@ -1,6 +1,6 @@
 """Webhooks as the phone providers send them, signed, for the gateway tests.
 
-The builders live in `ringback/simulator/webhooks.py` (the traffic simulator posts the
+The builders live in `src/ringback/dev/simulator/webhooks.py` (the traffic simulator posts the
 same webhooks); this module keeps their names for the tests and adds what only tests
 need: the vendor folder and its Dialpad JWT vectors.
 """

@@ -1,4 +1,4 @@
-"""The reference practice of SPEC section 1, one day scaled down in time, on the real broker.
+"""The reference practice (docs/product.md), one day scaled down in time, on the real broker.
 
 94 inbound calls, 18 of them missed: new patients (a reply, a booking, a caller who
 gets through before the first SMS, a caller who calls twice, one who never answers,

@@ -2,7 +2,7 @@
 
 `Harness`: one dict is the state table (every write goes through a JSON round trip, as
 the changelog does), a manual clock, TICKs to every partition when time moves on.
-Default windows (SPEC section 6) unless a test overrides them.
+Default windows (domain/practice.py: Windows) unless a test overrides them.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class SettingsError(ValueError):
 
 
 class Settings(BaseSettings):
-    """Process settings from the environment (SPEC section 10)."""
+    """Process settings from the environment (every variable: docs/configuration.md)."""
 
     model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False, env_ignore_empty=True)
 

@@ -32,7 +32,7 @@ from ringback.config.settings import Settings
 
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}$")
 ROLE_RE = re.compile(r"^[a-z][a-z0-9_]{1,40}$")
-PRACTICE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")  # as ringback.settings.Practice.id
+PRACTICE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")  # as ringback.domain.practice.Practice.id
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 

@@ -1,6 +1,6 @@
 """What a staff member may see of a task and do with it: pure functions, no I/O.
 
-Minimum necessary (SPEC section 6):
+Minimum necessary (docs/product.md, "Rules for every workflow"):
 * Every user of a practice sees the practice's whole open queue: priority, role,
   reason (written without PHI by the workflow), due time, time since the missed call.
 * The caller's number, and the patient details the workflow attached for the
@@ -27,7 +27,7 @@ OUTCOMES: dict[str, str] = {
     "wrong_number": "Wrong number",
 }
 
-# The roles the workflows route tasks to (streams/rules/recipes.py), with their labels.
+# The roles the workflows route tasks to (domain/recipes.py), with their labels.
 STANDARD_ROLES: dict[str, str] = {
     "scheduling_coordinator": "Scheduling coordinator",
     "scheduling_queue": "Scheduling queue",

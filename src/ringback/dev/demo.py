@@ -64,7 +64,7 @@ CONSOLE_ROLES = (
 PARTITIONS = 4
 SUMMARY_PREFIX = "DEMO-SUMMARY "
 FIRST_RESPONSE_STEPS = ("first_sms", "ack_sms", "reschedule_sms")
-# SPEC section 1: what manual call-log review achieves at the reference practice.
+# What manual call-log review achieves at the reference practice (docs/product.md).
 MANUAL = {"new_patient_recovery": 0.40, "call_to_booking_s": 6.2 * 3600, "first_response_s": (4 * 3600, 6 * 3600)}
 
 
@@ -641,7 +641,7 @@ class Demo:
         rec = m["new_patient_recovery"]
         lines = [
             f"The reference practice ({ref.name}: {counts['calls']} calls, {counts['missed']} missed) "
-            "against its manual call-log review (SPEC section 1):",
+            "against its manual call-log review:",
             f"  {'':28}{'this demo day':>22}   {'manual review':>16}",
             f"  {'new-patient recovery':28}{fmt.human_share(rec):>22}   {'~40 % (35-45 %)':>16}",
             f"  {'first response, median':28}{fmt.human_duration(ttfr):>22}   {'4-6 h':>16}",

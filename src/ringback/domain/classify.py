@@ -1,4 +1,4 @@
-"""Which scenario a missed call is (SPEC section 6). Pure: values in, decision out.
+"""Which scenario a missed call is (docs/product.md, "The four scenarios"). Pure: values in, decision out.
 
 Order of the decision (each step only when the previous did not decide):
 

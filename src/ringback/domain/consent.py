@@ -1,4 +1,4 @@
-"""Consent, frequency caps and quiet hours for patient SMS (SPEC section 6).
+"""Consent, frequency caps and quiet hours for patient SMS (docs/product.md, "Rules for every workflow").
 
 Pure functions: text, times and settings in, decisions out. `sms_decision` is the one
 place that decides whether a patient SMS may go and when: the stream workflow asks it

@@ -14,7 +14,7 @@ from ringback.domain.phones import to_e164
 
 
 class Windows(BaseModel):
-    """Response windows and gates in seconds (SPEC section 6 defaults)."""
+    """Response windows and gates in seconds, with their defaults (docs/product.md, docs/stream-app.md)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -80,7 +80,7 @@ MessageTemplate = Annotated[str, Field(min_length=1, max_length=1600), AfterVali
 
 
 class Practice(BaseModel):
-    """One practice of the practices file (SPEC section 10)."""
+    """One practice of the practices file (annotated: examples/practices.yaml)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,9 +1,9 @@
-"""What each scenario sends at each step, as action commands (SPEC section 6).
+"""What each scenario sends at each step, as action commands (docs/product.md, docs/stream-app.md).
 
-Pure: no Kafka, no clock (`now_ms` comes in). The workflow (ringback/workflow/)
+Pure: no Kafka, no clock (`now_ms` comes in). The workflow (src/ringback/workflow/)
 decides *when* a step runs; this module decides *what* it says and to whom.
 
-Action contract (schemas/action_command.avsc), relied on by the sinks and the console:
+Action contract (src/ringback/schemas/action_command.avsc), relied on by the sinks and the console:
 
 * `action_id` = `case_id:step`; one action per case and step, ever.
 * `recipient`: the patient's E.164 for SEND_SMS; for staff actions the routing target of
@@ -87,7 +87,7 @@ SCENARIO_WINDOW = {
 
 
 def window_ms(practice: Practice, name: str) -> int:
-    """A window of the practice (SPEC defaults unless overridden), in milliseconds."""
+    """A window of the practice (its default unless overridden), in milliseconds."""
     return int(getattr(practice.windows, name)) * 1000
 
 

@@ -3,7 +3,7 @@
 Each process (gateway, stream workers, sinks) keeps the whole directory in memory:
 it is small (hundreds of practices), every process needs all of it, and reading
 one partition from the beginning is simpler and sturdier than a Faust GlobalTable
-(see NOTES: GlobalTable recovery can loop with several workers). A process is
+(whose recovery can loop with several workers unless it has one partition). A process is
 ready once it has read up to the end offset it saw at start.
 """
 

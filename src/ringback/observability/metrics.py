@@ -124,7 +124,7 @@ def declare_dead_letter_sources(sources: Iterable[str]) -> None:
 
 
 # First response (missed call reported at the gateway -> first patient SMS request sent):
-# fine below 1 s (SPEC section 8: p99 < 1 s with no hold), then the deliberate hold
+# fine below 1 s (the target of docs/benchmarks.md: p99 < 1 s with no hold), then the deliberate hold
 # (45 s by default), retries, and the business windows (15 min, 30 min, 2 h, 4 h).
 FIRST_RESPONSE_BUCKETS = (
     0.05,

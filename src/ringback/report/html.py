@@ -75,7 +75,7 @@ def _label_bars(ax, bars, labels, tops=None) -> None:
 
 def chart_vs_baseline(total: dict) -> str:
     """Three panels: new-patient recovery, time to first response, call to booking;
-    this period against manual call-log review (SPEC section 1)."""
+    this period against manual call-log review (the reference practice of docs/product.md)."""
     manual, automated = BASELINE["manual"], BASELINE["automated_published"]
     fig = _figure(10.5, 3.6)
     ax1, ax2, ax3 = fig.subplots(1, 3)

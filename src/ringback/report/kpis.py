@@ -83,7 +83,7 @@ class Baseline(TypedDict):
     automated_published: PublishedBaseline
 
 
-# SPEC section 1: what manual call-log review achieves, and published automated workflows.
+# What manual call-log review achieves, and published automated workflows (docs/product.md).
 BASELINE: Baseline = {
     "manual": {
         "new_patient_recovery_share": 0.40,  # "about 40 %" (35-45 %)

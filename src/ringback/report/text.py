@@ -144,7 +144,7 @@ def render_text(report: dict) -> str:
     rec = total["new_patient_recovery"]
     lines += [
         "",
-        "Against manual call-log review (SPEC section 1):",
+        "Against manual call-log review (a reference family practice):",
         f"  new-patient recovery      {human_share(rec):>22}   manual ~40% (35-45%)",
         f"  median first response     {human_duration(total['time_to_first_response_s']['median']):>22}   manual 4-6 h",
         f"  mean call-to-booking      {human_duration(total['call_to_booking_s']['mean']):>22}"

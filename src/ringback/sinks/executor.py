@@ -1,6 +1,6 @@
 """Carries out action commands exactly once as the patient sees it (no Faust in here).
 
-The Faust topology (`connectors/sinks/app.py`) feeds this class one event at a time
+The Faust topology (`sinks/app.py`) feeds this class one event at a time
 and gives it the state tables (changelog-backed Faust tables there, dicts in unit
 tests) and `persist`, a write that returns only once the changelog record is
 acknowledged by the broker.

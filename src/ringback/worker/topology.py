@@ -8,7 +8,7 @@ One agent, `process`, reads every co-partitioned input of a partition in one str
 call events, patients, appointments, flags, task updates, message receipts and
 TICKs. One agent (concurrency 1) means the inputs of a caller are handled one at a
 time, in log order within each topic, by the worker that owns the partition, and all
-its state is one changelog-backed table, `state` (layout: workflow/engine.py).
+its state is one changelog-backed table, `state` (layout: workflow/state.py).
 
 For each input:
   1. the workflow (pure) reads the table through a `Tx` and decides: actions, outcomes,

@@ -1,5 +1,5 @@
 """A missed call from an existing patient with nothing urgent or about an appointment
-(billing, records, ...; SPEC section 6, recipe 4).
+(billing, records, ...; docs/product.md, "The four scenarios").
 
 After the hold: a task to the admin team, due within the general window. The task
 completed or a new booking converts the case; otherwise it expires after case_expiry.

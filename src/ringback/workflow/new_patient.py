@@ -1,4 +1,4 @@
-"""A missed call from a number not in the patient records (SPEC section 6, recipe 1).
+"""A missed call from a number not in the patient records (docs/product.md, "The four scenarios").
 
 After the hold: the booking-link SMS (or, when it may not go, a HIGH callback task due
 within the new-patient window) and a note to the scheduling coordinator. At 2 h without

@@ -1,4 +1,4 @@
-"""A voicemail asking to reschedule or cancel an appointment (SPEC section 6, recipe 3).
+"""A voicemail asking to reschedule or cancel an appointment (docs/product.md, "The four scenarios").
 
 After the hold: with the next appointment within the link horizon (14 days), the
 reschedule-link SMS, else a callback task to the scheduling queue; with an upcoming

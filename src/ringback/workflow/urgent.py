@@ -1,4 +1,4 @@
-"""A missed call from an existing patient with an urgent flag (SPEC section 6, recipe 2).
+"""A missed call from an existing patient with an urgent flag (docs/product.md, "The four scenarios").
 
 After the hold (5 min at the latest): an URGENT clinical callback task to the patient's
 assigned provider, else the nurse route, due within the urgent window, and an

@@ -214,7 +214,7 @@ def test_a_restart_that_did_not_find_its_entry_fails():
 
 def test_markdown_table_has_every_row_and_the_latency_ladder():
     md = report.markdown(_results())
-    assert md.startswith("| figure | measured | SPEC section 8 | met |")
+    assert md.startswith("| figure | measured | target (docs/benchmarks.md) | met |")
     assert "| (a) one worker, full pipeline, day mix (hold 0) | 933 events/s | ≥ 2,000/s | **no** |" in md
     assert "80.6 % (1,157/s)" in md
     assert "71 ms / 275 ms" in md

@@ -1,6 +1,6 @@
 """A whole simulated day through the real code, without Kafka: every planned input is
 rendered, read by the real gateway / CDR mapping / FHIR mapping, and handed to the real
-workflow (streams/agents/workflow.py) on a manual clock that ticks like a worker. The
+workflow (`ringback.workflow.inputs.Workflow`) on a manual clock that ticks like a worker. The
 SMS steps the workflow emits and the way each case ends are what the plan expects, so
 the demo's check against the Twilio stand-in compares with the right numbers."""
 

@@ -1,5 +1,5 @@
-"""The traffic simulator's plan (ringback/dev/simulator/plan.py): pure, seeded, shaped like the
-reference practice's day (SPEC section 1), with every reaction inside the window it must beat."""
+"""The traffic simulator's plan (src/ringback/dev/simulator/plan.py): pure, seeded, shaped like the
+reference practice's day (docs/product.md), with every reaction inside the window it must beat."""
 
 from __future__ import annotations
 

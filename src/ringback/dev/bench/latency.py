@@ -2,12 +2,12 @@
 p50/p99 at fixed offered loads, and the knee where the pipeline stops keeping up.
 
 Everything is real and local: `ringback ingest`, one `ringback worker`, `ringback
-sinks` (the official twilio library) and the Twilio stand-in (ringback/dev/fake_apis.py,
+sinks` (the official twilio library) and the Twilio stand-in (src/ringback/dev/fake_apis.py,
 in a process of its own, timestamping every request when it arrives). A load
 generator posts signed Twilio voice status callbacks open-loop (each request at
 its scheduled time, whether earlier ones were answered or not): 81 % answered calls,
 19 % missed calls from numbers no practice knows (new patients → first SMS).
-First-response hold 0 (SPEC section 8). The latency of a missed call is
+First-response hold 0, as the target has it (docs/benchmarks.md). The latency of a missed call is
 (stand-in received the Messages POST for that caller) − (the generator received the
 gateway's 2xx), both `time.time()` on this machine. The actions topic's record
 timestamps split it into worker (accepted → action produced) and sinks (action → SMS).

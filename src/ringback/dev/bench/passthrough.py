@@ -1,8 +1,8 @@
-"""The bare Faust pass-through agent of SPEC section 8: consume → send, no logic.
+"""The bare Faust pass-through agent of figure (a) (docs/benchmarks.md): consume → send, no logic.
 
 Run by the benchmark as its own process (`python -m ringback.dev.bench.passthrough`),
 with the same Faust settings that matter for speed as the stream worker
-(streams/app.py: at_least_once, commit every 1,000 records or 1 s, raw bytes, the
+(worker/app.py: at_least_once, commit every 1,000 records or 1 s, raw bytes, the
 same partition count), reading the same call-event topic with its own group.
 
 Environment: KAFKA_BOOTSTRAP_SERVERS, BENCH_APP_ID, BENCH_SOURCE, BENCH_SINK, BENCH_PARTITIONS.

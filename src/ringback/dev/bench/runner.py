@@ -1,4 +1,4 @@
-"""`ringback bench`: the figures of SPEC section 8 in one run on this machine.
+"""`ringback bench`: the figures of the performance targets (docs/benchmarks.md) in one run on this machine.
 
 Starts its own broker (or uses KAFKA_BOOTSTRAP_SERVERS), runs each figure in its
 own namespace, prints every figure, and writes `bench.json` (everything measured,
@@ -37,7 +37,7 @@ class Profile:
     # (b)
     b_practices: int
     b_step_s: float
-    b_rates: tuple[float, float]  # the two fixed points of SPEC section 8
+    b_rates: tuple[float, float]  # the two fixed points: a low rate and the 1,000/s of the latency target
     b_ladder: tuple[float, ...]  # the knee search, ascending
     b_drain_s: float
     # (c)

@@ -1,4 +1,4 @@
-"""Item 4 of issue 8: throughput with 1, 2 and 3 worker processes on more partitions.
+"""Scaling: throughput with 1, 2 and 3 worker processes on more partitions.
 
 The same method as figure (a) (day mix, hold 0, committed offsets of the group, slope
 between 10 % and 90 %), on `partitions` partitions (12: even shares for 1, 2, 3, 4 or 6

@@ -1,4 +1,4 @@
-"""The figures' arithmetic, as pure functions (tested in tests/unit/test_bench_stats.py).
+"""The figures' arithmetic, as pure functions (tested in tests/dev/bench/test_stats.py).
 
 Nothing in here starts a process or reads a clock: the benchmark modules collect
 samples (timestamps, counts, latencies) and these functions turn them into the

@@ -4,7 +4,7 @@ A compact, self-contained generator (the product's traffic simulator renders who
 practice days as provider webhooks; the benchmark needs canonical records in bulk,
 produced straight to the topics, and webhooks only for the latency figure).
 
-The mix follows SPEC section 1's reference practice: 18 of 94 calls missed (19 %),
+The mix follows the reference practice (docs/product.md): 18 of 94 calls missed (19 %),
 most misses from new patients; of the known patients some have an urgency flag or
 an upcoming appointment, and some voicemails ask to reschedule.
 """

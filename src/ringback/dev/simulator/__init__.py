@@ -1,4 +1,4 @@
-"""Realistic call traffic for N practices, as the real providers send it (issue 8, item 1).
+"""Realistic call traffic for N practices, as the real providers send it (docs/demo.md).
 
 The API, for `ringback demo` and `ringback bench` alike:
 

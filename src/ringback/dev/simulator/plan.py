@@ -12,7 +12,7 @@ practices' windows are the wall seconds the demo practices file gives the system
 (`practices.scaled_windows`), so the plan reads them as they are and places each
 reaction inside the window it must beat (e.g. a reply before the 2 h follow-up).
 
-What a day holds, per practice (the reference practice of SPEC section 1 first):
+What a day holds, per practice (the reference practice of docs/product.md first):
 
 * inbound calls over 08:00-18:00, peaks 8-10 and 12-14 (`HOURLY`), `Site.calls` a day
   (94 for the reference practice); about 19 % missed (exactly 18 of 94 for the
@@ -33,7 +33,7 @@ What a day holds, per practice (the reference practice of SPEC section 1 first):
   a broken CDR line (dead letter).
 
 Each case carries its expected patient SMS steps (`CaseSpec.sms_steps`) and outcome,
-derived from the workflow rules of SPEC section 6 (docs/stream-app.md).
+derived from the workflow rules (docs/product.md, docs/stream-app.md).
 """
 
 from __future__ import annotations
@@ -75,13 +75,13 @@ NEW, URGENT, RESCHEDULE, GENERAL = "NEW_PATIENT", "URGENT_EXISTING", "RESCHEDULE
 
 # ---------------------------------------------------------------- the day's shape
 DAY_OPEN_H, DAY_CLOSE_H = 8, 18
-# Share of the day's calls per hour (percent): peaks 8-10 and 12-14 (SPEC section 1).
+# Share of the day's calls per hour (percent): peaks 8-10 and 12-14 (the reference practice, docs/product.md).
 HOURLY = {8: 14, 9: 14, 10: 9, 11: 9, 12: 13, 13: 13, 14: 8, 15: 8, 16: 7, 17: 5}
 PEAK_HOURS = (8, 9, 12, 13)
 MISS_WEIGHT = {True: 3.0, False: 1.0}  # misses are three times likelier at peak
 MISS_RATE = 18 / 94
 REFERENCE_CALLS = 94
-# The 18 missed calls of the reference day (tests/integration/test_stream_reference_day.py).
+# The 18 missed calls of the reference day (tests/worker/test_reference_day.py).
 REFERENCE_MIX = {"spam": 1, "repeat": 1, NEW: 7, URGENT: 3, RESCHEDULE: 4, GENERAL: 2}
 CASE_WEIGHTS = {NEW: 7, URGENT: 3, RESCHEDULE: 4, GENERAL: 2}
 KNOWN_SHARE_OF_ANSWERED = 0.65  # answered calls from existing patients (the rest: unknown numbers)
@@ -201,7 +201,7 @@ REPLIES = (
     "Hi! I'd like to book. Do you have anything Friday?",
     "Great, what times do you have next week?",
 )
-URGENT_FLAGS = (  # (weight, code, display, priority): all urgent by streams/rules/classify.py
+URGENT_FLAGS = (  # (weight, code, display, priority): all urgent by domain/classify.py
     (50, "callback-requested", "Callback requested (after-hours nurse line)", "PH"),
     (30, "urgent", "Post-op follow-up: wound check", "PH"),
     (20, "refill-request", "Open refill request", "PM"),

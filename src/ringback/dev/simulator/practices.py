@@ -1,12 +1,12 @@
 """The demo's practices file: N practices of one health system, windows scaled to the speed.
 
 `demo_practices(n, speed)` returns the practices file as a dict (write it with
-`yaml.safe_dump`, validate it with `ringback.settings.parse_practices`) and the
-phone system of each practice. Practice 0 is the reference practice of SPEC section 1
+`yaml.safe_dump`, validate it with `ringback.config.practices_file.parse_practices`) and
+the phone system of each practice. Practice 0 is the reference practice of docs/product.md
 (Maple Family Practice, on Twilio, 94 calls a day); the others take the phone systems
 in turn: RingCentral, Dialpad, Vonage, a legacy PBX (CDR file), Twilio again, ...
 
-Windows: every window of SPEC section 6 divided by `speed` (practice seconds per wall
+Windows: every default window of a practice (`Windows`) divided by `speed` (practice seconds per wall
 second) and rounded, at least 1 s, except the first-response hold and the urgent
 acknowledgement, which may round to 0 (respond while the missed call is processed:
 45 s / 600 is 0.075 s, and 0 is its nearest whole second). Two things are not scaled:
@@ -51,7 +51,7 @@ EXTRA_AREAS = ("202", "206", "305", "404", "503", "512", "602", "612", "702", "7
 
 
 def scaled_windows(speed: float, case_expiry_s: int = DEMO_CASE_EXPIRY_S) -> dict[str, int]:
-    """The SPEC windows for a day running `speed` times faster, in whole wall seconds."""
+    """The default windows for a day running `speed` times faster, in whole wall seconds."""
     defaults = Windows()
     out: dict[str, int] = {}
     for name in Windows.model_fields:
