@@ -21,18 +21,17 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from ringback.clock import Clock
 from ringback.config.secrets import PROVIDER_SECRETS, read_secret
 from ringback.config.settings import Settings
 from ringback.domain.practice import Practice
+from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.sources.canonical import PayloadError, SignatureError
-
-if TYPE_CHECKING:  # the gateway imports the provider modules, which import this one
-    from ringback.sources.gateway import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,23 @@ class Reject(Exception):
 def _tail(number: str | None) -> str:
     """A number as logs and messages may show it: its last four digits."""
     return f"…{number[-4:]}" if number else "(none)"
+
+
+class Gateway(Protocol):
+    """What a handler uses of the gateway (sources/gateway.py), which imports the provider
+    modules: the providers know it by this interface, not by importing it."""
+
+    env: Settings
+    clock: Clock
+    directory: PracticeDirectory
+
+    async def produce_events(self, events: Iterable[dict]) -> int: ...
+
+    async def produce_message_status(self, record: dict) -> None: ...
+
+    async def dead_letter(
+        self, source: str, reason: str, raw: bytes, content_type: str | None, practice_id: str | None
+    ) -> None: ...
 
 
 class Webhook:
