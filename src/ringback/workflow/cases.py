@@ -148,6 +148,23 @@ def emit(run: Run, case: Case, command: dict) -> None:
     run.tx.actions.append((action_key(case["practice_id"], case["caller"]), command))
 
 
+def act(
+    run: Run,
+    case: Case,
+    kind: str,
+    step: str,
+    recipient: str,
+    body: str | None,
+    reason: str,
+    *,
+    priority: str = "NORMAL",
+    due_at: int | None = None,
+    params: Mapping[str, str] | None = None,
+) -> None:
+    """Emit the action command of a step of `case`, made now (`recipes.action`)."""
+    emit(run, case, recipes.action(case, kind, step, recipient, body, reason, run.now, priority, due_at, params))
+
+
 def action_key(practice_id: str, caller: str) -> bytes:
     """The record key of an action: practice|caller (the patient's number, also for staff actions)."""
     return f"{practice_id}|{caller}".encode()

@@ -16,19 +16,15 @@ from ringback.workflow.state import CallerState, Case
 
 def first_response(run: Run, practice: Practice, state: CallerState, case: Case) -> None:
     role = recipes.ADMIN_TEAM
-    cases.emit(
+    cases.act(
         run,
         case,
-        recipes.action(
-            case,
-            "CREATE_TASK",
-            recipes.ADMIN_TASK,
-            recipes.route(practice, role),
-            "A patient called and was missed (general inquiry: billing, records, ...).",
-            "general inquiry from a known patient",
-            run.now,
-            due_at=case["opened_at"] + recipes.window_ms(practice, "general_task_due"),
-            params=recipes.staff_params(practice, case, role, "Call the patient back or answer by e-mail."),
-        ),
+        "CREATE_TASK",
+        recipes.ADMIN_TASK,
+        recipes.route(practice, role),
+        "A patient called and was missed (general inquiry: billing, records, ...).",
+        "general inquiry from a known patient",
+        due_at=case["opened_at"] + recipes.window_ms(practice, "general_task_due"),
+        params=recipes.staff_params(practice, case, role, "Call the patient back or answer by e-mail."),
     )
     cases.responded(run, case, run.now, "task")

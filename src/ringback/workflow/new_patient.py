@@ -51,20 +51,16 @@ def first_response(run: Run, practice: Practice, state: CallerState, case: Case)
         )
         note = f"Auto-SMS not sent ({blocked}); a callback task was created."
         cases.responded(run, case, run.now, "task")
-    cases.emit(
+    cases.act(
         run,
         case,
-        recipes.action(
-            case,
-            "NOTIFY_STAFF",
-            recipes.NOTIFY_COORDINATOR,
-            recipes.route(practice, COORDINATOR),
-            f"New patient missed call. {note}",
-            "new patient inquiry: scheduling coordinator informed",
-            run.now,
-            params=recipes.staff_params(
-                practice, case, COORDINATOR, "Be ready to book this caller; call back if they do not reply."
-            ),
+        "NOTIFY_STAFF",
+        recipes.NOTIFY_COORDINATOR,
+        recipes.route(practice, COORDINATOR),
+        f"New patient missed call. {note}",
+        "new patient inquiry: scheduling coordinator informed",
+        params=recipes.staff_params(
+            practice, case, COORDINATOR, "Be ready to book this caller; call back if they do not reply."
         ),
     )
     timers.arm(case, timers.FOLLOWUP, case["opened_at"] + recipes.window_ms(practice, "new_patient_followup"))
@@ -91,23 +87,17 @@ def followup(run: Run, practice: Practice, state: CallerState, case: Case) -> No
         else:
             case["notes"].append(f"second SMS not sent: {blocked}")
     if recipes.CALLBACK_TASK not in case["steps"]:
-        cases.emit(
+        cases.act(
             run,
             case,
-            recipes.action(
-                case,
-                "CREATE_TASK",
-                recipes.CALLBACK_TASK,
-                recipes.route(practice, COORDINATOR),
-                "Call back a new patient who has not replied or booked.",
-                "new patient: no reply or booking within the follow-up window",
-                run.now,
-                priority="NORMAL",
-                due_at=run.now + recipes.window_ms(practice, "new_patient_callback_due"),
-                params=recipes.staff_params(
-                    practice, case, COORDINATOR, "Call the caller back and offer an appointment."
-                ),
-            ),
+            "CREATE_TASK",
+            recipes.CALLBACK_TASK,
+            recipes.route(practice, COORDINATOR),
+            "Call back a new patient who has not replied or booked.",
+            "new patient: no reply or booking within the follow-up window",
+            priority="NORMAL",
+            due_at=run.now + recipes.window_ms(practice, "new_patient_callback_due"),
+            params=recipes.staff_params(practice, case, COORDINATOR, "Call the caller back and offer an appointment."),
         )
         emitted += 1
     if emitted:

@@ -55,44 +55,36 @@ def first_response(run: Run, practice: Practice, state: CallerState, case: Case)
             if appointment is None
             else "the next appointment is beyond the reschedule-link horizon"
         )
-        cases.emit(
+        cases.act(
             run,
             case,
-            recipes.action(
-                case,
-                "CREATE_TASK",
-                recipes.CALLBACK_TASK,
-                recipes.route(practice, QUEUE),
-                f"Reschedule request by voicemail; {why}.",
-                f"reschedule request: {why}",
-                run.now,
-                due_at=due,
-                params={
-                    **recipes.staff_params(practice, case, QUEUE, "Call the patient back to reschedule."),
-                    **recipes.appointment_params(practice, appointment),
-                },
-            ),
+            "CREATE_TASK",
+            recipes.CALLBACK_TASK,
+            recipes.route(practice, QUEUE),
+            f"Reschedule request by voicemail; {why}.",
+            f"reschedule request: {why}",
+            due_at=due,
+            params={
+                **recipes.staff_params(practice, case, QUEUE, "Call the patient back to reschedule."),
+                **recipes.appointment_params(practice, appointment),
+            },
         )
     if appointment is not None:
         start = appointment["start"]
-        cases.emit(
+        cases.act(
             run,
             case,
-            recipes.action(
-                case,
-                "NOTIFY_STAFF",
-                recipes.NOTIFY_SCHEDULING,
-                recipes.route(practice, QUEUE),
-                f"Reschedule request for the appointment on {recipes.local_time(start, practice.time_zone)}.",
-                "reschedule request by voicemail",
-                run.now,
-                params={
-                    **recipes.staff_params(
-                        practice, case, QUEUE, "Reschedule the appointment if the patient does not do it with the link."
-                    ),
-                    **recipes.appointment_params(practice, appointment),
-                },
-            ),
+            "NOTIFY_STAFF",
+            recipes.NOTIFY_SCHEDULING,
+            recipes.route(practice, QUEUE),
+            f"Reschedule request for the appointment on {recipes.local_time(start, practice.time_zone)}.",
+            "reschedule request by voicemail",
+            params={
+                **recipes.staff_params(
+                    practice, case, QUEUE, "Reschedule the appointment if the patient does not do it with the link."
+                ),
+                **recipes.appointment_params(practice, appointment),
+            },
         )
         timers.arm(case, timers.PROTECT, case["opened_at"] + recipes.window_ms(practice, "reschedule_gate"))
     if first_time:
@@ -123,45 +115,37 @@ def protect(run: Run, practice: Practice, state: CallerState, case: Case) -> Non
         return
     due = min(start, run.now + recipes.window_ms(practice, "reschedule_window"))
     details = recipes.appointment_params(practice, appointment)
-    cases.emit(
+    cases.act(
         run,
         case,
-        recipes.action(
-            case,
-            "CREATE_TASK",
-            recipes.PROTECT_TASK,
-            recipes.route(practice, QUEUE),
-            f"Not rescheduled yet: the appointment on {details['appointment_time']} is soon. Call the patient now.",
-            "reschedule request not handled and the appointment is within the protection horizon",
-            run.now,
-            priority="HIGH",
-            due_at=due,
-            params={
-                **recipes.staff_params(practice, case, QUEUE, "Call the patient and reschedule or confirm."),
-                **details,
-            },
-        ),
+        "CREATE_TASK",
+        recipes.PROTECT_TASK,
+        recipes.route(practice, QUEUE),
+        f"Not rescheduled yet: the appointment on {details['appointment_time']} is soon. Call the patient now.",
+        "reschedule request not handled and the appointment is within the protection horizon",
+        priority="HIGH",
+        due_at=due,
+        params={
+            **recipes.staff_params(practice, case, QUEUE, "Call the patient and reschedule or confirm."),
+            **details,
+        },
     )
     manager = recipes.DEPARTMENT_MANAGER
-    cases.emit(
+    cases.act(
         run,
         case,
-        recipes.action(
+        "ALERT_MANAGER",
+        recipes.PROTECT_ALERT,
+        recipes.route(practice, manager),
+        f"A reschedule request is not handled and the appointment on {details['appointment_time']} is soon.",
+        "reschedule request not handled; appointment within the protection horizon",
+        priority="HIGH",
+        params=recipes.staff_params(
+            practice,
             case,
-            "ALERT_MANAGER",
-            recipes.PROTECT_ALERT,
-            recipes.route(practice, manager),
-            f"A reschedule request is not handled and the appointment on {details['appointment_time']} is soon.",
-            "reschedule request not handled; appointment within the protection horizon",
-            run.now,
-            priority="HIGH",
-            params=recipes.staff_params(
-                practice,
-                case,
-                manager,
-                "Make sure the patient is called back today.",
-                task_id=recipes.action_id(case["case_id"], recipes.PROTECT_TASK),
-            ),
+            manager,
+            "Make sure the patient is called back today.",
+            task_id=recipes.action_id(case["case_id"], recipes.PROTECT_TASK),
         ),
     )
     cases.escalate(run, case)

@@ -64,25 +64,21 @@ def task_instead(
     """The staff callback task an SMS step becomes when the decision refuses the SMS."""
     if recipes.CALLBACK_TASK in case["steps"]:
         return
-    cases.emit(
+    cases.act(
         run,
         case,
-        recipes.action(
-            case,
-            "CREATE_TASK",
-            recipes.CALLBACK_TASK,
-            recipes.route(practice, role),
-            "Call the patient back: an automatic SMS could not be sent.",
-            f"SMS not sent: {blocked}",
-            run.now,
-            priority=priority,
-            due_at=due,
-            params={
-                **recipes.staff_params(practice, case, role, "Call the caller back (no SMS was sent)."),
-                "instead_of": instead_of,
-                "blocked_reason": blocked,
-            },
-        ),
+        "CREATE_TASK",
+        recipes.CALLBACK_TASK,
+        recipes.route(practice, role),
+        "Call the patient back: an automatic SMS could not be sent.",
+        f"SMS not sent: {blocked}",
+        priority=priority,
+        due_at=due,
+        params={
+            **recipes.staff_params(practice, case, role, "Call the caller back (no SMS was sent)."),
+            "instead_of": instead_of,
+            "blocked_reason": blocked,
+        },
     )
 
 

@@ -28,27 +28,23 @@ def first_response(
         role, recipient = recipes.NURSE, recipes.route(practice, recipes.NURSE)
     reason = cls.urgency_reason(decided.urgent_flag) if decided.urgent_flag else "urgent"
     name = (patient.get("display_name") if patient else None) or "patient (name not on file)"
-    cases.emit(
+    cases.act(
         run,
         case,
-        recipes.action(
+        "CREATE_TASK",
+        recipes.CLINICAL_TASK,
+        recipient,
+        f"Urgent clinical callback: {name} ({reason}).",
+        "existing patient with an urgent flag called and was missed",
+        priority="URGENT",
+        due_at=case["opened_at"] + recipes.window_ms(practice, "urgent_window"),
+        params=recipes.staff_params(
+            practice,
             case,
-            "CREATE_TASK",
-            recipes.CLINICAL_TASK,
-            recipient,
-            f"Urgent clinical callback: {name} ({reason}).",
-            "existing patient with an urgent flag called and was missed",
-            run.now,
-            priority="URGENT",
-            due_at=case["opened_at"] + recipes.window_ms(practice, "urgent_window"),
-            params=recipes.staff_params(
-                practice,
-                case,
-                role,
-                "Call the patient back within the urgent window.",
-                patient_name=name,
-                urgency_reason=reason,
-            ),
+            role,
+            "Call the patient back within the urgent window.",
+            patient_name=name,
+            urgency_reason=reason,
         ),
     )
     minutes = recipes.urgent_minutes(practice)
@@ -80,25 +76,21 @@ def escalation(run: Run, practice: Practice, state: CallerState, case: Case) -> 
         return
     role = recipes.DEPARTMENT_MANAGER
     minutes = round(recipes.window_ms(practice, "urgent_escalation") / 60_000)
-    cases.emit(
+    cases.act(
         run,
         case,
-        recipes.action(
+        "ALERT_MANAGER",
+        recipes.MANAGER_ALERT,
+        recipes.route(practice, role),
+        f"An urgent clinical callback was not completed within {minutes} min of the missed call.",
+        "urgent callback not completed in time",
+        priority="URGENT",
+        params=recipes.staff_params(
+            practice,
             case,
-            "ALERT_MANAGER",
-            recipes.MANAGER_ALERT,
-            recipes.route(practice, role),
-            f"An urgent clinical callback was not completed within {minutes} min of the missed call.",
-            "urgent callback not completed in time",
-            run.now,
-            priority="URGENT",
-            params=recipes.staff_params(
-                practice,
-                case,
-                role,
-                "Make sure the urgent callback happens now, or reassign it.",
-                task_id=recipes.action_id(case["case_id"], recipes.CLINICAL_TASK),
-            ),
+            role,
+            "Make sure the urgent callback happens now, or reassign it.",
+            task_id=recipes.action_id(case["case_id"], recipes.CLINICAL_TASK),
         ),
     )
     cases.escalate(run, case)
