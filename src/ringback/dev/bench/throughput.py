@@ -57,7 +57,10 @@ def measure_workers(ns: Namespace, events: list, workers: int, timeout: float, p
         ns.worker(f"worker-{i + 1}", env={"RINGBACK_STATE_DIR": str(ns.work_dir / f"state-{i + 1}")})
         for i in range(workers)
     ]
-    alive = lambda: all(p.alive() for p in procs)  # noqa: E731
+
+    def alive() -> bool:
+        return all(p.alive() for p in procs)
+
     t0 = time.monotonic()
     try:
         try:
@@ -288,7 +291,10 @@ def run(
         # The same comparison in CPU cost: steadier than wall-clock rates on a loaded machine.
         "cpu_ratio_to_faust": stats.ratio(worker.get("events_per_cpu_s"), faust_pt.get("events_per_cpu_s")),
     }
-    pct = lambda x: "–" if x is None else f"{x:.1%}"  # noqa: E731
+
+    def pct(x: float | None) -> str:
+        return "–" if x is None else f"{x:.1%}"
+
     log(
         f"    worker/Faust {pct(result['ratio_to_faust'])} (in CPU cost {pct(result['cpu_ratio_to_faust'])}), "
         f"worker/aiokafka {pct(result['ratio_to_aiokafka'])}, Faust/aiokafka {pct(result['faust_to_aiokafka'])}"
