@@ -38,7 +38,7 @@ def listed(bootstrap: str, names: list[str]) -> dict:
         metadata = client.list_topics(timeout=10).topics
         return {n: metadata[n] for n in names} if all(n in metadata for n in names) else None
 
-    return wait_for(all_there, 30, message=f"the broker listing {names}")  # type: ignore[return-value]
+    return wait_for(all_there, 30, message=f"the broker listing {names}")  # type: ignore[return-value]  # wait_for returns what the probe returned, typed as object
 
 
 def described(bootstrap: str, names: list[str]) -> dict[str, tuple[int, str, str]]:

@@ -153,11 +153,11 @@ async def test_email_through_a_real_smtp_server():
     got = []
 
     class Handler:
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd names its hooks so
             got.append(envelope)
             return "250 OK"
 
-        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+        async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802 - aiosmtpd names its hooks so
             if address.startswith("nobody@"):
                 return "550 no such user"
             envelope.rcpt_tos.append(address)
