@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections import namedtuple
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,7 +18,8 @@ PATIENTS = "ns.patients"  # compacted (guarded only where a test says so)
 
 
 class FakeReader:
-    """A broker: `log[(topic, partition)]` = {offset: value}; committed offsets per partition."""
+    """A broker: `log[(topic, partition)]` = {offset: value} (each record's key is its offset);
+    committed offsets per partition."""
 
     def __init__(self) -> None:
         self.log: dict[tuple[str, int], dict[int, bytes]] = {}
@@ -38,7 +40,7 @@ class FakeReader:
     def read(self, topic: str, partition: int, start: int, end: int, limit: int) -> list[GapRecord]:
         self.reads.append((topic, partition, start, end))
         records = self.log.get((topic, partition), {})
-        found = [GapRecord(o, b"k", records[o]) for o in sorted(records) if start <= o < end]
+        found = [GapRecord(o, str(o).encode(), records[o]) for o in sorted(records) if start <= o < end]
         return found[:limit]
 
 
@@ -83,23 +85,31 @@ class FakeApp:
         self.flow_control = FakeFlow()
 
 
+class FakeStream:
+    """A Faust stream's `events()`: records of one partition, as the agent receives them."""
+
+    def __init__(self, tp: TP, offsets) -> None:
+        self.tp, self.offsets = tp, offsets
+
+    async def events(self):
+        for offset in self.offsets:
+            message = SimpleNamespace(tp=self.tp, topic=self.tp.topic, partition=self.tp.partition, offset=offset)
+            yield SimpleNamespace(message=message, key=str(offset).encode(), value=f"v{offset}".encode())
+
+
 class Agent:
-    """The agent loop of the apps, over a list of (tp, offset) records."""
+    """An app's agent: `GapGuard.consume` over a stream, recording what it handled."""
 
     def __init__(self, guard: GapGuard) -> None:
         self.guard = guard
         self.handled: list[tuple[str, int, int]] = []
 
-    async def handle_record(self, tp: TP, offset: int) -> None:
-        self.handled.append((tp.topic, tp.partition, offset))
+    async def handle(self, topic: str, partition: int, key: bytes | None, value: bytes | None) -> None:
+        assert key is not None
+        self.handled.append((topic, partition, int(key)))  # the fake records' keys are their offsets
 
     async def deliver(self, tp: TP, *offsets: int) -> None:
-        for offset in offsets:
-            generation = self.guard.generation
-            if self.guard.begin(tp, offset):
-                await self.guard.resolve(tp, offset, lambda r, tp=tp: self.handle_record(tp, r.offset), generation)
-            await self.handle_record(tp, offset)
-            self.guard.done(tp, offset, generation)
+        await self.guard.consume(FakeStream(tp, offsets), self.handle)
 
 
 @pytest.fixture

@@ -110,13 +110,16 @@ class GapReader(Protocol):
 
 
 Handler = Callable[[GapRecord], Awaitable[Any]]
+# What an agent does with one record: (topic, partition, key, value).
+RecordHandler = Callable[[str, int, bytes | None, bytes | None], Awaitable[Any]]
 
 
 class GapGuard:
     """Next expected offset per partition of one Faust app's guarded input topics.
 
     `topics` maps each guarded topic name to its metric label. Partitions are keys
-    `(topic, partition)` (Faust's `TP` is such a tuple). Agent loop:
+    `(topic, partition)` (Faust's `TP` is such a tuple). An agent's body is
+    `await guard.consume(stream, handle)`: per record,
 
         generation = guard.generation
         if guard.begin(tp, offset):
@@ -151,6 +154,22 @@ class GapGuard:
         self._lock = asyncio.Lock()  # one broker reader: fills of several agents take turns
 
     # ------------------------------------------------------------------ per record
+    async def consume(self, stream: Any, handle: RecordHandler) -> None:
+        """An agent's loop over a Faust stream: every record handled once, in offset order per
+        partition, the ones Faust skipped around a rebalance first (read back from the broker)."""
+        async for event in stream.events():
+            message = event.message
+            generation = self.generation
+            if self.begin(message.tp, message.offset):  # first after a rebalance, a gap, a rewind
+                await self.resolve(
+                    message.tp,
+                    message.offset,
+                    lambda r: handle(message.topic, message.partition, r.key, r.value),  # noqa: B023 - awaited in this iteration
+                    generation,
+                )
+            await handle(message.topic, message.partition, event.key, event.value)
+            self.done(message.tp, message.offset, generation)
+
     def begin(self, tp: tuple[str, int], offset: int) -> bool:
         """A record arrives. True when its offset is not the one expected next (first record
         after an assignment, a gap, a rewind): `resolve` must run before it is handled."""

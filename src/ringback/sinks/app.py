@@ -222,18 +222,11 @@ class Sinks:
     async def _consume(self, stream, schema: str, source: str, handler) -> None:
         guard = self.gap_guard
         assert guard is not None, "build_sinks attaches the gap guard"
-        async for event in stream.events():
-            message = event.message
-            generation = guard.generation
-            if guard.begin(message.tp, message.offset):  # first after a rebalance, a gap, a rewind
-                await guard.resolve(
-                    message.tp,
-                    message.offset,
-                    lambda r: self._handle_one(schema, source, handler, r.key, r.value, message.partition),  # noqa: B023 - awaited in this iteration
-                    generation,
-                )
-            await self._handle_one(schema, source, handler, event.key, event.value, message.partition)
-            guard.done(message.tp, message.offset, generation)
+
+        async def handle(topic: str, partition: int, key: bytes | None, raw: bytes | None) -> None:
+            await self._handle_one(schema, source, handler, key, raw, partition)
+
+        await guard.consume(stream, handle)
 
     async def _handle_one(
         self, schema: str, source: str, handler, key: bytes | None, raw: bytes | None, partition: int

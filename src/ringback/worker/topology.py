@@ -448,18 +448,7 @@ def build_topology(app: faust.App, settings: Settings, directory: PracticeDirect
     )
 
     async def process(stream):
-        async for event in stream.events():
-            message = event.message
-            generation = gap_guard.generation
-            if gap_guard.begin(message.tp, message.offset):  # first after a rebalance, a gap, a rewind
-                await gap_guard.resolve(
-                    message.tp,
-                    message.offset,
-                    lambda r: t.handle(message.topic, message.partition, r.key, r.value),  # noqa: B023 - awaited in this iteration
-                    generation,
-                )
-            await t.handle(message.topic, message.partition, event.key, event.value)
-            gap_guard.done(message.tp, message.offset, generation)
+        await gap_guard.consume(stream, t.handle)
 
     app.agent(t.inputs, name=f"{__name__}.process")(process)
 
