@@ -165,6 +165,25 @@ def act(
     emit(run, case, recipes.action(case, kind, step, recipient, body, reason, run.now, priority, due_at, params))
 
 
+def alert_manager(
+    run: Run, practice: Practice, case: Case, step: str, text: str, reason: str, priority: str, todo: str, task: str
+) -> None:
+    """Alert the department manager that the case's task `task` (a step) is late, and count the escalation."""
+    manager = recipes.DEPARTMENT_MANAGER
+    act(
+        run,
+        case,
+        "ALERT_MANAGER",
+        step,
+        recipes.route(practice, manager),
+        text,
+        reason,
+        priority=priority,
+        params=recipes.staff_params(practice, case, manager, todo, task_id=recipes.action_id(case["case_id"], task)),
+    )
+    escalate(run, case)
+
+
 def action_key(practice_id: str, caller: str) -> bytes:
     """The record key of an action: practice|caller (the patient's number, also for staff actions)."""
     return f"{practice_id}|{caller}".encode()

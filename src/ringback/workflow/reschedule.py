@@ -130,22 +130,14 @@ def protect(run: Run, practice: Practice, state: CallerState, case: Case) -> Non
             **details,
         },
     )
-    manager = recipes.DEPARTMENT_MANAGER
-    cases.act(
+    cases.alert_manager(
         run,
+        practice,
         case,
-        "ALERT_MANAGER",
         recipes.PROTECT_ALERT,
-        recipes.route(practice, manager),
         f"A reschedule request is not handled and the appointment on {details['appointment_time']} is soon.",
         "reschedule request not handled; appointment within the protection horizon",
-        priority="HIGH",
-        params=recipes.staff_params(
-            practice,
-            case,
-            manager,
-            "Make sure the patient is called back today.",
-            task_id=recipes.action_id(case["case_id"], recipes.PROTECT_TASK),
-        ),
+        "HIGH",
+        "Make sure the patient is called back today.",
+        recipes.PROTECT_TASK,
     )
-    cases.escalate(run, case)

@@ -74,23 +74,15 @@ def escalation(run: Run, practice: Practice, state: CallerState, case: Case) -> 
     """The `escalation` timer, 45 min without the clinical callback marked complete: alert the manager."""
     if recipes.CLINICAL_TASK in case["tasks_done"]:
         return
-    role = recipes.DEPARTMENT_MANAGER
     minutes = round(recipes.window_ms(practice, "urgent_escalation") / 60_000)
-    cases.act(
+    cases.alert_manager(
         run,
+        practice,
         case,
-        "ALERT_MANAGER",
         recipes.MANAGER_ALERT,
-        recipes.route(practice, role),
         f"An urgent clinical callback was not completed within {minutes} min of the missed call.",
         "urgent callback not completed in time",
-        priority="URGENT",
-        params=recipes.staff_params(
-            practice,
-            case,
-            role,
-            "Make sure the urgent callback happens now, or reassign it.",
-            task_id=recipes.action_id(case["case_id"], recipes.CLINICAL_TASK),
-        ),
+        "URGENT",
+        "Make sure the urgent callback happens now, or reassign it.",
+        recipes.CLINICAL_TASK,
     )
-    cases.escalate(run, case)
