@@ -15,15 +15,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from platformdirs import user_data_path
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ringback.config import user_dirs
 
 
 def user_state_dir() -> Path:
     """`state` in the per-user data folder (~/.local/share/ringback/state on Linux): a process
     started anywhere never writes its tables into the current directory or an installation."""
-    return user_data_path("ringback", appauthor=False) / "state"
+    return user_dirs.data_path("state")
 
 
 class SettingsError(ValueError):

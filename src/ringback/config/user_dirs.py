@@ -1,10 +1,11 @@
-"""Where the developer tools keep what they write when not told where: per-user folders.
+"""Where ringback keeps what it writes when not told where: per-user folders.
 
 An installed ringback must never write into site-packages or a source tree, nor litter
-the current directory. platformdirs knows each platform's rules (on Linux the XDG base
-directories: $XDG_DATA_HOME, else ~/.local/share; $XDG_CACHE_HOME, else ~/.cache).
-Data (broker data and logs, demo runs, bench results) goes under the data folder;
-what can be downloaded again (the broker's Maven jars) under the cache folder.
+the current directory. Data (a process's local state, the default of RINGBACK_STATE_DIR;
+broker data and logs, demo runs, bench results) goes under the per-user data folder; what
+can be downloaded again (the broker's Maven jars) under the per-user cache folder.
+platformdirs knows each platform's rules (on Linux the XDG base directories:
+$XDG_DATA_HOME, else ~/.local/share; $XDG_CACHE_HOME, else ~/.cache).
 """
 
 from __future__ import annotations

@@ -40,9 +40,9 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import yaml
 
+from ringback.config import user_dirs
 from ringback.config.practices_file import parse_practices
 from ringback.config.settings import Settings
-from ringback.dev import user_dirs
 from ringback.dev.child_process import die_with_parent
 from ringback.dev.fake_apis import FakeApiServer
 from ringback.dev.local_kafka import KafkaError, LocalKafka, free_port

@@ -24,7 +24,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ringback.dev import child_process, user_dirs
+from ringback.config import user_dirs
+from ringback.dev import child_process
 
 BROKER_FILES = resources.files("ringback.dev") / "kafka"
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from ringback.dev import user_dirs
+from ringback.config import user_dirs
 from ringback.dev.bench import report
 from ringback.dev.bench.harness import Broker, Namespace, close_probes, log, new_namespace
 
