@@ -172,7 +172,9 @@ def test_old_records_read_after_a_compatible_evolution(tmp_path):
     old_bytes = old.encode("call_event", rec)
     assert old_bytes[2:10] != new.fingerprint("call_event")
     out = new.decode("call_event", old_bytes)
-    assert out == {**expected_after_round_trip("call_event", rec), "answered_by": None}
+    evolved_fields = {f["name"] for f in new.schema("call_event")["fields"]}
+    expected = {k: v for k, v in expected_after_round_trip("call_event", rec).items() if k in evolved_fields}
+    assert out == {**expected, "answered_by": None}
     new_bytes = new.encode("call_event", dict(rec, answered_by="machine_end_beep"))
     assert new.decode("call_event", new_bytes)["answered_by"] == "machine_end_beep"
     # without the history copy the old fingerprint is unknown: a clear error

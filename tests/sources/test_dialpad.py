@@ -61,6 +61,8 @@ def test_dialpad_vector_verifies_and_maps_to_a_missed_call():
         "transcript": None,
         "sms_body": None,
         "sms_id": None,
+        "leg_id": None,
+        "signal": None,
     }
 
 

@@ -68,6 +68,8 @@ def test_event_fields():
         "transcript": None,
         "sms_body": None,
         "sms_id": None,
+        "leg_id": None,
+        "signal": None,
     }
 
 

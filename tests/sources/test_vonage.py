@@ -77,6 +77,8 @@ def test_event_fields():
         "transcript": None,
         "sms_body": None,
         "sms_id": None,
+        "leg_id": None,
+        "signal": None,
     }
     assert vonage.practice_number(vonage_event(UUID, "unanswered", CALLER, DID)) == DID
 

@@ -58,6 +58,8 @@ def call_event(
     transcript: str | None = None,
     sms_body: str | None = None,
     sms_id: str | None = None,
+    leg_id: str | None = None,
+    signal: str | None = None,
 ) -> dict:
     """One record of schemas/call_event.avsc (every field, so the codec sees no gap)."""
     return {
@@ -78,6 +80,8 @@ def call_event(
         "transcript": transcript,
         "sms_body": sms_body,
         "sms_id": sms_id,
+        "leg_id": leg_id,
+        "signal": signal,
     }
 
 
