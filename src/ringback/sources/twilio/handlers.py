@@ -63,13 +63,18 @@ def _base_url(hook: Webhook) -> str:
     return hook.public_url().removesuffix(hook.request.raw_path)
 
 
-async def _signed(hook: Webhook, practice: Practice | None, number: str | None, form: Mapping[str, Any]) -> Practice:
-    """The practice, once `X-Twilio-Signature` is valid for its auth token (403 / 404 otherwise)."""
+def _authenticate(hook: Webhook, practice: Practice | None, number: str | None, form: Mapping[str, Any]) -> None:
+    """403 unless `X-Twilio-Signature` is valid for the practice's (else the account's) auth token."""
     url = hook.public_url()
     signature = hook.request.headers.get("X-Twilio-Signature")
     if not signature:
         raise Reject(403, "signature", "missing X-Twilio-Signature")
     hook.authenticate("twilio", practice, number, lambda token: signature_valid(token, url, form, signature))
+
+
+async def _signed(hook: Webhook, practice: Practice | None, number: str | None, form: Mapping[str, Any]) -> Practice:
+    """The practice, once `X-Twilio-Signature` is valid for its auth token (403 / 404 otherwise)."""
+    _authenticate(hook, practice, number, form)
     return await hook.require_practice(practice, number)
 
 
@@ -92,7 +97,7 @@ async def _signed_practice(hook: Webhook, form: Mapping[str, Any], number: str |
 async def _correlated(hook: Webhook, form: Mapping[str, Any]) -> tuple[Practice, Correlation]:
     """A leg's callback: the call it belongs to, from the signed URL's query."""
     if not hook.request.query.get("practice"):
-        await _signed(hook, None, None, form)  # 403 unless the account-wide token signed it
+        _authenticate(hook, None, None, form)  # 403 unless the account-wide token signed it
         raise await hook.malformed(PayloadError(UNCORRELATED), None)
     practice = await _signed_practice(hook, form, None)
     try:
