@@ -145,6 +145,7 @@ def test_machine_answers_are_the_documented_set():
 def test_the_recorded_voicemail_is_a_voicemail():
     [event] = twilio.voicemail_event(wh.twilio_recorded(PARENT, CALLER, PRACTICE_NUMBER, 31), "maple", 4)
     assert (event["event_id"], event["outcome"], event["duration_s"]) == (f"twilio:{PARENT}:voicemail", "VOICEMAIL", 31)
+    assert event["signal"] == "parent"
     assert event["recording_url"].endswith("/RE" + PARENT[2:])
     params = wh.twilio_recorded(PARENT, CALLER, PRACTICE_NUMBER)
     params.pop("RecordingUrl")

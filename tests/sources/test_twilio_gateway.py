@@ -133,7 +133,7 @@ def test_a_call_followed_through_every_url_of_the_flow(served):
         (f"twilio:{PARENT}:answered-{LEG}", "ANSWERED", "leg", LEG),
         (f"twilio:{PARENT}:machine-{LEG}", "MISSED", "machine", LEG),
         (f"twilio:{PARENT}:dial-no-answer", "MISSED", "leg", LEG),
-        (f"twilio:{PARENT}:voicemail", "VOICEMAIL", None, None),
+        (f"twilio:{PARENT}:voicemail", "VOICEMAIL", "parent", None),
         (f"twilio:{PARENT}:transcription", "VOICEMAIL", None, None),
     ]
     assert {(e["practice_id"], e["caller"], e["called"], e["provider_call_id"]) for e in events} == {

@@ -177,13 +177,15 @@ def twilio_forwarded(
     ring_s: int = 20,
     talk_s: int = 95,
     voicemail_s: int | None = None,
+    stamp: str = "Tue, 24 Nov 2026 15:04:05 +0000",
 ) -> list[Webhook]:
     """The callbacks of one call through the ready-made flow, in the order Twilio sends them:
     `missed` (nobody picks up: Dial action no-answer, then the parent `completed` after the
     ringing time), `machine` (a cell phone's voicemail answers: the leg `answered`, AMD
     machine_start, the Dial `completed`), `answered` (a person: the leg `answered` at once,
     the Dial and the parent `completed` when the conversation ends). `voicemail_s`: after a
-    miss the caller leaves a voicemail that long (the `<Record action>`)."""
+    miss the caller leaves a voicemail that long (the `<Record action>`). `stamp`: the status
+    callbacks' `Timestamp` (RFC 2822, to the second, as Twilio sends it)."""
     leg = "CA" + call_sid[2:][::-1]
 
     def signed(path: str, params: dict[str, str], correlated: bool = True) -> Webhook:
@@ -196,7 +198,7 @@ def twilio_forwarded(
         hooks.append(
             signed(
                 TWILIO_VOICE_STATUS,
-                twilio_leg_status(leg, call_sid, caller, front_desk, "no-answer", SequenceNumber="1"),
+                twilio_leg_status(leg, call_sid, caller, front_desk, "no-answer", SequenceNumber="1", Timestamp=stamp),
             )
         )
         parent_s = ring_s
@@ -204,17 +206,18 @@ def twilio_forwarded(
             hooks.append(signed(TWILIO_VOICE_VOICEMAIL, twilio_recorded(call_sid, caller, called, voicemail_s)))
             parent_s += voicemail_s + 8  # the greeting
     else:
-        answered = twilio_leg_status(leg, call_sid, caller, front_desk, "in-progress", SequenceNumber="0")
+        answered = twilio_leg_status(
+            leg, call_sid, caller, front_desk, "in-progress", SequenceNumber="0", Timestamp=stamp
+        )
         hooks.append(signed(TWILIO_VOICE_STATUS, answered))
         if outcome == FORWARD_MACHINE:
             hooks.append(signed(TWILIO_VOICE_AMD, twilio_amd(leg, "machine_start")))
-        ended = twilio_leg_status(
-            leg, call_sid, caller, front_desk, "completed", SequenceNumber="1", CallDuration=str(talk_s)
-        )
+        timing = {"CallDuration": str(talk_s), "SequenceNumber": "1", "Timestamp": stamp}
+        ended = twilio_leg_status(leg, call_sid, caller, front_desk, "completed", **timing)
         hooks.append(signed(TWILIO_VOICE_STATUS, ended))
         hooks.append(signed(TWILIO_VOICE_DIAL, twilio_dial_action(call_sid, caller, called, "completed", leg, talk_s)))
         parent_s = ring_s + talk_s
-    parent = twilio_voice_status(call_sid, caller, called, "completed", CallDuration=str(parent_s))
+    parent = twilio_voice_status(call_sid, caller, called, "completed", CallDuration=str(parent_s), Timestamp=stamp)
     hooks.append(signed(TWILIO_VOICE_STATUS, parent, correlated=False))
     return hooks
 

@@ -18,7 +18,8 @@ the `signal` that says how much it knows (sources/canonical.py, docs/providers/t
   Dial action decides).
 * `amdStatusCallback` (`AnsweredBy`): machine_start / machine_end_beep / machine_end_silence /
   machine_end_other / fax → MISSED, signal "machine", leg = its CallSid; human / unknown → nothing.
-* `<Record action>` of the voicemail fallback (`RecordingUrl`) → VOICEMAIL.
+* `<Record action>` of the voicemail fallback (`RecordingUrl`) → VOICEMAIL, signal "parent"
+  (recorded on the parent call; it upgrades the legs' MISSED).
 * transcription callback: `TranscriptionText` → a TRANSCRIPTION event (outcome VOICEMAIL).
 * incoming message: `Body`, `From`, `To`, `MessageSid` → an SMS event.
 * message status callback (an SMS we sent): `MessageSid`, `MessageStatus`, `ErrorCode`
@@ -197,6 +198,8 @@ def voicemail_event(params: Mapping[str, str], practice_id: str, received_ms: in
             received_at=received_ms,
             duration_s=seconds(params.get("RecordingDuration"), "RecordingDuration"),
             recording_url=recording_url,
+            # Recorded on the parent call once the legs rang out: it upgrades their MISSED.
+            signal="parent",
         )
     ]
 
