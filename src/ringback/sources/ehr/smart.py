@@ -31,10 +31,10 @@ from joserfc import jwk, jwt
 from joserfc.errors import InvalidKeyTypeError, JoseError
 
 from ringback.clock import Clock
-from ringback.config.secrets import read_secret
+from ringback.config.secrets import EHR_SMART_KEY, read_secret
 from ringback.config.settings import Settings
 
-KEY_SECRET = "RINGBACK_EHR_SMART_KEY"  # the secret holding our private key(s)
+KEY_SECRET = EHR_SMART_KEY  # the secret holding our private key(s)
 ALGORITHMS = ("RS384", "ES384")  # what SMART Backend Services requires servers to accept
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME_S = 300  # the most the SMART spec allows
