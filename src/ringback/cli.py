@@ -441,6 +441,33 @@ def _print_report(report) -> None:
     click.echo(json.dumps(report.as_dict(), indent=2, sort_keys=True))
 
 
+def _smart_opts(command):
+    """SMART Backend Services options, shared by the EHR commands that call the FHIR server."""
+    command = click.option(
+        "--smart-scope", default=None, help="scopes to ask for (env RINGBACK_EHR_SMART_SCOPE; default: SMART v2 reads)"
+    )(command)
+    return click.option(
+        "--smart-client-id",
+        default=None,
+        help="authorize with SMART Backend Services as this client (env RINGBACK_EHR_SMART_CLIENT_ID; "
+        "key: the secret RINGBACK_EHR_SMART_KEY, made by `ringback ehr keys`)",
+    )(command)
+
+
+def _smart_auth(base_url: str, client_id: str | None, scope: str | None):
+    """The SMART auth for this base URL, or None when no client id is configured."""
+    from ringback.sources.ehr import smart
+
+    env = _env()
+    client_id = client_id or env.ringback_ehr_smart_client_id
+    if not client_id:
+        return None
+    try:
+        return smart.smart_auth(env, base_url, client_id, scope or env.ringback_ehr_smart_scope)
+    except smart.SmartError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @ehr.command("sync")
 @click.option("--base-url", required=True, help="FHIR R4 base URL, e.g. https://ehr.example.org/fhir")
 @click.option("--practice", "practice_id", required=True)
@@ -474,6 +501,7 @@ def _print_report(report) -> None:
     "a one-shot sync prints its report instead)",
 )
 @_region_opt
+@_smart_opts
 def ehr_sync(
     base_url: str,
     practice_id: str,
@@ -486,6 +514,8 @@ def ehr_sync(
     every: float | None,
     metrics_port: int | None,
     region: str | None,
+    smart_client_id: str | None,
+    smart_scope: str | None,
 ) -> None:
     """Pull Patient, Appointment and Flag from a FHIR server; publish keyed records and tombstones."""
     from ringback.config.secrets import read_secret
@@ -493,6 +523,9 @@ def ehr_sync(
 
     env = _env()
     token = None
+    auth = _smart_auth(base_url, smart_client_id, smart_scope)
+    if auth is not None and token_secret:
+        raise click.UsageError("--token-secret and SMART (--smart-client-id) exclude each other")
     if token_secret:
         token = read_secret(token_secret, env)
         if not token:
@@ -512,6 +545,7 @@ def ehr_sync(
             page_size=page_size,
             overlap_s=overlap,
             deletions=not no_deletions,
+            auth=auth,
         )
 
     if every is not None:
@@ -537,6 +571,38 @@ def _print_report_line(report) -> None:
     import json
 
     click.echo(json.dumps(report.as_dict(), sort_keys=True))
+
+
+@ehr.command("keys")
+@click.option(
+    "--alg",
+    type=click.Choice(["RS384", "ES384"]),
+    default="RS384",
+    show_default=True,
+    help="RS384 (RSA 2048): accepted by every SMART server; ES384 (EC P-384): where the EHR accepts it",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="secrets folder to write the private key set RINGBACK_EHR_SMART_KEY into (default: RINGBACK_SECRETS_DIR)",
+)
+def ehr_keys(alg: str, out: Path | None) -> None:
+    """Add a key pair for SMART Backend Services and print the public JWKS to register with the EHR.
+
+    The private key goes into the secret file (0600), never to the output. Run again to
+    rotate: the new key is added, the JWKS printed has both, and the newest one signs."""
+    import json
+
+    from ringback.sources.ehr import smart
+
+    path = (out or _env().ringback_secrets_dir) / smart.KEY_SECRET
+    try:
+        jwks = smart.add_key(path, alg)
+    except (smart.SmartError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(jwks, indent=2))
+    click.echo(f"private keys: {path} ({len(jwks['keys'])}; the last one signs)", err=True)
 
 
 @ehr.command("import")

@@ -158,6 +158,15 @@ class Settings(BaseSettings):
     # ------------------------------------------------------------------ sources (`cdr poll`, `ehr sync`)
     ringback_cdr_metrics_port: int = Field(0, ge=0, description="/metrics port of the CDR poller (0: none)")
     ringback_ehr_metrics_port: int = Field(0, ge=0, description="/metrics port of `ehr sync --every` (0: none)")
+    ringback_ehr_smart_client_id: str | None = Field(
+        None,
+        description="SMART Backend Services client id the EHR registered; set: the EHR commands get their tokens "
+        "with a JWT signed by the key in the secret RINGBACK_EHR_SMART_KEY (--smart-client-id wins)",
+    )
+    ringback_ehr_smart_scope: str = Field(
+        "system/Patient.rs system/Appointment.rs system/Flag.rs",
+        description="Scopes asked of the EHR's token endpoint (SMART v2; v1 servers: system/Patient.read ...)",
+    )
 
     # ------------------------------------------------------------------ observability
     ringback_log_level: str = Field("INFO", description="Log level (--log-level wins)")
