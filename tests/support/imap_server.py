@@ -142,23 +142,34 @@ class ImapServer:
                     login_user="dovenull" if root else mail_owner,
                 )
             )
-            log = open(home / "stdout.log", "ab")
-            self._proc = subprocess.Popen(
-                [DOVECOT, "-F", "-c", str(home / "dovecot.conf")],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self._proc.poll() is None:
-                try:
-                    with socket.create_connection((self.host, self.port), timeout=0.5):
-                        return self
-                except OSError:
-                    time.sleep(0.1)
+            if self._launch(timeout):
+                return self
             self.stop()
         raise RuntimeError(f"dovecot did not start; see {home / 'dovecot.log'} and {home / 'stdout.log'}")
+
+    def restart(self, timeout: float = 20.0) -> None:
+        """Stopped and started again on the same port, with the same mail (a server restart)."""
+        self.stop()
+        if not self._launch(timeout):
+            raise RuntimeError(f"dovecot did not start again; see {self.home / 'dovecot.log'}")
+
+    def _launch(self, timeout: float) -> bool:
+        log = open(self.home / "stdout.log", "ab")
+        self._proc = subprocess.Popen(
+            [DOVECOT, "-F", "-c", str(self.home / "dovecot.conf")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._proc.poll() is None:
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return True
+            except OSError:
+                time.sleep(0.1)
+        return False
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

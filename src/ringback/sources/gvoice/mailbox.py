@@ -81,6 +81,8 @@ class Mailbox:
         return self._client
 
     def uids_after(self, uid: int) -> list[int]:
+        # A server may show a selected folder's new mail only after a NOOP (dovecot does).
+        self.client.noop()
         # "N:*" also matches the highest UID when it is below N (RFC 3501): filter.
         return sorted(u for u in self.client.search(["UID", f"{uid + 1}:*"]) if u > uid)
 
