@@ -77,6 +77,25 @@ def _check_template(text: str) -> str:
 
 
 MessageTemplate = Annotated[str, Field(min_length=1, max_length=1600), AfterValidator(_check_template)]
+PhoneNumber = Annotated[str, AfterValidator(to_e164)]
+
+
+class CallFlow(BaseModel):
+    """The ready-made Twilio call flow (sources/twilio/call_flow.py): ring the front desk for
+    `ring_seconds`, then take a voicemail. Its number points its incoming-call webhook at ringback."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Twilio rings at most ten <Number>s of one <Dial> at once; the first to pick up gets the call.
+    front_desk: list[PhoneNumber] = Field(min_length=1, max_length=10)
+    ring_seconds: int = Field(20, ge=5, le=120, description="how long the front desk rings before the voicemail")
+    voicemail_greeting: str = Field(
+        "Sorry we missed your call. Please leave a message after the tone and we will call you back.",
+        min_length=1,
+        max_length=500,
+    )
+    voicemail_max_seconds: int = Field(120, ge=10, le=600)
+    machine_detection: bool = Field(True, description="tell a cell phone's voicemail from a person picking up")
 
 
 class Practice(BaseModel):
@@ -101,6 +120,8 @@ class Practice(BaseModel):
     secrets: dict[str, str] = Field(default_factory=dict)
     # Patient SMS templates by name (e.g. new_patient_first); placeholders: TEMPLATE_PLACEHOLDERS.
     templates: dict[str, MessageTemplate] = Field(default_factory=dict)
+    # The ready-made Twilio call flow; None: the practice's phone system runs its own.
+    call_flow: CallFlow | None = None
 
     @field_validator("time_zone")
     @classmethod
@@ -125,6 +146,16 @@ class Practice(BaseModel):
     def _has_sender(self) -> Practice:
         if not self.sms_from and not self.messaging_service_sid:
             raise ValueError("set sms_from (a number) or messaging_service_sid: SMS needs a sender")
+        return self
+
+    @model_validator(mode="after")
+    def _front_desk_is_not_the_practice_number(self) -> Practice:
+        own = set(self.phone_numbers) & set(self.call_flow.front_desk if self.call_flow else ())
+        if own:
+            raise ValueError(
+                f"call_flow.front_desk: {sorted(own)[0]} is one of the practice's own phone_numbers "
+                "(the call would ring itself); list the phones that ring at the front desk"
+            )
         return self
 
 

@@ -76,7 +76,11 @@ class Adapter(NamedTuple):
 
 # The registry of provider adapters: webhook path → adapter.
 WEBHOOKS: dict[str, Adapter] = {
+    "/webhooks/twilio/voice/incoming": Adapter("twilio_voice_incoming", twilio.handle_incoming),
     "/webhooks/twilio/voice/status": Adapter("twilio_voice_status", twilio.handle_voice_status),
+    "/webhooks/twilio/voice/dial": Adapter("twilio_voice_dial", twilio.handle_dial),
+    "/webhooks/twilio/voice/amd": Adapter("twilio_voice_amd", twilio.handle_amd),
+    "/webhooks/twilio/voice/voicemail": Adapter("twilio_voice_voicemail", twilio.handle_voicemail),
     "/webhooks/twilio/voice/transcription": Adapter("twilio_voice_transcription", twilio.handle_transcription),
     "/webhooks/twilio/sms/inbound": Adapter("twilio_sms_inbound", twilio.handle_sms_inbound),
     "/webhooks/twilio/sms/status": Adapter("twilio_sms_status", twilio.handle_sms_status),
