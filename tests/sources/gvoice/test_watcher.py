@@ -245,3 +245,35 @@ def test_the_run_loop_reconnects_after_the_server_went_away(imap_server):
 
     asyncio.run(scenario())
     assert [e["caller"] for e in events(producer)] == [CALLER]
+
+
+def test_the_run_loop_starts_over_when_the_broker_refused_the_first_checkpoint(imap_server):
+    producer = RecordingProducer()
+    refusals = []
+
+    def refuse(topic, key, value):
+        if topic.endswith("gvoice-checkpoints") and len(refusals) < 2:
+            refusals.append(topic)
+            return True
+        return False
+
+    producer.refuse = refuse
+    w = watcher(imap_server, producer, interval=0.5)
+
+    async def scenario():
+        stop = asyncio.Event()
+        ready = asyncio.Event()
+        task = asyncio.create_task(w.run(stop, ready=ready.set))
+        await asyncio.wait_for(ready.wait(), 30)
+        imap_server.deliver(notification("missed-call.eml", caller=CALLER)[0])
+        for _ in range(300):
+            if producer.records("call-events"):
+                break
+            await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+    asyncio.run(scenario())
+    assert len(refusals) == 2
+    assert [e["caller"] for e in events(producer)] == [CALLER]
+    assert checkpoints(producer)[-1].last_uid == 1

@@ -277,6 +277,8 @@ class GVoiceWatcher:
                     log.warning(
                         "gvoice watcher %s: broker did not acknowledge (%s); reading again", self.watcher_id, exc
                     )
+                    # Reconnect: connect() decides again where to read (first start, renumbered folder).
+                    self.disconnect()
                     await _sleep_or_stop(stop, 1.0)
                 except (IMAPClientError, OSError, ConnectionError) as exc:
                     log.warning(
