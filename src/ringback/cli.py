@@ -424,6 +424,90 @@ def cdr_poll(
         raise click.ClickException(str(exc)) from None
 
 
+# ---------------------------------------------------------------- Google Voice (Workspace)
+@main.group()
+def gvoice() -> None:
+    """Google Voice: its notification e-mails (IMAP) and the Admin console's audit-log export."""
+
+
+@gvoice.command("watch")
+@click.option("--practice", "practice_id", default=None, help="the practice that owns the mailbox")
+@click.option("--host", default=None, help="IMAP server (env RINGBACK_GVOICE_IMAP_HOST)")
+@click.option("--port", type=int, default=None, help="IMAP port (env RINGBACK_GVOICE_IMAP_PORT; 993)")
+@click.option("--user", default=None, help="mailbox login (env RINGBACK_GVOICE_IMAP_USER)")
+@click.option("--folder", default=None, help="folder to watch (env RINGBACK_GVOICE_IMAP_FOLDER; INBOX)")
+@click.option("--no-tls", is_flag=True, help="plain IMAP (only for a server on loopback)")
+@click.option("--ca-file", default=None, help="CA certificates (PEM) to trust (env RINGBACK_GVOICE_IMAP_CA_FILE)")
+@click.option("--password-secret", default=None, help="secret holding the password (default GVOICE_IMAP_PASSWORD)")
+@click.option("--interval", type=float, default=None, help="longest wait between reads, s (IDLE wakes sooner)")
+@click.option("--watcher-id", default=None, help="checkpoint name (default: the practice id, else the user)")
+@click.option(
+    "--from-beginning", is_flag=True, help="without a checkpoint, read the folder's existing mail (default: new mail)"
+)
+@click.option("--metrics-port", type=int, default=None, help="serve /metrics (env RINGBACK_GVOICE_METRICS_PORT)")
+def gvoice_watch(
+    practice_id: str | None,
+    host: str | None,
+    port: int | None,
+    user: str | None,
+    folder: str | None,
+    no_tls: bool,
+    ca_file: str | None,
+    password_secret: str | None,
+    interval: float | None,
+    watcher_id: str | None,
+    from_beginning: bool,
+    metrics_port: int | None,
+) -> None:
+    """Turn Google Voice's missed-call, voicemail and text e-mails into call events, as they arrive."""
+    from ringback.sources.gvoice import watcher
+
+    env = _env()
+    host = host or env.ringback_gvoice_imap_host
+    user = user or env.ringback_gvoice_imap_user
+    if not host or not user:
+        raise click.UsageError("the mailbox needs --host and --user (or RINGBACK_GVOICE_IMAP_HOST / _USER)")
+    interval = env.ringback_gvoice_poll_interval_s if interval is None else interval
+    if interval <= 0:
+        raise click.BadParameter("must be above 0", param_hint="--interval")
+    ca = ca_file or (str(env.ringback_gvoice_imap_ca_file) if env.ringback_gvoice_imap_ca_file else None)
+    try:
+        watcher.run(
+            env,
+            practice_id,
+            host=host,
+            user=user,
+            port=port or env.ringback_gvoice_imap_port,
+            tls=env.ringback_gvoice_imap_tls and not no_tls,
+            ca_file=ca,
+            folder=folder or env.ringback_gvoice_imap_folder,
+            interval=interval,
+            watcher_id=watcher_id,
+            from_beginning=from_beginning,
+            password_secret=password_secret,
+            metrics_port=(env.ringback_gvoice_metrics_port if metrics_port is None else metrics_port) or None,
+        )
+    except (LookupError, RuntimeError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@gvoice.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--practice", "practice_id", required=True, help="the practice whose Google Voice numbers the log covers")
+@click.option("--time-zone", default=None, help="zone of dates without an offset (default: the practice's)")
+def gvoice_import(file: Path, practice_id: str, time_zone: str | None) -> None:
+    """Import the Admin console's Voice audit-log export (CSV); importing twice acts on nothing twice."""
+    import json
+
+    from ringback.sources.gvoice import audit_log
+
+    try:
+        report = audit_log.run_import(_env(), file, practice_id, time_zone=time_zone)
+    except (LookupError, RuntimeError, audit_log.AuditFileError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(report, sort_keys=True))
+
+
 # ---------------------------------------------------------------- EHR (FHIR R4)
 @main.group()
 def ehr() -> None:
