@@ -137,7 +137,8 @@ def test_what_the_workflow_stores_has_the_shape_it_stored_before_and_its_records
     h.missed()
     assert json.loads(json.dumps(h.table)) == STORED
     caller = h.state(NEW_CALLER)
-    assert set(caller) == set(st.CallerState.__annotations__)
+    # `calls` is written only for calls decided from several signals (workflow/calls.py)
+    assert set(caller) == set(st.CallerState.__annotations__) - {"calls"}
     assert set(caller["case"]) == set(st.Case.__annotations__)
     assert set(caller["consent"]) == set(st.Consent.__annotations__)
     ehr = h.table[st.ehr_key("maple-family", KNOWN)]

@@ -69,9 +69,11 @@ def open_case(run: Run, practice: Practice, state: CallerState, event: Mapping) 
 
 
 def join(case: Case, state: CallerState, event: Mapping) -> None:
-    """A further missed call joins the open case (no second sequence)."""
-    case["calls"] += 1
-    case["call_ids"] = (case["call_ids"] + [event["provider_call_id"]])[-CALL_IDS_MAX:]
+    """A further missed call joins the open case (no second sequence). A call already in
+    the case (its voicemail heard after its miss) is counted once."""
+    if event["provider_call_id"] not in case["call_ids"]:
+        case["calls"] += 1
+        case["call_ids"] = (case["call_ids"] + [event["provider_call_id"]])[-CALL_IDS_MAX:]
     if event.get("outcome") == "VOICEMAIL":
         case["voicemail"] = True
     text = (state["transcripts"].get(event["provider_call_id"]) or [None])[0]
@@ -82,8 +84,8 @@ def join(case: Case, state: CallerState, event: Mapping) -> None:
 def answered(run: Run, state: CallerState, case: Case, event: Mapping) -> None:
     """The caller got through: before the first response the case is suppressed (cancel if
     answered), after it converted (not an urgent case: it needs its clinical callback)."""
-    if event["occurred_at"] < case["missed_at"]:
-        return  # an older call delivered late: it answers nothing
+    if event["occurred_at"] < case["missed_at"] and event["provider_call_id"] not in case["call_ids"]:
+        return  # an older call delivered late: it answers nothing (unless it is the missed call itself)
     if case["first_response_at"] is None:
         close(run, state, SUPPRESSED, "the caller reached staff before the first response (cancel if answered)")
     elif case["scenario"] != cls.URGENT_EXISTING:

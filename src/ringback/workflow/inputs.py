@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from ringback.domain import classify as cls
 from ringback.domain import recipes
 from ringback.domain.practice import Practice
-from ringback.workflow import cases, ehr, gates, reschedule, sms, timers
+from ringback.workflow import calls, cases, ehr, gates, reschedule, sms, timers
 from ringback.workflow.run import Practices, Run
 from ringback.workflow.state import CallerState, Tx, caller_key, ehr_key, new_caller, remember, seen
 
@@ -45,22 +45,31 @@ class Workflow:
             run.tx.ignored.append("duplicate_event")
             return
         kind = event["event_type"]
-        if kind == "CALL" and cls.opens_case(event):
+        if kind == "CALL" and calls.signalled(event):
             reason = cls.ignore_reason(caller, practice.phone_numbers, practice.blocked_numbers)
             if reason:
                 run.tx.ignored.append(reason)
                 return
             state = state or new_caller(practice.id, caller)
             remember(state, event["event_id"], run.now)
-            if state["case"] is None:
-                cases.open_case(run, practice, state, event)
+            outcome = calls.decide(state, event, run.now)
+            if outcome is None:
+                run.tx.ignored.append("call_already_decided")
             else:
-                cases.join(state["case"], state, event)
+                self._call(practice, state, {**event, "outcome": outcome})
+        elif kind == "CALL" and cls.opens_case(event):
+            reason = cls.ignore_reason(caller, practice.phone_numbers, practice.blocked_numbers)
+            if reason:
+                run.tx.ignored.append(reason)
+                return
+            state = state or new_caller(practice.id, caller)
+            remember(state, event["event_id"], run.now)
+            self._call(practice, state, event)
         elif kind == "CALL":
             if state is None or state["case"] is None or not cls.answered_inbound(event):
                 return  # an answered call of someone without an open case: nothing to do
             remember(state, event["event_id"], run.now)
-            cases.answered(run, state, state["case"], event)
+            self._call(practice, state, event)
         elif kind == "TRANSCRIPTION":
             state = state or new_caller(practice.id, caller)
             remember(state, event["event_id"], run.now)
@@ -157,6 +166,17 @@ class Workflow:
     def on_tick(self) -> None:
         """Fire every gate of this partition due up to now (workflow/gates.py)."""
         gates.tick(self.run)
+
+    def _call(self, practice: Practice, state: CallerState, event: Mapping) -> None:
+        """What a call was (its outcome decided) does to the caller's case."""
+        case = state["case"]
+        if cls.opens_case(event):
+            if case is None:
+                cases.open_case(self.run, practice, state, event)
+            else:
+                cases.join(case, state, event)
+        elif cls.answered_inbound(event) and case is not None:
+            cases.answered(self.run, state, case, event)
 
     def _transcript(self, practice: Practice, state: CallerState, event: Mapping) -> None:
         """A voicemail transcript: kept for the case its call opens or joins (it may come first)."""

@@ -3,7 +3,7 @@
 One changelog-backed table, `state`, so one changelog partition per partition and a
 crash keeps a consistent prefix of every kind of write:
 
-  c|<practice>|<caller>   `CallerState`: the open case, consent, SMS send times, seen event ids
+  c|<practice>|<caller>   `CallerState`: the open case, consent, SMS send times, seen event ids, call verdicts
   e|<practice>|<phone>    `Ehr`: the patient, appointments by id, flags by id (workflow/ehr.py)
   t|<partition>|<second>  due-index of gate timers (workflow/timers.py)
   m|<partition>           partition meta: timer cursor, offsets of the last emitted records
@@ -87,6 +87,16 @@ class Case(TypedDict):
     open_record: NotRequired[dict[str, Any]]  # the OPEN outcome (outcome.avsc), sent with the case's next record
 
 
+class CallVerdict(TypedDict):
+    """What one call was, decided from all its signals (workflow/calls.py)."""
+
+    outcome: str | None  # MISSED | VOICEMAIL | ANSWERED; None before any usable signal
+    rank: int  # the strongest signal heard so far
+    answered_leg: str | None  # the leg a person answered on
+    machine_legs: list[str]  # legs an answering machine or fax picked up
+    at: int  # when the last signal arrived (expiry)
+
+
 class CallerState(TypedDict):
     practice_id: str
     caller: str
@@ -96,6 +106,7 @@ class CallerState(TypedDict):
     consent: Consent
     transcripts: dict[str, list[Any]]  # provider call id -> [text, received_at]
     closed: list[str]  # ids of the last closed cases
+    calls: NotRequired[dict[str, CallVerdict]]  # provider call id -> verdict, for calls decided from several signals
 
 
 class Patient(TypedDict):  # the fields of schemas/patient.avsc the rules read
