@@ -406,7 +406,8 @@ def test_malformed_but_authentic_is_400_and_dead_lettered(served, topic):
     calls_before = topic.counts()["call"]
     for source, hook, reason in cases:
         status, _, body = served.post(hook)
-        assert status == 400 and b"malformed" in body, (source, body)
+        # RingCentral is answered 200 once dead-lettered: it blacklists subscriptions that collect 4xx
+        assert status == (200 if source == "ringcentral" else 400) and b"malformed" in body, (source, body)
         letters = [r for _, r in topic.read("dead") if r["raw"] == hook.body]
         assert len(letters) == 1, source
         assert letters[0]["source"] == source and reason in letters[0]["reason"]
@@ -447,7 +448,7 @@ def test_an_authentic_payload_that_cannot_be_encoded_is_dead_lettered(served, to
     vid, call_id, session = str(uuid.uuid4()), int(uuid.uuid4().int % 10**12), "s-" + uuid.uuid4().hex
     vonage_body = json.dumps(wh.vonage_event(vid, "unanswered", CALLER, LAKE_VONAGE, detail="\ud800")).encode()
     vonage_hook = wh.vonage({}, SECRETS["GW_VONAGE_SECRET"], iat=NOW_S, hash_body=vonage_body).with_body(vonage_body)
-    dialpad_claims = json.dumps(wh.dialpad_call(call_id, "missed", CALLER, HARBOR, call_id="9\ud8009")).encode()
+    dialpad_claims = json.dumps({**wh.dialpad_call(call_id, "missed", CALLER, HARBOR), "call_id": "9\ud8009"}).encode()
     dialpad_hook = wh.Webhook(
         wh.DIALPAD, jwt.PyJWS().encode(dialpad_claims, "test_secret", algorithm="HS256").encode(), {}
     ).with_headers(**{"Content-Type": "application/jwt"})
