@@ -58,7 +58,6 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import Counter
 
-from ringback.domain.practice import Practice
 from ringback.sources.canonical import PayloadError, call_event, e164, iso_millis, safe_e164, text
 from ringback.sources.webhook import Reject, Webhook
 
@@ -267,23 +266,18 @@ async def handle_notification(hook: Webhook) -> web.Response:
         raise Reject(403, "signature", "missing Verification-Token")
     notification = await hook.json()
     practice, number = hook.first_practice(practice_numbers(notification))
-    hook.authenticate("ringcentral", practice, number, lambda token: token_valid(token, received))
+    if practice is None and internal_only(notification):
+        # Extension numbers only: no practice number says whose token to check, so try each.
+        vouched, practice = hook.vouched("ringcentral", lambda token: token_valid(token, received))
+        if not vouched:
+            raise Reject(403, "signature", "missing or invalid Verification-Token")
+    else:
+        hook.authenticate("ringcentral", practice, number, lambda token: token_valid(token, received))
     if internal_only(notification):
         IGNORED.labels("internal_call").inc()
         return web.Response(status=200)
-    if practice is None:
-        await _dead_letter(hook, "no practice owns a number of this notification", None)
-        return web.Response(status=200)
-    try:
-        records = events(notification, practice.id, practice.phone_numbers, hook.now_ms())
-    except PayloadError as exc:
-        await _dead_letter(hook, str(exc), practice)
-        return web.Response(status=200)
-    await hook.gateway.produce_events(records)
+    if practice is None:  # answered 200 once dead-lettered (the registry's dead_lettered_status)
+        raise await hook.malformed(PayloadError("no practice owns a number of this notification"), None)
+    found = practice
+    await hook.produce(found, lambda: events(notification, found.id, found.phone_numbers, hook.now_ms()))
     return web.Response(status=200)
-
-
-async def _dead_letter(hook: Webhook, reason: str, practice: Practice | None) -> None:
-    await hook.gateway.dead_letter(
-        hook.source, reason, await hook.body(), hook.request.content_type, practice.id if practice else None
-    )
