@@ -78,8 +78,8 @@ PATHS = sorted(WEBHOOKS)  # every registered endpoint, those added later include
 
 
 def provider(path: str) -> str:
-    """The provider module that handles a path: how its requests are signed."""
-    return WEBHOOKS[path].handle.__module__.rsplit(".", 1)[-1]
+    """The provider (module or package under ringback.sources) that handles a path: how its requests are signed."""
+    return WEBHOOKS[path].handle.__module__.split(".")[2]
 
 
 TWILIO_PATHS = [p for p in PATHS if provider(p) == twilio.__name__.rsplit(".", 1)[-1]]
