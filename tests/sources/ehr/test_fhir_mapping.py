@@ -255,6 +255,7 @@ def test_patient_records_one_per_phone_keyed_by_practice_and_phone():
             "deceased": False,
             "assigned_provider": None,
             "updated_at": 1,
+            "language": None,
         },
         ("patients", b"harbour-gp|+61334105613"): {
             "practice_id": P,
@@ -264,6 +265,7 @@ def test_patient_records_one_per_phone_keyed_by_practice_and_phone():
             "deceased": False,
             "assigned_provider": None,
             "updated_at": 1,
+            "language": None,
         },
     }
     assert all(op.key == topics.join_key(P, op.phone) for op in ops)
