@@ -70,7 +70,7 @@ def test_spanish_texts_and_a_spanish_default_are_accepted():
             "practices.0.templates_by_language.es.urgent_ack",
             "placeholder {patient_name} is not allowed",
         ),
-        ({"default_language": "fr"}, "practices.0.default_language", "no text in 'fr' for new_patient_first"),
+        ({"default_language": "fr"}, "practices.0.default_language", "no text in 'fr' for new_patient_second"),
         ({"default_language": "Spanish"}, "practices.0.default_language", "String should match pattern"),
         ({"templates_by_language": {"es-MX": {}}}, "practices.0.templates_by_language.es-MX", "should match pattern"),
         (
