@@ -122,8 +122,25 @@ def test_shipped_texts_keep_the_fcc_healthcare_profile_in_every_language(lang):
     assert "START" in confirmation
 
 
+# The GSM 03.38 default alphabet (3GPP TS 23.038), without its extension table.
+GSM7 = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿"
+    "abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+
+
+@pytest.mark.parametrize("lang", sorted(templates.SHIPPED))
+def test_shipped_texts_are_gsm7_so_each_is_one_segment(lang):
+    # One character outside GSM-7 (a Spanish á, í, ó, ú) sends the whole text as UCS-2:
+    # 70 characters a segment, so a 140-character text would be billed as three.
+    p = practice()
+    for name in templates.TEMPLATE_NAMES:
+        body = recipes.render(p, name, lang)
+        assert set(body) <= GSM7 and len(body) <= 160, (lang, name, set(body) - GSM7)
+
+
 def test_the_spanish_texts_are_spanish_and_keep_the_carrier_keywords():
     es = templates.SHIPPED["es"]
-    assert "equipo clínico" in es["urgent_ack"] and "{urgent_minutes} minutos" in es["urgent_ack"]
+    assert "equipo médico" in es["urgent_ack"] and "{urgent_minutes} minutos" in es["urgent_ack"]
     assert all("Responda STOP" in es[n] for n in templates.TEMPLATE_NAMES - templates.PROFILE_EXEMPT)
     assert "START" in es["optout_confirmation"]

@@ -6,7 +6,7 @@ from ringback.domain import templates
 from ringback.workflow.state import ehr_key
 from tests.workflow.harness import DAY, HOUR, KNOWN, NEW_CALLER, PRACTICE_ID, Harness, hold, reschedule_harness
 
-SPANISH_ACK = "Maple Family Practice: su llamada pasó a nuestro equipo clínico; le llamaremos en menos de 30 minutos."
+SPANISH_ACK = "Maple Family Practice: nuestro equipo médico le va a llamar en menos de 30 minutos."
 
 
 def spanish_urgent(**kw) -> Harness:
@@ -69,7 +69,7 @@ def test_a_new_caller_gets_the_practice_default_language_first_and_second_sms():
     assert first["body"].startswith("Maple Family Practice: disculpe la llamada perdida.")
     assert first["params"]["language"] == "es"
     h.at(2 * HOUR)
-    assert h.action("second_sms")["body"].startswith("Maple Family Practice: seguimos a su disposición.")
+    assert h.action("second_sms")["body"].startswith("Maple Family Practice: con gusto le ayudamos.")
     english = Harness()
     english.missed(NEW_CALLER)
     english.at(hold())

@@ -57,26 +57,27 @@ SHIPPED: dict[str, dict[str, str]] = {
         ),
     },
     # Formal "usted", as a practice writes to patients; STOP and START stay in English: they
-    # are the keywords carriers act on.
+    # are the keywords carriers act on. Worded within the GSM-7 alphabet (é, ñ, ü are in it;
+    # á, í, ó, ú are not): one 160-character segment, not three of 67 in UCS-2.
     "es": {
         NEW_PATIENT_FIRST: (
-            "{practice_name}: disculpe la llamada perdida. Responda o pida cita aquí: {booking_link} "
+            "{practice_name}: disculpe la llamada perdida. Responda o pida cita en {booking_link} "
             "Responda STOP para darse de baja."
         ),
         NEW_PATIENT_SECOND: (
-            "{practice_name}: seguimos a su disposición. Responda o pida cita aquí: {booking_link} "
+            "{practice_name}: con gusto le ayudamos. Responda o pida cita en {booking_link} "
             "Responda STOP para darse de baja."
         ),
         URGENT_ACK: (
-            "{practice_name}: su llamada pasó a nuestro equipo clínico; le llamaremos en menos de "
-            "{urgent_minutes} minutos. Responda STOP para darse de baja."
+            "{practice_name}: nuestro equipo médico le va a llamar en menos de {urgent_minutes} minutos. "
+            "Responda STOP para darse de baja."
         ),
         RESCHEDULE_LINK: (
             "{practice_name}: para cambiar su cita, use {reschedule_link} o conteste este mensaje. "
             "Responda STOP para darse de baja."
         ),
         OPTOUT_CONFIRMATION: (
-            "{practice_name}: no le enviaremos más mensajes. Responda START para volver a recibirlos."
+            "{practice_name}: ya no le enviaremos mensajes. Responda START para volver a recibirlos."
         ),
     },
 }
