@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import string
 from datetime import time as dtime
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -11,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ringback.domain.phones import to_e164
+from ringback.domain.templates import ANY_PLACEHOLDER, DEFAULT_LANGUAGE, LANGUAGE_PATTERN, check_placeholders
 
 
 class Windows(BaseModel):
@@ -51,29 +51,10 @@ class SmsCaps(BaseModel):
     )
 
 
-# Patient SMS templates may name only these: nothing clinical, nothing about the patient.
-TEMPLATE_PLACEHOLDERS = frozenset({"practice_name", "booking_link", "reschedule_link", "callback_number"})
-
-
 def _check_template(text: str) -> str:
-    """A message template: plain text with only the allowed {placeholders}."""
-    try:
-        parts = list(string.Formatter().parse(text))
-    except ValueError as exc:
-        raise ValueError(f"not a valid template ({exc}); write a literal brace as {{{{ or }}}}") from None
-    allowed = ", ".join("{" + p + "}" for p in sorted(TEMPLATE_PLACEHOLDERS))
-    for _, name, spec, conversion in parts:
-        if name is None:
-            continue
-        if name not in TEMPLATE_PLACEHOLDERS:
-            shown = "{" + name[:40] + "}" if name else "{}"
-            raise ValueError(
-                f"placeholder {shown} is not allowed (only {allowed}: "
-                "a patient SMS carries no clinical or personal fields)"
-            )
-        if spec or conversion:
-            raise ValueError(f"placeholder {{{name}}} may not carry a format spec or conversion")
-    return text
+    """A message template: plain text with only the allowed {placeholders} (which message may
+    use which one, and the names of the messages, `config apply` checks: config/practices_file.py)."""
+    return check_placeholders(text, ANY_PLACEHOLDER)
 
 
 MessageTemplate = Annotated[str, Field(min_length=1, max_length=1600), AfterValidator(_check_template)]
@@ -98,6 +79,10 @@ class CallFlow(BaseModel):
     machine_detection: bool = Field(True, description="tell a cell phone's voicemail from a person picking up")
 
 
+# A language as the practices file writes it: a lower-case BCP 47 primary tag ("en", "es").
+Language = Annotated[str, Field(pattern=LANGUAGE_PATTERN)]
+
+
 class Practice(BaseModel):
     """One practice of the practices file (annotated: examples/practices.yaml)."""
 
@@ -118,10 +103,16 @@ class Practice(BaseModel):
     blocked_numbers: list[str] = Field(default_factory=list)
     # Names of secrets (env var or file in the secrets dir), never the values.
     secrets: dict[str, str] = Field(default_factory=dict)
-    # Patient SMS templates by name (e.g. new_patient_first); placeholders: TEMPLATE_PLACEHOLDERS.
+    # Patient SMS texts by message name (e.g. new_patient_first), in the default language;
+    # placeholders: domain/templates.py. Unset ones are the shipped texts.
     templates: dict[str, MessageTemplate] = Field(default_factory=dict)
     # The ready-made Twilio call flow; None: the practice's phone system runs its own.
     call_flow: CallFlow | None = None
+
+    # The language of patient SMS when the EHR records none for the caller, or one without a text.
+    default_language: Language = DEFAULT_LANGUAGE
+    # Texts in other languages, by language then message name: {es: {urgent_ack: ...}}.
+    templates_by_language: dict[Language, dict[str, MessageTemplate]] = Field(default_factory=dict)
 
     @field_validator("time_zone")
     @classmethod

@@ -40,6 +40,7 @@ def practice_record(p: Practice, now_ms: int) -> dict:
         "quiet_hours_start": p.quiet_hours.start.strftime("%H:%M"),
         "quiet_hours_end": p.quiet_hours.end.strftime("%H:%M"),
         "blocked_numbers": list(p.blocked_numbers),
+        "default_language": p.default_language,
         "config_json": p.model_dump_json(),
         "updated_at": now_ms,
     }

@@ -201,6 +201,11 @@ REPLIES = (
     "Hi! I'd like to book. Do you have anything Friday?",
     "Great, what times do you have next week?",
 )
+# FHIR Patient.communication of the demo's patients who prefer Spanish (their SMS go in Spanish).
+SPANISH_PREFERRED = {
+    "language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "es-US", "display": "Spanish"}]},
+    "preferred": True,
+}
 URGENT_FLAGS = (  # (weight, code, display, priority): all urgent by domain/classify.py
     (50, "callback-requested", "Callback requested (after-hours nurse line)", "PH"),
     (30, "urgent", "Post-op follow-up: wound check", "PH"),
@@ -845,6 +850,8 @@ class _SiteDay:
         caller = self._number()
         given, family = self._name()
         pid, patient = self._patient(caller, given, family)
+        if not any("communication" in p for p in self._morning[0]):  # a practice's first: the Spanish ack
+            patient["communication"] = [SPANISH_PREFERRED]
         self._morning[0].append(patient)
         self._morning[1].append(self._flag(pid))
         voicemail = rng.random() < BEHAVIOUR.urgent_voicemail

@@ -27,6 +27,7 @@ from prometheus_client import Counter
 from ringback.clock import Clock
 from ringback.config.settings import Settings
 from ringback.domain.phones import PhoneRejected, normalize, region_of
+from ringback.domain.templates import primary_tag
 from ringback.kafka import admin
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.kafka.producer import AckedProducer
@@ -118,6 +119,15 @@ def _display_name(resource: dict) -> str | None:
     return text or None
 
 
+def preferred_language(resource: dict) -> str | None:
+    """Patient.communication: the entry marked `preferred` (else the first), its first
+    `language.coding[].code` that is a language tag, as a primary tag ("es-MX" -> "es")."""
+    entries = [c for c in resource.get("communication") or [] if isinstance(c, dict)]
+    chosen = next((c for c in entries if c.get("preferred") is True), entries[0] if entries else None)
+    codings = ((chosen or {}).get("language") or {}).get("coding") or []
+    return next((tag for c in codings if isinstance(c, dict) and (tag := primary_tag(c.get("code")))), None)
+
+
 def patient_facts(resource: dict, region: str, default_ms: int) -> PatientFacts:
     pid = resource.get("id")
     if not pid:
@@ -146,6 +156,7 @@ def patient_facts(resource: dict, region: str, default_ms: int) -> PatientFacts:
         display_name=_display_name(resource),
         deceased=deceased,
         assigned_provider=gp.get("reference") or gp.get("display"),
+        language=preferred_language(resource),
         updated_at=_updated(resource, default_ms),
         rejected=rejected,
     )

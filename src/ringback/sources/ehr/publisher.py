@@ -63,6 +63,7 @@ class PatientFacts:
     deceased: bool = False
     assigned_provider: str | None = None
     updated_at: int = 0
+    language: str | None = None  # preferred, lower-case BCP 47 primary tag ("es"); None: not recorded
     rejected: list[str] = field(default_factory=list)  # reasons, one per phone that did not parse
 
 
@@ -239,7 +240,8 @@ def rebuild_state(env: Settings, practice_id: str, timeout: float = 120.0) -> di
 
 
 def _patient_base(record: dict) -> dict:
-    return {k: record[k] for k in ("patient_id", "display_name", "deceased", "assigned_provider", "updated_at")}
+    base = {k: record[k] for k in ("patient_id", "display_name", "deceased", "assigned_provider", "updated_at")}
+    return {**base, "language": record.get("language")}
 
 
 def _without_phone(record: dict) -> dict:
@@ -343,6 +345,7 @@ class EhrProjector:
                 "deceased": facts.deceased,
                 "assigned_provider": facts.assigned_provider,
                 "updated_at": facts.updated_at,
+                "language": facts.language,
             },
         }
         self.state["patients"][pid] = entry
