@@ -158,6 +158,12 @@ class Settings(BaseSettings):
     # ------------------------------------------------------------------ sources (`cdr poll`, `ehr sync`)
     ringback_cdr_metrics_port: int = Field(0, ge=0, description="/metrics port of the CDR poller (0: none)")
     ringback_ehr_metrics_port: int = Field(0, ge=0, description="/metrics port of `ehr sync --every` (0: none)")
+    ringback_ehr_requests_per_minute: int = Field(
+        0, ge=0, description="Most requests `ehr export` sends the EHR in any minute (0: no limit; eClinicalWorks: 250)"
+    )
+    ringback_ehr_export_poll_max_s: float = Field(
+        120.0, gt=0, description="Longest wait between two polls of a Bulk export's status (caps Retry-After)"
+    )
 
     # ------------------------------------------------------------------ observability
     ringback_log_level: str = Field("INFO", description="Log level (--log-level wins)")
