@@ -4,7 +4,7 @@
 Maven Central, cached like the broker's: `ringback.dev.fhir_server`); `hapi` hands each
 test that server emptied first (`$expunge` everything), with helpers that write what the
 EHR would. Import both fixtures into a test module:
-`from tests.support.hapi import hapi, hapi_session  # noqa: F401`.
+`from tests.support.hapi import hapi_fixture, hapi_session_fixture  # noqa: F401`.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ class Hapi:
         self._http.close()
 
 
-@pytest.fixture(scope="session")
-def hapi_session(tmp_path_factory):
+@pytest.fixture(scope="session", name="hapi_session")
+def hapi_session_fixture(tmp_path_factory):
     server = LocalFhirServer(free_port(), tmp_path_factory.mktemp("hapi") / "hapi.log")
     server.start()
     try:
@@ -65,8 +65,8 @@ def hapi_session(tmp_path_factory):
         server.stop()
 
 
-@pytest.fixture
-def hapi(hapi_session):
+@pytest.fixture(name="hapi")
+def hapi_fixture(hapi_session):
     hapi_session.expunge_everything()
     client = Hapi(hapi_session)
     yield client
