@@ -179,6 +179,12 @@ class Settings(BaseSettings):
         60.0, gt=0, description="Longest wait between mailbox reads (IDLE wakes the watcher sooner)"
     )
     ringback_gvoice_metrics_port: int = Field(0, ge=0, description="/metrics port of `gvoice watch` (0: none)")
+    ringback_ehr_requests_per_minute: int = Field(
+        0, ge=0, description="Most requests `ehr export` sends the EHR in any minute (0: no limit; eClinicalWorks: 250)"
+    )
+    ringback_ehr_export_poll_max_s: float = Field(
+        120.0, gt=0, description="Longest wait between two polls of a Bulk export's status (caps Retry-After)"
+    )
 
     # ------------------------------------------------------------------ observability
     ringback_log_level: str = Field("INFO", description="Log level (--log-level wins)")
