@@ -722,6 +722,7 @@ def ehr_import(files: tuple[Path, ...], practice_id: str, region: str | None) ->
 )
 @click.option("--metrics-port", type=int, default=None, help="with --every (env RINGBACK_EHR_METRICS_PORT; 0: none)")
 @_region_opt
+@_smart_opts
 def ehr_export(
     base_url: str,
     practice_id: str,
@@ -736,13 +737,17 @@ def ehr_export(
     every: float | None,
     metrics_port: int | None,
     region: str | None,
+    smart_client_id: str | None,
+    smart_scope: str | None,
 ) -> None:
     """Run a FHIR Bulk Data $export (resumable) and publish its NDJSON as keyed records."""
     from ringback.config.secrets import read_secret
     from ringback.sources.ehr import bulk
 
     env = _env()
-    auth = None
+    auth = _smart_auth(base_url, smart_client_id, smart_scope)
+    if auth is not None and token_secret:
+        raise click.UsageError("--token-secret and SMART (--smart-client-id) exclude each other")
     if token_secret:
         token = read_secret(token_secret, env)
         if not token:
