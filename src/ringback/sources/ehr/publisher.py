@@ -64,6 +64,7 @@ class PatientFacts:
     assigned_provider: str | None = None
     updated_at: int = 0
     rejected: list[str] = field(default_factory=list)  # reasons, one per phone that did not parse
+    language: str | None = None  # lower-case BCP 47 primary tag ("es"); None: unknown
 
 
 @dataclass
@@ -239,7 +240,10 @@ def rebuild_state(env: Settings, practice_id: str, timeout: float = 120.0) -> di
 
 
 def _patient_base(record: dict) -> dict:
-    return {k: record[k] for k in ("patient_id", "display_name", "deceased", "assigned_provider", "updated_at")}
+    return {
+        k: record.get(k)
+        for k in ("patient_id", "display_name", "deceased", "assigned_provider", "language", "updated_at")
+    }
 
 
 def _without_phone(record: dict) -> dict:
@@ -342,6 +346,7 @@ class EhrProjector:
                 "display_name": facts.display_name,
                 "deceased": facts.deceased,
                 "assigned_provider": facts.assigned_provider,
+                "language": facts.language,
                 "updated_at": facts.updated_at,
             },
         }
