@@ -182,7 +182,8 @@ def test_msh7_missing_falls_back_to_the_receive_time():
 def test_dtm_precisions_and_offsets():
     assert dtm_ms("20261124", "UTC") == ms("2026-11-24T00:00:00+00:00")
     assert dtm_ms("202611241430", "America/Chicago") == ms("2026-11-24T14:30:00-06:00")
-    assert dtm_ms("20261124143005.123+0530", "UTC") == ms("2026-11-24T14:30:05+05:30")
+    assert dtm_ms("20261124143005.123+0530", "UTC") == ms("2026-11-24T14:30:05+05:30") + 123
+    assert dtm_ms("20261124143005.1+0000", "UTC") == ms("2026-11-24T14:30:05+00:00") + 100
     assert dtm_ms("", "UTC") is None
     with pytest.raises(ValueError):
         dtm_ms("2026-11-24", "UTC")

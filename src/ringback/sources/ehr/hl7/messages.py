@@ -163,7 +163,7 @@ def header(msg: hl7.Message) -> Header:
 
 
 # ---------------------------------------------------------------------------------- values
-_DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d{1,4})?([+-]\d{4})?$")
+_DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?$")
 
 
 def dtm_ms(text: str, zone: str) -> int | None:
@@ -174,7 +174,7 @@ def dtm_ms(text: str, zone: str) -> int | None:
     match = _DTM.match(text)
     if not match:
         raise ValueError("not an HL7 date/time")
-    year, month, day, hour, minute, second, offset = match.groups()
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
     tz: timezone | ZoneInfo
     if offset:
         sign = 1 if offset[0] == "+" else -1
@@ -184,7 +184,7 @@ def dtm_ms(text: str, zone: str) -> int | None:
     moment = datetime(
         int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0), int(second or 0), tzinfo=tz
     )
-    return int(moment.timestamp() * 1000)
+    return int(moment.timestamp()) * 1000 + int((fraction or "0").ljust(4, "0")) // 10
 
 
 def language_tag(code: str) -> str | None:
