@@ -254,6 +254,7 @@ def test_patient_records_one_per_phone_keyed_by_practice_and_phone():
             "display_name": "name of a",
             "deceased": False,
             "assigned_provider": None,
+            "language": None,
             "updated_at": 1,
         },
         ("patients", b"harbour-gp|+61334105613"): {
@@ -263,6 +264,7 @@ def test_patient_records_one_per_phone_keyed_by_practice_and_phone():
             "display_name": "name of a",
             "deceased": False,
             "assigned_provider": None,
+            "language": None,
             "updated_at": 1,
         },
     }
