@@ -9,7 +9,7 @@ from tests.workflow.harness import DAY, HOUR, KNOWN, PRACTICE_ID, T0, Harness
 
 def test_only_the_fields_the_rules_read_are_kept():
     h = Harness()
-    h.patient(KNOWN, phone=KNOWN, extra="not kept")
+    h.patient(KNOWN, phone=KNOWN, extra="not kept", language="es")
     stored = h.table[ehr_key(PRACTICE_ID, KNOWN)]["patient"]
     assert stored == {
         "patient_id": "pat-1",
@@ -17,6 +17,7 @@ def test_only_the_fields_the_rules_read_are_kept():
         "deceased": False,
         "assigned_provider": None,
         "updated_at": T0 - DAY,
+        "language": "es",
     }
 
 

@@ -22,7 +22,11 @@ def test_new_patient_first_sms_waits_the_hold_then_goes_with_a_coordinator_notif
     assert sms["recipient"] == NEW_CALLER and sms["scenario"] == "NEW_PATIENT"
     assert "https://book.example.org/maple" in sms["body"] and "Maple Family Practice" in sms["body"]
     assert sms["call_reported_at"] == T0 and sms["missed_at"] == T0 - 1000 and sms["due_at"] is None
-    assert sms["params"] == {"template": "new_patient_first", "fallback_role": "scheduling_coordinator"}
+    assert sms["params"] == {
+        "template": "new_patient_first",
+        "language": "en",
+        "fallback_role": "scheduling_coordinator",
+    }
     note = h.action("notify_coordinator")
     assert note["kind"] == "NOTIFY_STAFF" and note["recipient"] == "email:desk@maple.example.org"
     assert "already sent" in note["body"]

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import string
 from datetime import time as dtime
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -11,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ringback.domain.phones import to_e164
+from ringback.domain.templates import ANY_PLACEHOLDER, DEFAULT_LANGUAGE, LANGUAGE_PATTERN, check_placeholders
 
 
 class Windows(BaseModel):
@@ -51,32 +51,36 @@ class SmsCaps(BaseModel):
     )
 
 
-# Patient SMS templates may name only these: nothing clinical, nothing about the patient.
-TEMPLATE_PLACEHOLDERS = frozenset({"practice_name", "booking_link", "reschedule_link", "callback_number"})
-
-
 def _check_template(text: str) -> str:
-    """A message template: plain text with only the allowed {placeholders}."""
-    try:
-        parts = list(string.Formatter().parse(text))
-    except ValueError as exc:
-        raise ValueError(f"not a valid template ({exc}); write a literal brace as {{{{ or }}}}") from None
-    allowed = ", ".join("{" + p + "}" for p in sorted(TEMPLATE_PLACEHOLDERS))
-    for _, name, spec, conversion in parts:
-        if name is None:
-            continue
-        if name not in TEMPLATE_PLACEHOLDERS:
-            shown = "{" + name[:40] + "}" if name else "{}"
-            raise ValueError(
-                f"placeholder {shown} is not allowed (only {allowed}: "
-                "a patient SMS carries no clinical or personal fields)"
-            )
-        if spec or conversion:
-            raise ValueError(f"placeholder {{{name}}} may not carry a format spec or conversion")
-    return text
+    """A message template: plain text with only the allowed {placeholders} (which message may
+    use which one, and the names of the messages, `config apply` checks: config/practices_file.py)."""
+    return check_placeholders(text, ANY_PLACEHOLDER)
 
 
 MessageTemplate = Annotated[str, Field(min_length=1, max_length=1600), AfterValidator(_check_template)]
+PhoneNumber = Annotated[str, AfterValidator(to_e164)]
+
+
+class CallFlow(BaseModel):
+    """The ready-made Twilio call flow (sources/twilio/call_flow.py): ring the front desk for
+    `ring_seconds`, then take a voicemail. Its number points its incoming-call webhook at ringback."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Twilio rings at most ten <Number>s of one <Dial> at once; the first to pick up gets the call.
+    front_desk: list[PhoneNumber] = Field(min_length=1, max_length=10)
+    ring_seconds: int = Field(20, ge=5, le=120, description="how long the front desk rings before the voicemail")
+    voicemail_greeting: str = Field(
+        "Sorry we missed your call. Please leave a message after the tone and we will call you back.",
+        min_length=1,
+        max_length=500,
+    )
+    voicemail_max_seconds: int = Field(120, ge=10, le=600)
+    machine_detection: bool = Field(True, description="tell a cell phone's voicemail from a person picking up")
+
+
+# A language as the practices file writes it: a lower-case BCP 47 primary tag ("en", "es").
+Language = Annotated[str, Field(pattern=LANGUAGE_PATTERN)]
 
 
 class Practice(BaseModel):
@@ -99,8 +103,16 @@ class Practice(BaseModel):
     blocked_numbers: list[str] = Field(default_factory=list)
     # Names of secrets (env var or file in the secrets dir), never the values.
     secrets: dict[str, str] = Field(default_factory=dict)
-    # Patient SMS templates by name (e.g. new_patient_first); placeholders: TEMPLATE_PLACEHOLDERS.
+    # Patient SMS texts by message name (e.g. new_patient_first), in the default language;
+    # placeholders: domain/templates.py. Unset ones are the shipped texts.
     templates: dict[str, MessageTemplate] = Field(default_factory=dict)
+    # The ready-made Twilio call flow; None: the practice's phone system runs its own.
+    call_flow: CallFlow | None = None
+
+    # The language of patient SMS when the EHR records none for the caller, or one without a text.
+    default_language: Language = DEFAULT_LANGUAGE
+    # Texts in other languages, by language then message name: {es: {urgent_ack: ...}}.
+    templates_by_language: dict[Language, dict[str, MessageTemplate]] = Field(default_factory=dict)
 
     @field_validator("time_zone")
     @classmethod
@@ -125,6 +137,16 @@ class Practice(BaseModel):
     def _has_sender(self) -> Practice:
         if not self.sms_from and not self.messaging_service_sid:
             raise ValueError("set sms_from (a number) or messaging_service_sid: SMS needs a sender")
+        return self
+
+    @model_validator(mode="after")
+    def _front_desk_is_not_the_practice_number(self) -> Practice:
+        own = set(self.phone_numbers) & set(self.call_flow.front_desk if self.call_flow else ())
+        if own:
+            raise ValueError(
+                f"call_flow.front_desk: {sorted(own)[0]} is one of the practice's own phone_numbers "
+                "(the call would ring itself); list the phones that ring at the front desk"
+            )
         return self
 
 

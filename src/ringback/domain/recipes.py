@@ -12,7 +12,8 @@ Action contract (src/ringback/schemas/action_command.avsc), relied on by the sin
 * `params` (all strings): `role` (staff actions: the routing key used), `caller` (patient
   E.164, staff actions), `fallback_role` (SMS: who calls back if the sink holds it back),
   `call_time` (local time of the missed call), `todo` (what staff should do),
-  `template` (SMS), `deferred_until` (epoch ms, SMS in quiet hours; also `due_at`),
+  `template` + `language` (SMS: the language of the body), `deferred_until` (epoch ms,
+  SMS in quiet hours; also `due_at`),
   `instead_of` + `blocked_reason` (a task created because an SMS step was blocked),
   `patient_name` + `urgency_reason` (clinical task only), `appointment_id` +
   `appointment_start` (epoch ms) + `appointment_time` (reschedule steps),
@@ -27,6 +28,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from ringback.domain import templates
 from ringback.domain.practice import Practice
 
 # ------------------------------------------------------------------ steps
@@ -107,50 +109,45 @@ def first_response_delay_ms(practice: Practice, scenario: str) -> int:
 
 
 # ------------------------------------------------------------------ texts
-DEFAULT_TEMPLATES = {
-    "new_patient_first": (
-        "Hi, this is {practice_name}. Sorry we missed your call! "
-        "Reply to book, or book here: {booking_link} Reply STOP to opt out."
-    ),
-    "new_patient_second": (
-        "{practice_name}: we'd still love to help you. Reply to this text or book here: "
-        "{booking_link} Reply STOP to opt out."
-    ),
-    "urgent_ack": (
-        "{practice_name}: your call is flagged for our clinical team; a staff member will reach "
-        "you within {urgent_minutes} minutes. Reply STOP to opt out."
-    ),
-    "reschedule_link": (
-        "{practice_name}: sorry we missed your call. To reschedule, use {reschedule_link} "
-        "or reply here. Reply STOP to opt out."
-    ),
-    "optout_confirmation": (
-        "{practice_name}: you will not get more texts from us. Reply START to receive texts again."
-    ),
-}
-
-
 class _Blank(dict):
     def __missing__(self, key: str) -> str:
         return ""
 
 
-def render(practice: Practice, template: str, **extra: str) -> str:
-    """A patient SMS body: the practice's template (if it set one) or the default.
-
-    Only non-clinical placeholders exist (practice name, links, callback number)."""
-    text = practice.templates.get(template) or DEFAULT_TEMPLATES[template]
-    values = _Blank(
-        practice_name=practice.name,
-        booking_link=practice.booking_link,
-        reschedule_link=practice.reschedule_link or practice.booking_link,
-        callback_number=practice.phone_numbers[0] if practice.phone_numbers else "",
-        **extra,
+def choose_text(practice: Practice, template: str, language: str | None = None) -> tuple[str, str]:
+    """(language, template text) of a patient SMS for a caller whose EHR record prefers
+    `language` (None: unknown caller or no preference): domain/templates.py decides."""
+    return templates.choose(
+        template, language, practice.default_language, practice.templates, practice.templates_by_language
     )
+
+
+def placeholder_values(practice: Practice, **extra: str) -> dict[str, str]:
+    """What the placeholders of a patient SMS stand for at this practice (nothing clinical)."""
+    return {
+        "practice_name": practice.name,
+        "booking_link": practice.booking_link,
+        "reschedule_link": practice.reschedule_link or practice.booking_link,
+        "callback_number": practice.phone_numbers[0] if practice.phone_numbers else "",
+        "urgent_minutes": urgent_minutes(practice),
+        **extra,
+    }
+
+
+def render_text(practice: Practice, text: str, **extra: str) -> str:
+    return text.format_map(_Blank(placeholder_values(practice, **extra)))
+
+
+def render(practice: Practice, template: str, language: str | None = None, **extra: str) -> str:
+    """A patient SMS body in the caller's language (`language`, from the EHR; else the
+    practice's default). Only non-clinical placeholders exist (practice name, links,
+    callback number, the urgent window in minutes)."""
+    lang, text = choose_text(practice, template, language)
     try:
-        return text.format_map(values)
-    except (ValueError, IndexError, AttributeError):  # a malformed override: the default still works
-        return DEFAULT_TEMPLATES[template].format_map(values)
+        return render_text(practice, text, **extra)
+    except (ValueError, IndexError, AttributeError):  # a malformed override: the shipped text still works
+        shipped = templates.SHIPPED.get(lang, templates.SHIPPED[templates.DEFAULT_LANGUAGE])
+        return render_text(practice, shipped[template], **extra)
 
 
 def urgent_minutes(practice: Practice) -> str:
@@ -231,11 +228,13 @@ def sms(
     now_ms: int,
     send_at: int,
     fallback_role: str | None = None,
+    language: str | None = None,
     **extra: str,
 ) -> dict:
     """A patient SMS; `send_at` later than now means quiet hours (the sink defers it).
-    `fallback_role`: who calls back if the sink has to hold the SMS back after all."""
-    params = {"template": template}
+    `fallback_role`: who calls back if the sink has to hold the SMS back after all;
+    `language`: the caller's preferred language from the EHR (None: the practice default)."""
+    params = {"template": template, "language": choose_text(practice, template, language)[0]}
     if fallback_role:
         params["fallback_role"] = resolve_role(practice, fallback_role)
     if send_at > now_ms:
@@ -245,7 +244,7 @@ def sms(
         "SEND_SMS",
         step,
         case["caller"],
-        render(practice, template, **extra),
+        render(practice, template, language, **extra),
         reason,
         now_ms,
         due_at=send_at if send_at > now_ms else None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
@@ -40,6 +40,7 @@ def practice_record(p: Practice, now_ms: int) -> dict:
         "quiet_hours_start": p.quiet_hours.start.strftime("%H:%M"),
         "quiet_hours_end": p.quiet_hours.end.strftime("%H:%M"),
         "blocked_numbers": list(p.blocked_numbers),
+        "default_language": p.default_language,
         "config_json": p.model_dump_json(),
         "updated_at": now_ms,
     }
@@ -68,6 +69,9 @@ class PracticeDirectory:
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+    def __iter__(self) -> Iterator[Practice]:
+        return iter(self._by_id.values())  # a snapshot: put/remove swap whole dicts
 
     def put(self, p: Practice) -> None:
         old = self._by_id.get(p.id)

@@ -54,6 +54,8 @@ CDR_CHECKPOINTS = TopicSpec("cdr-checkpoints", "poller_id|file", "-", compacted=
 HL7_RECEIVED = TopicSpec(
     "hl7-received", "practice_id|sending_app|sending_facility|control_id", "-", partitions=1, retention_ms=604_800_000
 )
+# Where each Google Voice mailbox watcher has read up to: UIDVALIDITY + last UID (JSON, private to it).
+GVOICE_CHECKPOINTS = TopicSpec("gvoice-checkpoints", "watcher_id|folder", "-", compacted=True, partitions=1)
 # Private to the stream workers: the TICK each worker sends to its partitions so the agent
 # that owns a partition fires its due gate timers (workflow/timers.py). Value: "-" (none).
 TICKS = TopicSpec("stream-ticks", "-", "-", co_partitioned=True, retention_ms=3_600_000)
@@ -72,6 +74,7 @@ ALL = (
     MESSAGE_STATUS,
     CDR_CHECKPOINTS,
     HL7_RECEIVED,
+    GVOICE_CHECKPOINTS,
     TICKS,
 )
 

@@ -31,9 +31,10 @@ def first_response(run: Run, practice: Practice, state: CallerState, case: Case)
     if appointment is not None and appointment["start"] - run.now <= recipes.window_ms(
         practice, "reschedule_link_horizon"
     ):
-        blocked, send_at = sms.decide(
-            run, practice, state, recipes.render(practice, "reschedule_link"), data["patient"]
-        )
+        patient = data["patient"]
+        language = patient.get("language") if patient else None  # the EHR's preferred language
+        body = recipes.render(practice, "reschedule_link", language)
+        blocked, send_at = sms.decide(run, practice, state, body, patient)
         if blocked is None:
             sms.send(
                 run,
@@ -45,6 +46,7 @@ def first_response(run: Run, practice: Practice, state: CallerState, case: Case)
                 "voicemail asks to reschedule; appointment within the link horizon",
                 send_at,
                 fallback_role=QUEUE,
+                language=language,
             )
             responded_at, channel = min(send_at, run.now), ("sms" if send_at <= run.now else "task")
         else:

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from ringback.domain import classify as cls
 from ringback.domain import consent, recipes
 from ringback.domain.practice import Practice
-from ringback.workflow import cases
+from ringback.workflow import cases, ehr
 from ringback.workflow.run import Run
-from ringback.workflow.state import CallerState, Case, Patient
+from ringback.workflow.state import CallerState, Case, Patient, ehr_key
 
 
 def decide(
@@ -45,15 +45,17 @@ def send(
     reason: str,
     send_at: int,
     fallback_role: str,
+    language: str | None = None,
     **extra: str,
 ) -> None:
-    """Emit a patient SMS the decision let go; `fallback_role` calls back if the sink holds it back."""
+    """Emit a patient SMS the decision let go; `fallback_role` calls back if the sink holds it back;
+    `language`: the caller's preferred language from the EHR (None: the practice's default)."""
     if step in case["steps"]:
         return
     cases.emit(
         run,
         case,
-        recipes.sms(practice, case, step, template, reason, run.now, send_at, fallback_role=fallback_role, **extra),
+        recipes.sms(practice, case, step, template, reason, run.now, send_at, fallback_role, language, **extra),
     )
     state["sms_sent"] = consent.prune_sent(state["sms_sent"], run.now) + [send_at]
 
@@ -125,8 +127,11 @@ def carrier_opt_out(state: CallerState, at: int) -> bool:
 
 def _confirm_opt_out(run: Run, practice: Practice, state: CallerState, event: Mapping) -> None:
     """The single confirmation text a sentence opt-out may get, on the open case (the n-th
-    opt-out's step is `optout_confirmation_<n>`) or on a case id derived from the text."""
-    body = recipes.render(practice, "optout_confirmation")
+    opt-out's step is `optout_confirmation_<n>`) or on a case id derived from the text; in the
+    language the caller's EHR record prefers."""
+    patient = ehr.load(run, ehr_key(practice.id, state["caller"]))["patient"]
+    language, _ = recipes.choose_text(practice, "optout_confirmation", patient.get("language") if patient else None)
+    body = recipes.render(practice, "optout_confirmation", language)
     refused, _ = consent.sms_decision(
         practice,
         run.now,
@@ -140,7 +145,7 @@ def _confirm_opt_out(run: Run, practice: Practice, state: CallerState, event: Ma
         return
     case = state["case"]
     n = state["consent"]["optouts"]
-    params = {"consent_confirmation": "1", "template": "optout_confirmation"}
+    params = {"consent_confirmation": "1", "template": "optout_confirmation", "language": language}
     reason = "confirmation of an opt-out sent in a sentence"
     if case is not None:
         step = recipes.OPTOUT_CONFIRMATION if n == 1 else f"{recipes.OPTOUT_CONFIRMATION}_{n}"

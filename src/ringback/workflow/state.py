@@ -115,6 +115,7 @@ class Patient(TypedDict):  # the fields of schemas/patient.avsc the rules read
     deceased: bool
     assigned_provider: str | None
     updated_at: int
+    language: NotRequired[str | None]  # preferred language (BCP 47 primary tag); absent in older state
 
 
 class Flag(TypedDict):  # schemas/flag.avsc

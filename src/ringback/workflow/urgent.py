@@ -47,8 +47,8 @@ def first_response(
             urgency_reason=reason,
         ),
     )
-    minutes = recipes.urgent_minutes(practice)
-    body = recipes.render(practice, "urgent_ack", urgent_minutes=minutes)
+    language = patient.get("language") if patient else None  # the EHR's preferred language
+    body = recipes.render(practice, "urgent_ack", language)
     blocked, send_at = sms.decide(run, practice, state, body, patient)
     if blocked is None:
         sms.send(
@@ -61,7 +61,7 @@ def first_response(
             "acknowledgement of an urgent missed call",
             send_at,
             fallback_role=recipes.NURSE,
-            urgent_minutes=minutes,
+            language=language,
         )
         cases.responded(run, case, min(send_at, run.now), "sms" if send_at <= run.now else "task")
     else:

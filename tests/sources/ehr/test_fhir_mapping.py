@@ -12,7 +12,7 @@ import pytest
 from ringback.kafka import topics
 from ringback.schemas import codec
 from ringback.sources.ehr import fhir
-from ringback.sources.ehr.publisher import EhrProjector, Op, PatientFacts
+from ringback.sources.ehr.publisher import EhrProjector, Op, PatientFacts, _patient_base
 from tests.conftest import REPO
 
 VENDOR = REPO / "tests" / "vendor" / "fhir"
@@ -54,6 +54,48 @@ def test_synthea_patients_us_numbers_and_deceased():
     assert {f.phones[0] for f in facts if f.patient_id == "129c6ac7-8d06-89de-ad63-0204a93e76c3"} == {"+15558107203"}
     assert sum(f.deceased for f in facts) == 3  # deceasedDateTime
     assert all(f.active for f in facts)  # `active` absent
+
+
+def test_synthea_patients_prefer_english():
+    # Synthea writes communication[].language.coding[] with system urn:ietf:bcp:47 and "en-US".
+    assert {fhir.patient_facts(p, "US", NOW).language for p in synthea_patients()} == {"en"}
+
+
+def _spoken(*entries: dict) -> dict:
+    return {"resourceType": "Patient", "id": "p1", "communication": list(entries)}
+
+
+def _lang(*codes: str, preferred: bool | None = None) -> dict:
+    entry: dict = {"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": c} for c in codes]}}
+    if preferred is not None:
+        entry["preferred"] = preferred
+    return entry
+
+
+@pytest.mark.parametrize(
+    "resource, language",
+    [
+        (_spoken(_lang("en-US"), _lang("es-MX", preferred=True)), "es"),  # the preferred entry
+        (_spoken(_lang("es"), _lang("en")), "es"),  # none preferred: the first
+        (_spoken(_lang("vi", preferred=False), _lang("en", preferred=False)), "vi"),
+        (_spoken({"language": {"text": "Spanish"}, "preferred": True}), None),  # no coding: unknown
+        (_spoken(_lang("", "ES"), _lang("en")), "es"),  # the first coding that is a language tag
+        (_spoken(), None),
+        ({"resourceType": "Patient", "id": "p1"}, None),
+    ],
+)
+def test_the_preferred_language_from_patient_communication(resource, language):
+    assert fhir.patient_facts(resource, "US", NOW).language == language
+
+
+def test_the_language_is_on_the_patient_record_and_survives_a_state_rebuild():
+    proj = EhrProjector(P)
+    facts = PatientFacts("a", True, ["+61355556473"], display_name="name of a", updated_at=1, language="es")
+    (op,) = proj.patient(facts)
+    assert op.value is not None and op.value["language"] == "es"
+    assert codec.decode("patient", codec.encode("patient", op.value))["language"] == "es"
+    old_state_record = {k: v for k, v in op.value.items() if k != "language"}  # a state file from before
+    assert _patient_base(old_state_record)["language"] is None and _patient_base(op.value)["language"] == "es"
 
 
 def test_invalid_phones_are_rejected_with_a_reason_that_does_not_echo_them():
@@ -254,8 +296,8 @@ def test_patient_records_one_per_phone_keyed_by_practice_and_phone():
             "display_name": "name of a",
             "deceased": False,
             "assigned_provider": None,
-            "language": None,
             "updated_at": 1,
+            "language": None,
         },
         ("patients", b"harbour-gp|+61334105613"): {
             "practice_id": P,
@@ -264,8 +306,8 @@ def test_patient_records_one_per_phone_keyed_by_practice_and_phone():
             "display_name": "name of a",
             "deceased": False,
             "assigned_provider": None,
-            "language": None,
             "updated_at": 1,
+            "language": None,
         },
     }
     assert all(op.key == topics.join_key(P, op.phone) for op in ops)

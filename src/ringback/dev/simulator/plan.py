@@ -29,7 +29,7 @@ What a day holds, per practice (the reference practice of docs/product.md first)
 * the EHR in the morning (`Plan.preload`): the known patients, their flags and
   upcoming appointments, as FHIR R4 resources;
 * junk: a forged signature (403), a webhook for a number no practice owns (404), an
-  anonymous caller the gateway cannot key (400 + dead letter), a redelivered webhook,
+  anonymous caller the gateway cannot key (dead letter, 400; 200 for RingCentral), a redelivered webhook,
   a broken CDR line (dead letter).
 
 Each case carries its expected patient SMS steps (`CaseSpec.sms_steps`) and outcome,
@@ -201,6 +201,11 @@ REPLIES = (
     "Hi! I'd like to book. Do you have anything Friday?",
     "Great, what times do you have next week?",
 )
+# FHIR Patient.communication of the demo's patients who prefer Spanish (their SMS go in Spanish).
+SPANISH_PREFERRED = {
+    "language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "es-US", "display": "Spanish"}]},
+    "preferred": True,
+}
 URGENT_FLAGS = (  # (weight, code, display, priority): all urgent by domain/classify.py
     (50, "callback-requested", "Callback requested (after-hours nurse line)", "PH"),
     (30, "urgent", "Post-op follow-up: wound check", "PH"),
@@ -845,6 +850,8 @@ class _SiteDay:
         caller = self._number()
         given, family = self._name()
         pid, patient = self._patient(caller, given, family)
+        if not any("communication" in p for p in self._morning[0]):  # a practice's first: the Spanish ack
+            patient["communication"] = [SPANISH_PREFERRED]
         self._morning[0].append(patient)
         self._morning[1].append(self._flag(pid))
         voicemail = rng.random() < BEHAVIOUR.urgent_voicemail
@@ -1025,7 +1032,8 @@ class _SiteDay:
             junk="malformed",
             outcome=MISSED,
             status=self._missed_status(),
-            expect_status=400,
+            # RingCentral is answered 200 once dead-lettered: it blacklists subscriptions that collect 4xx
+            expect_status=200 if self.provider == "ringcentral" else 400,
             note="a withheld caller id: nobody to call back (dead letter)",
         )
         missed_calls = [e for e in self.events if e.kind == CALL and e.outcome == MISSED and e.case]

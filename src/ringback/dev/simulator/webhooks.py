@@ -20,6 +20,8 @@ from urllib.parse import urlencode
 import jwt
 from twilio.request_validator import RequestValidator
 
+from ringback.sources.twilio.callbacks import Correlation
+
 ACCOUNT_SID = "AC" + "0" * 31 + "1"
 
 
@@ -97,6 +99,127 @@ def twilio_transcription(
     if status == "completed":
         params["TranscriptionText"] = text
     return params
+
+
+# ---------------------------------------------------------------- Twilio: a call forwarded with <Dial>
+TWILIO_VOICE_INCOMING = "/webhooks/twilio/voice/incoming"
+TWILIO_VOICE_DIAL = "/webhooks/twilio/voice/dial"
+TWILIO_VOICE_AMD = "/webhooks/twilio/voice/amd"
+TWILIO_VOICE_VOICEMAIL = "/webhooks/twilio/voice/voicemail"
+FORWARD_MISSED, FORWARD_MACHINE, FORWARD_ANSWERED = "missed", "machine", "answered"
+
+
+def twilio_correlated(path: str, practice_id: str, call_sid: str, caller: str, called: str) -> str:
+    """A callback path with the query the ready-made call flow gives Twilio (sources/twilio/call_flow.py)."""
+    return f"{path}?{Correlation(practice_id, call_sid, caller, called).query()}"
+
+
+def twilio_incoming(call_sid: str, caller: str, called: str) -> dict[str, str]:
+    """The incoming-call webhook of a practice number (the call is ringing at Twilio)."""
+    params = twilio_voice_status(call_sid, caller, called, "ringing")
+    for key in ("Timestamp", "CallbackSource", "SequenceNumber"):
+        params.pop(key)
+    return params
+
+
+def twilio_dial_action(
+    call_sid: str, caller: str, called: str, dial_status: str, dial_sid: str | None, dial_duration_s: int | None = None
+) -> dict[str, str]:
+    """The `<Dial action>` request: the parent call's fields and the dialed call's outcome."""
+    params = twilio_incoming(call_sid, caller, called)
+    params.update(CallStatus="in-progress", DialCallStatus=dial_status, DialBridged=str(dial_status == "completed"))
+    if dial_sid is not None:
+        params["DialCallSid"] = dial_sid
+    if dial_duration_s is not None:
+        params["DialCallDuration"] = str(dial_duration_s)
+    return params
+
+
+def twilio_leg_status(leg_sid: str, parent_sid: str, caller: str, front_desk: str, status: str, **extra: str) -> dict:
+    """A dialed `<Number>`'s status callback (From: the caller, passed through as caller ID)."""
+    params = twilio_voice_status(leg_sid, caller, front_desk, status, Direction="outbound-dial", **extra)
+    params["ParentCallSid"] = parent_sid
+    return params
+
+
+def twilio_amd(leg_sid: str, answered_by: str, detection_ms: int = 2400) -> dict[str, str]:
+    """An `amdStatusCallback` request: the leg, the verdict, nothing else."""
+    return {
+        "CallSid": leg_sid,
+        "AccountSid": ACCOUNT_SID,
+        "AnsweredBy": answered_by,
+        "MachineDetectionDuration": str(detection_ms),
+    }
+
+
+def twilio_recorded(call_sid: str, caller: str, called: str, seconds: int = 20) -> dict[str, str]:
+    """The `<Record action>` request of the voicemail fallback."""
+    params = twilio_incoming(call_sid, caller, called)
+    params.update(
+        CallStatus="in-progress",
+        RecordingSid="RE" + call_sid[2:],
+        RecordingUrl=f"https://api.twilio.com/2010-04-01/Accounts/{ACCOUNT_SID}/Recordings/RE{call_sid[2:]}",
+        RecordingDuration=str(seconds),
+        Digits="hangup",
+    )
+    return params
+
+
+def twilio_forwarded(
+    base_url: str,
+    token: str,
+    practice_id: str,
+    call_sid: str,
+    caller: str,
+    called: str,
+    front_desk: str,
+    outcome: str,
+    ring_s: int = 20,
+    talk_s: int = 95,
+    voicemail_s: int | None = None,
+    stamp: str = "Tue, 24 Nov 2026 15:04:05 +0000",
+) -> list[Webhook]:
+    """The callbacks of one call through the ready-made flow, in the order Twilio sends them:
+    `missed` (nobody picks up: Dial action no-answer, then the parent `completed` after the
+    ringing time), `machine` (a cell phone's voicemail answers: the leg `answered`, AMD
+    machine_start, the Dial `completed`), `answered` (a person: the leg `answered` at once,
+    the Dial and the parent `completed` when the conversation ends). `voicemail_s`: after a
+    miss the caller leaves a voicemail that long (the `<Record action>`). `stamp`: the status
+    callbacks' `Timestamp` (RFC 2822, to the second, as Twilio sends it)."""
+    leg = "CA" + call_sid[2:][::-1]
+
+    def signed(path: str, params: dict[str, str], correlated: bool = True) -> Webhook:
+        url = twilio_correlated(path, practice_id, call_sid, caller, called) if correlated else path
+        return twilio(base_url, url, params, token)
+
+    hooks = [signed(TWILIO_VOICE_INCOMING, twilio_incoming(call_sid, caller, called), correlated=False)]
+    if outcome == FORWARD_MISSED:
+        hooks.append(signed(TWILIO_VOICE_DIAL, twilio_dial_action(call_sid, caller, called, "no-answer", leg)))
+        hooks.append(
+            signed(
+                TWILIO_VOICE_STATUS,
+                twilio_leg_status(leg, call_sid, caller, front_desk, "no-answer", SequenceNumber="1", Timestamp=stamp),
+            )
+        )
+        parent_s = ring_s
+        if voicemail_s is not None:
+            hooks.append(signed(TWILIO_VOICE_VOICEMAIL, twilio_recorded(call_sid, caller, called, voicemail_s)))
+            parent_s += voicemail_s + 8  # the greeting
+    else:
+        answered = twilio_leg_status(
+            leg, call_sid, caller, front_desk, "in-progress", SequenceNumber="0", Timestamp=stamp
+        )
+        hooks.append(signed(TWILIO_VOICE_STATUS, answered))
+        if outcome == FORWARD_MACHINE:
+            hooks.append(signed(TWILIO_VOICE_AMD, twilio_amd(leg, "machine_start")))
+        timing = {"CallDuration": str(talk_s), "SequenceNumber": "1", "Timestamp": stamp}
+        ended = twilio_leg_status(leg, call_sid, caller, front_desk, "completed", **timing)
+        hooks.append(signed(TWILIO_VOICE_STATUS, ended))
+        hooks.append(signed(TWILIO_VOICE_DIAL, twilio_dial_action(call_sid, caller, called, "completed", leg, talk_s)))
+        parent_s = ring_s + talk_s
+    parent = twilio_voice_status(call_sid, caller, called, "completed", CallDuration=str(parent_s), Timestamp=stamp)
+    hooks.append(signed(TWILIO_VOICE_STATUS, parent, correlated=False))
+    return hooks
 
 
 def twilio_sms_inbound(message_sid: str, sender: str, practice_number: str, body: str) -> dict[str, str]:
@@ -201,6 +324,59 @@ def ringcentral_session(
             "eventTime": event_time,
             "origin": {"type": "Call"},
             "parties": [party],
+        },
+    }
+
+
+RC_ACCOUNT = "400112233004"
+
+
+def ringcentral_party(
+    session_id: str,
+    n: int,
+    code: str,
+    *,
+    frm: dict,
+    to: dict,
+    direction: str = "Inbound",
+    extension_id: str | None = None,
+    reason: str | None = None,
+    missed: bool = False,
+) -> dict:
+    """Party `n` of a session as RingCentral reports it: `extension_id` for a party an
+    extension owns (a person, an IVR menu, a ring-group member), None for the PSTN side."""
+    status: dict = {"code": code, "rcc": False}
+    if reason:
+        status["reason"] = reason
+    party: dict = {"accountId": RC_ACCOUNT, "id": f"p-{session_id[2:]}-{n}", "direction": direction}
+    if extension_id:
+        party["extensionId"] = extension_id
+    party.update(
+        {"to": to, "from": frm, "status": status, "park": {}, "missedCall": missed, "standAlone": False, "muted": False}
+    )
+    return party
+
+
+def ringcentral_notification(
+    session_id: str, sequence: int, party: dict, event_time: str, extension_id: str | None = None
+) -> dict:
+    """One notification of an account-level subscription (RingCentral sends one party per
+    notification; `event` names the extension when the party is an extension's)."""
+    event = f"/restapi/v1.0/account/{RC_ACCOUNT}" + (f"/extension/{extension_id}" if extension_id else "")
+    return {
+        "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{session_id}/{sequence}")),
+        "event": event + "/telephony/sessions",
+        "timestamp": event_time,
+        "subscriptionId": "b7f4a3c1-0000-4000-8000-000000000001",
+        "ownerId": RC_ACCOUNT,
+        "body": {
+            "sequence": sequence,
+            "sessionId": "4000" + session_id[-6:],
+            "telephonySessionId": session_id,
+            "serverId": "10.13.22.241.TAM",
+            "eventTime": event_time,
+            "parties": [party],
+            "origin": {"type": "Call"},
         },
     }
 

@@ -27,6 +27,7 @@ from prometheus_client import Counter
 from ringback.clock import Clock
 from ringback.config.settings import Settings
 from ringback.domain.phones import PhoneRejected, normalize, region_of
+from ringback.domain.templates import primary_tag
 from ringback.kafka import admin
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.kafka.producer import AckedProducer
@@ -118,6 +119,15 @@ def _display_name(resource: dict) -> str | None:
     return text or None
 
 
+def preferred_language(resource: dict) -> str | None:
+    """Patient.communication: the entry marked `preferred` (else the first), its first
+    `language.coding[].code` that is a language tag, as a primary tag ("es-MX" -> "es")."""
+    entries = [c for c in resource.get("communication") or [] if isinstance(c, dict)]
+    chosen = next((c for c in entries if c.get("preferred") is True), entries[0] if entries else None)
+    codings = ((chosen or {}).get("language") or {}).get("coding") or []
+    return next((tag for c in codings if isinstance(c, dict) and (tag := primary_tag(c.get("code")))), None)
+
+
 def patient_facts(resource: dict, region: str, default_ms: int) -> PatientFacts:
     pid = resource.get("id")
     if not pid:
@@ -146,6 +156,7 @@ def patient_facts(resource: dict, region: str, default_ms: int) -> PatientFacts:
         display_name=_display_name(resource),
         deceased=deceased,
         assigned_provider=gp.get("reference") or gp.get("display"),
+        language=preferred_language(resource),
         updated_at=_updated(resource, default_ms),
         rejected=rejected,
     )
@@ -423,14 +434,18 @@ class FhirClient:
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         max_pages: int = 100_000,
+        auth: httpx.Auth | None = None,
     ) -> None:
+        """`token`: a static bearer token; `auth`: one that changes (smart.SmartAuth)."""
         self.base_url = base_url.rstrip("/") + "/"
         headers = {"Accept": "application/fhir+json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.page_size = page_size
         self.max_pages = max_pages
-        self._client = httpx.AsyncClient(headers=headers, timeout=timeout, transport=transport, follow_redirects=True)
+        self._client = httpx.AsyncClient(
+            headers=headers, timeout=timeout, transport=transport, follow_redirects=True, auth=auth
+        )
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -613,13 +628,14 @@ def run_sync(
     page_size: int = 100,
     overlap_s: int = 300,
     deletions: bool = True,
+    auth: httpx.Auth | None = None,
 ) -> SyncReport:
     admin.ensure_topics(env)
     region = _practice_region(env, practice_id, region)
     producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=10)
 
     async def main() -> SyncReport:
-        client = FhirClient(base_url, token=token, page_size=page_size)
+        client = FhirClient(base_url, token=token, page_size=page_size, auth=auth)
         sync = None
         try:
             sync = EhrSync.open(env, producer, practice_id, region)

@@ -63,8 +63,8 @@ class PatientFacts:
     deceased: bool = False
     assigned_provider: str | None = None
     updated_at: int = 0
+    language: str | None = None  # preferred, lower-case BCP 47 primary tag ("es"); None: not recorded
     rejected: list[str] = field(default_factory=list)  # reasons, one per phone that did not parse
-    language: str | None = None  # lower-case BCP 47 primary tag ("es"); None: unknown
 
 
 @dataclass
@@ -240,10 +240,8 @@ def rebuild_state(env: Settings, practice_id: str, timeout: float = 120.0) -> di
 
 
 def _patient_base(record: dict) -> dict:
-    return {
-        k: record.get(k)
-        for k in ("patient_id", "display_name", "deceased", "assigned_provider", "language", "updated_at")
-    }
+    base = {k: record[k] for k in ("patient_id", "display_name", "deceased", "assigned_provider", "updated_at")}
+    return {**base, "language": record.get("language")}
 
 
 def _without_phone(record: dict) -> dict:
@@ -346,8 +344,8 @@ class EhrProjector:
                 "display_name": facts.display_name,
                 "deceased": facts.deceased,
                 "assigned_provider": facts.assigned_provider,
-                "language": facts.language,
                 "updated_at": facts.updated_at,
+                "language": facts.language,
             },
         }
         self.state["patients"][pid] = entry

@@ -43,20 +43,24 @@ def run_forever(
     sleep: Callable[[float], None] = time.sleep,
     wall: Callable[[], float] = time.time,
     runs: int | None = None,
+    runs_counter: Counter = RUNS,
+    last_success: Gauge = LAST_SUCCESS,
+    what: str = "EHR sync",
 ) -> None:
     """Call `sync_once(first)` every `every_s` seconds (`first`: True for the first run only,
-    which alone honours --since). `runs`: stop after that many (tests); None: forever."""
+    which alone honours --since). `runs`: stop after that many (tests); None: forever.
+    `runs_counter`, `last_success`, `what`: another loop's series and log name (`ehr export`)."""
     done = 0
     while runs is None or done < runs:
         started = wall()
         try:
             result = sync_once(done == 0)
         except Exception as exc:  # noqa: BLE001 - a long-running sync outlives a bad run; the next one retries
-            RUNS.labels("failed").inc()
-            log.warning("EHR sync run failed, next run in %.0f s: %s: %s", every_s, type(exc).__name__, exc)
+            runs_counter.labels("failed").inc()
+            log.warning("%s run failed, next run in %.0f s: %s: %s", what, every_s, type(exc).__name__, exc)
         else:
-            RUNS.labels("ok").inc()
-            LAST_SUCCESS.set(wall())
+            runs_counter.labels("ok").inc()
+            last_success.set(wall())
             report(result)
         done += 1
         if runs is not None and done >= runs:
