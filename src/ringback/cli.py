@@ -797,6 +797,32 @@ def ehr_export(
     _print_report(report)
 
 
+@ehr.command("hl7")
+@click.option("--port", type=click.IntRange(1, 65535), required=True, help="the MLLP port interface engines send to")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--practice", "practice_id", required=True, help="the practice every message of this feed is for")
+@click.option(
+    "--metrics-port", type=int, default=None, help="serve /metrics on this port (env RINGBACK_HL7_METRICS_PORT; 0: off)"
+)
+@_region_opt
+def ehr_hl7(port: int, host: str, practice_id: str, metrics_port: int | None, region: str | None) -> None:
+    """Listen for HL7 v2 SIU and ADT messages over MLLP (docs/ehr-hl7.md); ACK each once its records are on Kafka."""
+    from ringback.sources.ehr.hl7 import listener
+
+    env = _env()
+    try:
+        listener.run(
+            env,
+            practice_id,
+            port,
+            host=host,
+            region=region,
+            metrics_port=(env.ringback_hl7_metrics_port if metrics_port is None else metrics_port) or None,
+        )
+    except (LookupError, RuntimeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 # ---------------------------------------------------------------- KPI report
 @main.command("report")
 @click.option(

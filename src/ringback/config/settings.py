@@ -158,6 +158,7 @@ class Settings(BaseSettings):
     # -------------------------------------------------------------- sources (`cdr poll`, `ehr sync`, `gvoice watch`)
     ringback_cdr_metrics_port: int = Field(0, ge=0, description="/metrics port of the CDR poller (0: none)")
     ringback_ehr_metrics_port: int = Field(0, ge=0, description="/metrics port of `ehr sync --every` (0: none)")
+    ringback_hl7_metrics_port: int = Field(0, ge=0, description="/metrics port of the HL7 listener `ehr hl7` (0: none)")
     ringback_ehr_smart_client_id: str | None = Field(
         None,
         description="SMART Backend Services client id the EHR registered; set: the EHR commands get their tokens "

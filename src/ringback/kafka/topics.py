@@ -49,6 +49,11 @@ DEAD_LETTERS = TopicSpec("dead-letters", "source", "dead_letter", partitions=1)
 MESSAGE_STATUS = TopicSpec("message-status", "practice_id|recipient", "message_status", co_partitioned=True)
 # Where each CDR file poller has read up to (value: JSON, not Avro: it is private to the poller).
 CDR_CHECKPOINTS = TopicSpec("cdr-checkpoints", "poller_id|file", "-", compacted=True, partitions=1)
+# The HL7 feed's record of the messages it answered (value: JSON {ack, at, type}, private to the
+# listener): a message sent again with the same control id publishes nothing twice. Kept 7 days.
+HL7_RECEIVED = TopicSpec(
+    "hl7-received", "practice_id|sending_app|sending_facility|control_id", "-", partitions=1, retention_ms=604_800_000
+)
 # Where each Google Voice mailbox watcher has read up to: UIDVALIDITY + last UID (JSON, private to it).
 GVOICE_CHECKPOINTS = TopicSpec("gvoice-checkpoints", "watcher_id|folder", "-", compacted=True, partitions=1)
 # Private to the stream workers: the TICK each worker sends to its partitions so the agent
@@ -68,6 +73,7 @@ ALL = (
     DEAD_LETTERS,
     MESSAGE_STATUS,
     CDR_CHECKPOINTS,
+    HL7_RECEIVED,
     GVOICE_CHECKPOINTS,
     TICKS,
 )
