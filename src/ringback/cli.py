@@ -424,6 +424,90 @@ def cdr_poll(
         raise click.ClickException(str(exc)) from None
 
 
+# ---------------------------------------------------------------- Google Voice (Workspace)
+@main.group()
+def gvoice() -> None:
+    """Google Voice: its notification e-mails (IMAP) and the Admin console's audit-log export."""
+
+
+@gvoice.command("watch")
+@click.option("--practice", "practice_id", default=None, help="the practice that owns the mailbox")
+@click.option("--host", default=None, help="IMAP server (env RINGBACK_GVOICE_IMAP_HOST)")
+@click.option("--port", type=int, default=None, help="IMAP port (env RINGBACK_GVOICE_IMAP_PORT; 993)")
+@click.option("--user", default=None, help="mailbox login (env RINGBACK_GVOICE_IMAP_USER)")
+@click.option("--folder", default=None, help="folder to watch (env RINGBACK_GVOICE_IMAP_FOLDER; INBOX)")
+@click.option("--no-tls", is_flag=True, help="plain IMAP (only for a server on loopback)")
+@click.option("--ca-file", default=None, help="CA certificates (PEM) to trust (env RINGBACK_GVOICE_IMAP_CA_FILE)")
+@click.option("--password-secret", default=None, help="secret holding the password (default GVOICE_IMAP_PASSWORD)")
+@click.option("--interval", type=float, default=None, help="longest wait between reads, s (IDLE wakes sooner)")
+@click.option("--watcher-id", default=None, help="checkpoint name (default: the practice id, else the user)")
+@click.option(
+    "--from-beginning", is_flag=True, help="without a checkpoint, read the folder's existing mail (default: new mail)"
+)
+@click.option("--metrics-port", type=int, default=None, help="serve /metrics (env RINGBACK_GVOICE_METRICS_PORT)")
+def gvoice_watch(
+    practice_id: str | None,
+    host: str | None,
+    port: int | None,
+    user: str | None,
+    folder: str | None,
+    no_tls: bool,
+    ca_file: str | None,
+    password_secret: str | None,
+    interval: float | None,
+    watcher_id: str | None,
+    from_beginning: bool,
+    metrics_port: int | None,
+) -> None:
+    """Turn Google Voice's missed-call, voicemail and text e-mails into call events, as they arrive."""
+    from ringback.sources.gvoice import watcher
+
+    env = _env()
+    host = host or env.ringback_gvoice_imap_host
+    user = user or env.ringback_gvoice_imap_user
+    if not host or not user:
+        raise click.UsageError("the mailbox needs --host and --user (or RINGBACK_GVOICE_IMAP_HOST / _USER)")
+    interval = env.ringback_gvoice_poll_interval_s if interval is None else interval
+    if interval <= 0:
+        raise click.BadParameter("must be above 0", param_hint="--interval")
+    ca = ca_file or (str(env.ringback_gvoice_imap_ca_file) if env.ringback_gvoice_imap_ca_file else None)
+    try:
+        watcher.run(
+            env,
+            practice_id,
+            host=host,
+            user=user,
+            port=port or env.ringback_gvoice_imap_port,
+            tls=env.ringback_gvoice_imap_tls and not no_tls,
+            ca_file=ca,
+            folder=folder or env.ringback_gvoice_imap_folder,
+            interval=interval,
+            watcher_id=watcher_id,
+            from_beginning=from_beginning,
+            password_secret=password_secret,
+            metrics_port=(env.ringback_gvoice_metrics_port if metrics_port is None else metrics_port) or None,
+        )
+    except (LookupError, RuntimeError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@gvoice.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--practice", "practice_id", required=True, help="the practice whose Google Voice numbers the log covers")
+@click.option("--time-zone", default=None, help="zone of dates without an offset (default: the practice's)")
+def gvoice_import(file: Path, practice_id: str, time_zone: str | None) -> None:
+    """Import the Admin console's Voice audit-log export (CSV); importing twice acts on nothing twice."""
+    import json
+
+    from ringback.sources.gvoice import audit_log
+
+    try:
+        report = audit_log.run_import(_env(), file, practice_id, time_zone=time_zone)
+    except (LookupError, RuntimeError, audit_log.AuditFileError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(report, sort_keys=True))
+
+
 # ---------------------------------------------------------------- EHR (FHIR R4)
 @main.group()
 def ehr() -> None:
@@ -439,6 +523,33 @@ def _print_report(report) -> None:
     import json
 
     click.echo(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+
+
+def _smart_opts(command):
+    """SMART Backend Services options, shared by the EHR commands that call the FHIR server."""
+    command = click.option(
+        "--smart-scope", default=None, help="scopes to ask for (env RINGBACK_EHR_SMART_SCOPE; default: SMART v2 reads)"
+    )(command)
+    return click.option(
+        "--smart-client-id",
+        default=None,
+        help="authorize with SMART Backend Services as this client (env RINGBACK_EHR_SMART_CLIENT_ID; "
+        "key: the secret RINGBACK_EHR_SMART_KEY, made by `ringback ehr keys`)",
+    )(command)
+
+
+def _smart_auth(base_url: str, client_id: str | None, scope: str | None):
+    """The SMART auth for this base URL, or None when no client id is configured."""
+    from ringback.sources.ehr import smart
+
+    env = _env()
+    client_id = client_id or env.ringback_ehr_smart_client_id
+    if not client_id:
+        return None
+    try:
+        return smart.smart_auth(env, base_url, client_id, scope or env.ringback_ehr_smart_scope)
+    except smart.SmartError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @ehr.command("sync")
@@ -474,6 +585,7 @@ def _print_report(report) -> None:
     "a one-shot sync prints its report instead)",
 )
 @_region_opt
+@_smart_opts
 def ehr_sync(
     base_url: str,
     practice_id: str,
@@ -486,6 +598,8 @@ def ehr_sync(
     every: float | None,
     metrics_port: int | None,
     region: str | None,
+    smart_client_id: str | None,
+    smart_scope: str | None,
 ) -> None:
     """Pull Patient, Appointment and Flag from a FHIR server; publish keyed records and tombstones."""
     from ringback.config.secrets import read_secret
@@ -493,6 +607,9 @@ def ehr_sync(
 
     env = _env()
     token = None
+    auth = _smart_auth(base_url, smart_client_id, smart_scope)
+    if auth is not None and token_secret:
+        raise click.UsageError("--token-secret and SMART (--smart-client-id) exclude each other")
     if token_secret:
         token = read_secret(token_secret, env)
         if not token:
@@ -512,6 +629,7 @@ def ehr_sync(
             page_size=page_size,
             overlap_s=overlap,
             deletions=not no_deletions,
+            auth=auth,
         )
 
     if every is not None:
@@ -537,6 +655,38 @@ def _print_report_line(report) -> None:
     import json
 
     click.echo(json.dumps(report.as_dict(), sort_keys=True))
+
+
+@ehr.command("keys")
+@click.option(
+    "--alg",
+    type=click.Choice(["RS384", "ES384"]),
+    default="RS384",
+    show_default=True,
+    help="RS384 (RSA 2048): accepted by every SMART server; ES384 (EC P-384): where the EHR accepts it",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="secrets folder to write the private key set RINGBACK_EHR_SMART_KEY into (default: RINGBACK_SECRETS_DIR)",
+)
+def ehr_keys(alg: str, out: Path | None) -> None:
+    """Add a key pair for SMART Backend Services and print the public JWKS to register with the EHR.
+
+    The private key goes into the secret file (0600), never to the output. Run again to
+    rotate: the new key is added, the JWKS printed has both, and the newest one signs."""
+    import json
+
+    from ringback.sources.ehr import smart
+
+    path = (out or _env().ringback_secrets_dir) / smart.KEY_SECRET
+    try:
+        jwks = smart.add_key(path, alg)
+    except (smart.SmartError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(jwks, indent=2))
+    click.echo(f"private keys: {path} ({len(jwks['keys'])}; the last one signs)", err=True)
 
 
 @ehr.command("import")

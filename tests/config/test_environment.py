@@ -18,7 +18,9 @@ PACKAGE = REPO / "src" / "ringback"
 DOC = REPO / "docs" / "configuration.md"
 ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]+)` \| ([^|]+) \|", re.MULTILINE)
 # Secrets read by name (config/secrets.py), documented on the same page.
-SECRETS = {secrets.CONSOLE_SECRET, secrets.LOG_HASH_KEY} | {name for _, name in secrets.PROVIDER_SECRETS.values()}
+SECRETS = {secrets.CONSOLE_SECRET, secrets.LOG_HASH_KEY, secrets.EHR_SMART_KEY} | {
+    name for _, name in secrets.PROVIDER_SECRETS.values()
+}
 
 
 def shown(default: object) -> str:

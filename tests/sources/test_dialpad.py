@@ -11,7 +11,7 @@ import jwt
 import pytest
 
 from ringback.sources import dialpad
-from ringback.sources.canonical import PayloadError, SignatureError, compact_jwt, unverified_claims
+from ringback.sources.canonical import PayloadError, SignatureError, compact_jwt, hs256_signed, unverified_claims
 from tests.support.webhooks import VENDOR, dialpad_call, dialpad_vectors
 
 VECTORS = dialpad_vectors()
@@ -192,3 +192,15 @@ def test_malformed(over, msg):
     claims = {**dialpad_call(7, "missed", CALLER, DID), **over}
     with pytest.raises(PayloadError, match=msg):
         dialpad.events(verified(claims), "harbor", DID, 1)
+
+
+def test_a_signature_is_checked_without_reading_the_claims():
+    """Claims that are not JSON (or not UTF-8) cannot name a practice; the signature alone says
+    whether Dialpad sent them, so the gateway can dead-letter them instead of losing them."""
+    secret = VECTOR["secret"]
+    token = jwt.PyJWS().encode(b'{"call_id": "\xff"', secret, algorithm="HS256")
+    assert unverified_claims(token) is None
+    assert hs256_signed(token, secret)
+    assert not hs256_signed(token, "another-secret")
+    assert not hs256_signed(jwt.PyJWS().encode(b"{}", secret, algorithm="HS512"), secret)  # HS256 only
+    assert hs256_signed(VECTOR["http_body"], secret)

@@ -8,9 +8,12 @@ gateway whose producer points at a port with no broker answers 503 + Retry-After
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 import time
 import uuid
 
+import jwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
@@ -21,7 +24,7 @@ from ringback.domain.practice import Practice
 from ringback.kafka import admin, topics
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.kafka.producer import AckedProducer
-from ringback.sources.gateway import MAX_BODY_BYTES, Gateway
+from ringback.sources.gateway import MAX_BODY_BYTES, WEBHOOKS, Gateway
 from tests.conftest import free_port
 from tests.support import kafka_tools
 from tests.support import webhooks as wh
@@ -365,10 +368,9 @@ def test_account_wide_secrets_sign_for_practices_without_their_own(served, topic
 
 
 def test_malformed_but_authentic_is_400_and_dead_lettered(served, topic):
+    # RingCentral answers such a notification 200 (tests/sources/test_ringcentral_gateway.py)
     cs = sid("CA")
     no_caller = wh.twilio_voice_status(cs, "anonymous", MAPLE)
-    rc = wh.ringcentral_session("s-" + uuid.uuid4().hex, CALLER, LAKE_RC, "VoiceMail")
-    del rc["body"]["telephonySessionId"]
     cases = [
         ("twilio_voice_status", twilio(wh.TWILIO_VOICE_STATUS, no_caller)[0], "From"),
         (
@@ -378,7 +380,6 @@ def test_malformed_but_authentic_is_400_and_dead_lettered(served, topic):
             )[0],
             "RFC 2822",
         ),
-        ("ringcentral", wh.ringcentral(rc, SECRETS["GW_RC_TOKEN"]), "telephonySessionId"),
         (
             "dialpad",
             wh.dialpad({**wh.dialpad_call(9, "missed", CALLER, HARBOR), "call_id": None}, "test_secret"),
@@ -403,11 +404,64 @@ def test_malformed_but_authentic_is_400_and_dead_lettered(served, topic):
     calls_before = topic.counts()["call"]
     for source, hook, reason in cases:
         status, _, body = served.post(hook)
-        assert status == 400 and b"malformed" in body, (source, body)
+        # RingCentral is answered 200 once dead-lettered: it blacklists subscriptions that collect 4xx
+        assert status == (200 if source == "ringcentral" else 400) and b"malformed" in body, (source, body)
         letters = [r for _, r in topic.read("dead") if r["raw"] == hook.body]
         assert len(letters) == 1, source
         assert letters[0]["source"] == source and reason in letters[0]["reason"]
         assert letters[0]["content_type"] == hook.headers["Content-Type"].split(";")[0]
+    assert topic.counts()["call"] == calls_before
+
+
+def test_compressed_bodies_broken_or_not_on_every_endpoint(served, topic):
+    """gzip bodies are read like plain ones; a broken stream is a 400 at every endpoint (never the 500
+    of aiohttp's payload error), and where a credential outside the body proves the request
+    authentic (RingCentral's token, Vonage's bearer JWT) its bytes as received are dead-lettered:
+    RingCentral answers 200 then (it blacklists subscriptions that collect 4xx)."""
+    for name, hook, query, expected, event_id in valid_webhooks():
+        packed = gzip.compress(hook.body)
+        status, _, body = served.post(
+            wh.Webhook(hook.path, packed, {**hook.headers, "Content-Encoding": "gzip"}), query
+        )
+        assert status == expected, (name, body)
+        assert [e for _, e in topic.read("call") if e["event_id"] == event_id], name
+    vouched = {wh.RINGCENTRAL: 200, wh.VONAGE: 400}
+    for name, hook, query, _, _ in valid_webhooks():
+        cut = gzip.compress(hook.body)[:-6]
+        calls_before = topic.counts()["call"]
+        status, _, body = served.post(wh.Webhook(hook.path, cut, {**hook.headers, "Content-Encoding": "gzip"}), query)
+        assert status == vouched.get(hook.path, 400) and b"bad_encoding" in body, (name, body)
+        letters = [r for _, r in topic.read("dead") if r["raw"] == cut]
+        if hook.path in vouched:
+            assert len(letters) == 1 and "truncated" in letters[0]["reason"] and letters[0]["practice_id"] == "lakeside"
+        else:  # the signature covers the body: nothing proves the request authentic
+            assert letters == [], name
+        assert topic.counts()["call"] == calls_before
+    assert set(vouched) == {p for p, a in WEBHOOKS.items() if a.vouch is not None} - {wh.DIALPAD}
+
+
+def test_an_authentic_payload_that_cannot_be_encoded_is_dead_lettered(served, topic):
+    """An escaped lone surrogate (valid JSON, no UTF-8 form) in a field the event carries: the codec
+    refuses the record, the raw body is dead-lettered and the answer stops the provider retrying."""
+    vid, call_id, session = str(uuid.uuid4()), int(uuid.uuid4().int % 10**12), "s-" + uuid.uuid4().hex
+    vonage_body = json.dumps(wh.vonage_event(vid, "unanswered", CALLER, LAKE_VONAGE, detail="\ud800")).encode()
+    vonage_hook = wh.vonage({}, SECRETS["GW_VONAGE_SECRET"], iat=NOW_S, hash_body=vonage_body).with_body(vonage_body)
+    dialpad_claims = json.dumps({**wh.dialpad_call(call_id, "missed", CALLER, HARBOR), "call_id": "9\ud8009"}).encode()
+    dialpad_hook = wh.Webhook(
+        wh.DIALPAD, jwt.PyJWS().encode(dialpad_claims, "test_secret", algorithm="HS256").encode(), {}
+    ).with_headers(**{"Content-Type": "application/jwt"})
+    rc_body = json.dumps(wh.ringcentral_session(session, CALLER, LAKE_RC, "VoiceMail")).replace(session, "s-\\ud800")
+    rc_hook = wh.ringcentral({}, SECRETS["GW_RC_TOKEN"]).with_body(rc_body.encode())
+    calls_before = topic.counts()["call"]
+    for source, hook, expected in [
+        ("vonage_event", vonage_hook, 400),
+        ("dialpad", dialpad_hook, 400),
+        ("ringcentral", rc_hook, 200),
+    ]:
+        status, _, body = served.post(hook)
+        assert status == expected and b"malformed" in body, (source, body)
+        [letter] = [r for _, r in topic.read("dead") if r["raw"] == hook.body]
+        assert letter["source"] == source and "cannot encode" in letter["reason"], letter["reason"]
     assert topic.counts()["call"] == calls_before
 
 

@@ -28,10 +28,15 @@ def events(notification, numbers=(DID,)):
         ("Disconnected", "TargetBusy", False, "MISSED"),
         ("Disconnected", "Timeout", False, "MISSED"),
         ("Disconnected", "Rejected", False, "MISSED"),
-        ("Disconnected", "Cancelled", False, "MISSED"),
+        ("Disconnected", "Cancelled", False, None),  # another ring-group member answered
+        ("Disconnected", "Cancelled", True, "MISSED"),  # the caller hung up while it rang
         ("Disconnected", None, True, "MISSED"),
+        ("Disconnected", "AgentAnswered", True, None),  # handed on: someone else has the call
+        ("Disconnected", "BlindTransfer", False, None),
+        ("Disconnected", "Pickup", True, None),
         ("Gone", None, True, "MISSED"),
         ("VoiceMail", None, False, "VOICEMAIL"),
+        ("VoiceMail", None, True, "VOICEMAIL"),
         ("Answered", None, False, "ANSWERED"),
         ("Disconnected", "CallerInputRedirect", False, None),
         ("Disconnected", None, False, None),
@@ -68,8 +73,8 @@ def test_event_fields():
         "transcript": None,
         "sms_body": None,
         "sms_id": None,
-        "leg_id": None,
-        "signal": None,
+        "leg_id": f"p-{SESSION}-1",
+        "signal": "leg",
     }
 
 
@@ -86,18 +91,17 @@ def test_practice_numbers_and_parties_of_other_practices():
     other = copy.deepcopy(note["body"]["parties"][0])
     other["to"]["phoneNumber"] = "+13125550100"
     note["body"]["parties"].insert(0, other)
-    assert ringcentral.practice_numbers(note) == ["+13125550100", DID]
+    assert ringcentral.practice_numbers(note) == ["+13125550100", DID, CALLER]
     produced = events(note)  # only the party on this practice's number
     assert [e["called"] for e in produced] == [DID]
     assert ringcentral.practice_numbers({"body": {"parties": "x"}}) == []
     assert ringcentral.practice_numbers([1, 2]) == []
 
 
-def test_outbound_party_practice_is_the_from_and_caller_the_patient():
+def test_an_extensions_outbound_party_is_answered_when_ringcentral_routes_the_call_not_when_the_patient_answers():
     note = ringcentral_session(SESSION, CALLER, DID, "Answered", direction="Outbound")
-    assert ringcentral.practice_numbers(note) == [DID]
-    [event] = events(note)
-    assert (event["direction"], event["caller"], event["called"]) == ("OUTBOUND", CALLER, DID)
+    assert ringcentral.practice_numbers(note) == [DID, CALLER]
+    assert events(note) == []
 
 
 def test_internal_extension_call_is_skipped():

@@ -11,6 +11,7 @@ import re
 import jwt
 import pytest
 
+from ringback.schemas import codec
 from ringback.sources import vonage
 from ringback.sources.canonical import PayloadError, SignatureError
 from tests.support.webhooks import VENDOR, vonage_event
@@ -181,3 +182,16 @@ def test_bearer_token():
 def test_malformed(over, msg):
     with pytest.raises(PayloadError, match=msg):
         vonage.events({**vonage_event(UUID, "busy", CALLER, DID), **over}, "harbor", 1)
+
+
+def test_an_escaped_lone_surrogate_verifies_and_then_cannot_be_encoded():
+    """`\\ud800` in the JSON is valid JSON with no UTF-8 form: the hash of the body as received still
+    verifies (no UnicodeEncodeError), and the event it makes is refused by the codec, so the
+    gateway dead-letters it (tests/sources/test_gateway_fuzz.py) instead of answering 500."""
+    body = json.dumps(vonage_event(UUID, "busy", CALLER, DID, detail="\ud800")).encode()
+    assert b"\\ud800" in body
+    token = jwt.encode({"iat": NOW, "payload_hash": hashlib.sha256(body).hexdigest()}, SECRET, algorithm="HS256")
+    assert vonage.verify(token, SECRET, body, NOW)["payload_hash"]
+    [event] = vonage.events(json.loads(body), "harbor", 1)
+    with pytest.raises(codec.SchemaValidationError, match="cannot encode"):
+        codec.encode("call_event", event)

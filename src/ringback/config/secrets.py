@@ -26,6 +26,7 @@ def read_secret(name: str, env: Settings) -> str | None:
 # Secrets every deployment may set, read by these fixed names.
 CONSOLE_SECRET = "RINGBACK_CONSOLE_SECRET"  # signs the console's session cookies
 LOG_HASH_KEY = "RINGBACK_LOG_HASH_KEY"  # keys the phone-number hashes in logs
+EHR_SMART_KEY = "RINGBACK_EHR_SMART_KEY"  # private key(s) signing SMART Backend Services assertions
 
 # Webhook secrets of the phone providers: the key a practice's `secrets` map uses, and the
 # name of the account-wide secret (env var or secrets-dir file) used for practices whose map

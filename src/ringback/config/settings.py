@@ -155,9 +155,30 @@ class Settings(BaseSettings):
     ringback_console_session_s: int = Field(43200, ge=1, description="Lifetime of a console login session")
     ringback_console_cookie_secure: bool = Field(False, description="Mark the session cookie Secure (behind HTTPS)")
 
-    # ------------------------------------------------------------------ sources (`cdr poll`, `ehr sync`)
+    # -------------------------------------------------------------- sources (`cdr poll`, `ehr sync`, `gvoice watch`)
     ringback_cdr_metrics_port: int = Field(0, ge=0, description="/metrics port of the CDR poller (0: none)")
     ringback_ehr_metrics_port: int = Field(0, ge=0, description="/metrics port of `ehr sync --every` (0: none)")
+    ringback_ehr_smart_client_id: str | None = Field(
+        None,
+        description="SMART Backend Services client id the EHR registered; set: the EHR commands get their tokens "
+        "with a JWT signed by the key in the secret RINGBACK_EHR_SMART_KEY (--smart-client-id wins)",
+    )
+    ringback_ehr_smart_scope: str = Field(
+        "system/Patient.rs system/Appointment.rs system/Flag.rs",
+        description="Scopes asked of the EHR's token endpoint (SMART v2; v1 servers: system/Patient.read ...)",
+    )
+    ringback_gvoice_imap_host: str | None = Field(None, description="IMAP server of the Google Voice mailbox")
+    ringback_gvoice_imap_port: int = Field(993, ge=1, le=65535, description="Its port (993: IMAP over TLS)")
+    ringback_gvoice_imap_user: str | None = Field(None, description="The mailbox's login")
+    ringback_gvoice_imap_folder: str = Field("INBOX", description="The folder Google Voice's e-mails land in")
+    ringback_gvoice_imap_tls: bool = Field(True, description="IMAP over TLS (off only for a server on loopback)")
+    ringback_gvoice_imap_ca_file: Path | None = Field(
+        None, description="CA certificates (PEM) to trust for the IMAP server (default: the system's)"
+    )
+    ringback_gvoice_poll_interval_s: float = Field(
+        60.0, gt=0, description="Longest wait between mailbox reads (IDLE wakes the watcher sooner)"
+    )
+    ringback_gvoice_metrics_port: int = Field(0, ge=0, description="/metrics port of `gvoice watch` (0: none)")
 
     # ------------------------------------------------------------------ observability
     ringback_log_level: str = Field("INFO", description="Log level (--log-level wins)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
@@ -68,6 +68,9 @@ class PracticeDirectory:
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+    def __iter__(self) -> Iterator[Practice]:
+        return iter(self._by_id.values())  # a snapshot: put/remove swap whole dicts
 
     def put(self, p: Practice) -> None:
         old = self._by_id.get(p.id)

@@ -49,6 +49,8 @@ DEAD_LETTERS = TopicSpec("dead-letters", "source", "dead_letter", partitions=1)
 MESSAGE_STATUS = TopicSpec("message-status", "practice_id|recipient", "message_status", co_partitioned=True)
 # Where each CDR file poller has read up to (value: JSON, not Avro: it is private to the poller).
 CDR_CHECKPOINTS = TopicSpec("cdr-checkpoints", "poller_id|file", "-", compacted=True, partitions=1)
+# Where each Google Voice mailbox watcher has read up to: UIDVALIDITY + last UID (JSON, private to it).
+GVOICE_CHECKPOINTS = TopicSpec("gvoice-checkpoints", "watcher_id|folder", "-", compacted=True, partitions=1)
 # Private to the stream workers: the TICK each worker sends to its partitions so the agent
 # that owns a partition fires its due gate timers (workflow/timers.py). Value: "-" (none).
 TICKS = TopicSpec("stream-ticks", "-", "-", co_partitioned=True, retention_ms=3_600_000)
@@ -66,6 +68,7 @@ ALL = (
     DEAD_LETTERS,
     MESSAGE_STATUS,
     CDR_CHECKPOINTS,
+    GVOICE_CHECKPOINTS,
     TICKS,
 )
 

@@ -212,6 +212,18 @@ def unverified_claims(token: str) -> dict | None:
     return claims if isinstance(claims, dict) else None
 
 
+def hs256_signed(token: str, secret: str) -> bool:
+    """Whether an HS256 token is signed with `secret`, its claims unread (they may be neither
+    JSON nor UTF-8): enough to know a payload we cannot use came from the provider."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
+            jwt.PyJWS().decode(token, secret, algorithms=["HS256"])
+    except jwt.PyJWTError:
+        return False
+    return True
+
+
 def verify_hs256(token: str, secret: str, now_s: float, leeway_s: int = 300) -> dict:
     """Claims of an HS256 token signed with `secret` (HS256 only: no `none`, no key confusion).
 

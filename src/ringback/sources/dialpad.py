@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ringback.domain.practice import Practice
 from ringback.sources.canonical import (
     SHORT_ANSWER_S,
     PayloadError,
@@ -35,13 +36,14 @@ from ringback.sources.canonical import (
     compact_jwt,
     e164,
     epoch_millis,
+    hs256_signed,
     safe_e164,
     seconds,
     text,
     unverified_claims,
     verify_hs256,
 )
-from ringback.sources.webhook import Reject, Webhook
+from ringback.sources.webhook import Reject, Unverifiable, Webhook
 
 __all__ = [
     "PayloadError",
@@ -53,12 +55,22 @@ __all__ = [
     "events",
     "state_outcome",
     "handle_call_event",
+    "vouch",
 ]
 
 
 def verify(token: str, secret: str, now_s: float) -> dict:
     """The verified claims, or SignatureError."""
     return verify_hs256(token, secret, now_s)
+
+
+def vouch(hook: Webhook) -> tuple[bool, Practice | None]:
+    """A signed body whose claims cannot be read or name no practice: still Dialpad's when the
+    signature is valid with some practice's secret (a body that cannot be decoded proves nothing)."""
+    token = compact_jwt(hook.decoded)
+    if token is None:
+        return False, None
+    return hook.vouched("dialpad", lambda secret: hs256_signed(token, secret))
 
 
 def _phone(claims: dict, name: str) -> Any:
@@ -149,8 +161,8 @@ async def handle_call_event(hook: Webhook) -> web.Response:
     if token is None:
         raise Reject(403, "signature", "the body is not a signed JWT (give the Dialpad webhook a secret)")
     claims = unverified_claims(token)
-    if claims is None:
-        raise Reject(403, "signature", "unreadable JWT")
+    if claims is None:  # claims that are not a JSON object: a dead letter if the signature is valid (vouch)
+        raise Unverifiable(403, "unverifiable", "the JWT claims are not a JSON object")
     practice, number = hook.first_practice(practice_numbers(claims))
     now_ms = hook.now_ms()
     verified = hook.authenticate("dialpad", practice, number, lambda secret: verify(token, secret, now_ms / 1000))

@@ -4,11 +4,13 @@ The gateway is the HTTP plumbing around the provider adapters: `WEBHOOKS`, the r
 routes each webhook path to its provider's handler (`sources/{twilio,ringcentral,dialpad,vonage}.py`:
 authentication, parsing, what to produce; the steps they share: `sources/webhook.py`;
 record conventions: `sources/canonical.py`). Adding a provider touches its module and the
-registry. Around every handler the gateway keeps the body limit (413), maps refusals to
-status codes and error bodies, writes dead letters, counts requests in the metrics, and
-produces each record before it answers: 2xx only once the broker acknowledged every one
-(503 + Retry-After when it does not, so the provider retries; a retry gives the same
-event ids, which collapse downstream).
+registry. Around every handler the gateway keeps the body limit (413), undoes the body's
+Content-Encoding itself (400 / 415 when it cannot, and a dead letter of the bytes as received
+when the request is authentic without them), maps refusals to status codes and error bodies,
+writes dead letters, counts requests in the metrics, and produces each record before it
+answers: 2xx only once the broker acknowledged every one (503 + Retry-After when it does not,
+so the provider retries; a retry gives the same event ids, which collapse downstream).
+Nothing a client sends reaches the 500 of an unexpected error: that is left for bugs.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from ringback.observability.metrics import DEAD_LETTERS, declare_dead_letter_sou
 from ringback.schemas import codec
 from ringback.sources import dialpad, ringcentral, twilio, vonage
 from ringback.sources.canonical import producible
-from ringback.sources.webhook import Handler, Reject, Webhook
+from ringback.sources.webhook import Handler, Reject, UnreadableBody, Unverifiable, Vouch, Webhook, header_token
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,11 @@ _KNOWN_MESSAGE_STATUSES = {
 class Adapter(NamedTuple):
     endpoint: str  # labels the endpoint's metrics; the `source` of its dead letters
     handle: Handler
+    # Whether a request whose payload cannot be decoded or names no practice is still authentic
+    # (a credential that does not depend on the payload), so that it is dead-lettered, not lost.
+    vouch: Vouch | None = None
+    # The answer once an authentic request is dead-lettered; None: its 4xx (400 malformed, ...).
+    dead_lettered_status: int | None = None
 
 
 # The registry of provider adapters: webhook path → adapter.
@@ -84,9 +91,12 @@ WEBHOOKS: dict[str, Adapter] = {
     "/webhooks/twilio/voice/transcription": Adapter("twilio_voice_transcription", twilio.handle_transcription),
     "/webhooks/twilio/sms/inbound": Adapter("twilio_sms_inbound", twilio.handle_sms_inbound),
     "/webhooks/twilio/sms/status": Adapter("twilio_sms_status", twilio.handle_sms_status),
-    "/webhooks/ringcentral": Adapter("ringcentral", ringcentral.handle_notification),
-    "/webhooks/dialpad": Adapter("dialpad", dialpad.handle_call_event),
-    "/webhooks/vonage/event": Adapter("vonage_event", vonage.handle_event),
+    # 200 when dead-lettered: RingCentral blacklists a subscription that collects 4xx answers
+    "/webhooks/ringcentral": Adapter(
+        "ringcentral", ringcentral.handle_notification, header_token("ringcentral", "Verification-Token"), 200
+    ),
+    "/webhooks/dialpad": Adapter("dialpad", dialpad.handle_call_event, dialpad.vouch),
+    "/webhooks/vonage/event": Adapter("vonage_event", vonage.handle_event, vonage.vouch),
 }
 
 
@@ -104,7 +114,9 @@ class Gateway:
 
     # ------------------------------------------------------------------ HTTP
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        # aiohttp's own decompression off: Webhook.body decodes, so a broken stream is a 400 with the
+        # bytes as received at hand (aiohttp would raise past the handlers and cut a truncated gzip short).
+        app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args={"auto_decompress": False})
         for path, adapter in WEBHOOKS.items():
             app.router.add_post(path, self._endpoint(adapter))
         declare_dead_letter_sources(adapter.endpoint for adapter in WEBHOOKS.values())
@@ -118,9 +130,9 @@ class Gateway:
 
         async def wrapped(request: web.Request) -> web.Response:
             started = time.perf_counter()
+            hook = Webhook(self, name, request, adapter.vouch, adapter.dead_lettered_status)
             try:
-                await request.read()  # the whole body first: 413 past MAX_BODY_BYTES, before anything else
-                response = await adapter.handle(Webhook(self, name, request))
+                response = await self._handle(adapter, hook)
             except Reject as rej:
                 REJECTED.labels(name, rej.reason).inc()
                 log.info("%s: %s %s", name, rej.status, rej.reason)
@@ -150,23 +162,35 @@ class Gateway:
 
         return wrapped
 
+    async def _handle(self, adapter: Adapter, hook: Webhook) -> web.Response:
+        """The adapter's handler on the decoded body. A request its `vouch` proves authentic, whose
+        body cannot be decoded or names no practice, becomes a dead letter (in `hook`)."""
+        try:  # the whole body first, decoded: 413 past MAX_BODY_BYTES, before anything else
+            await hook.body()
+        except UnreadableBody as exc:
+            raise await hook.unreadable(exc) from None
+        try:
+            return await adapter.handle(hook)
+        except Unverifiable as exc:
+            raise await hook.unidentified(exc) from None
+
     # ------------------------------------------------------------------ records, each acknowledged before the answer
     async def produce_events(self, events: Iterable[dict]) -> int:
-        """Produce the events the stream app needs, each acknowledged before the next."""
-        produced = 0
-        for event in events:
-            if producible(event):
-                key = topics.join_key(event["practice_id"], event["caller"])
-                await self.producer.send(self.call_topic, key, codec.encode("call_event", event))
-                EVENTS.labels(
-                    event["provider"], event["outcome"] or event["event_type"], practice_label(event["practice_id"])
-                ).inc()
-                produced += 1
-        return produced
+        """Produce the events the stream app needs, each acknowledged before the next. Every one
+        is encoded first: a record the codec refuses (SchemaValidationError) produces none."""
+        wanted = [event for event in events if producible(event)]
+        encoded = [codec.encode("call_event", event) for event in wanted]
+        for event, value in zip(wanted, encoded, strict=True):
+            await self.producer.send(self.call_topic, topics.join_key(event["practice_id"], event["caller"]), value)
+            EVENTS.labels(
+                event["provider"], event["outcome"] or event["event_type"], practice_label(event["practice_id"])
+            ).inc()
+        return len(wanted)
 
     async def produce_message_status(self, record: dict) -> None:
+        value = codec.encode("message_status", record)
         key = topics.join_key(record["practice_id"], record["recipient"])
-        await self.producer.send(self.status_topic, key, codec.encode("message_status", record))
+        await self.producer.send(self.status_topic, key, value)
         status = record["status"] if record["status"] in _KNOWN_MESSAGE_STATUSES else "other"
         MESSAGE_STATUSES.labels(status).inc()
 
@@ -175,9 +199,9 @@ class Gateway:
     ) -> None:
         record = {
             "source": source,
-            "reason": reason,
+            "reason": _encodable(reason),
             "raw": raw,
-            "content_type": content_type,
+            "content_type": _encodable(content_type) if content_type is not None else None,
             "received_at": self.clock.now_ms(),
             "practice_id": practice_id,
         }
@@ -195,6 +219,12 @@ class Gateway:
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _encodable(text: str) -> str:
+    """Text a dead letter can always hold: a lone surrogate (from an escaped JSON string, or a
+    header's undecodable bytes) written as its escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def run(env: Settings, host: str = "0.0.0.0", port: int = 8080) -> None:

@@ -328,6 +328,59 @@ def ringcentral_session(
     }
 
 
+RC_ACCOUNT = "400112233004"
+
+
+def ringcentral_party(
+    session_id: str,
+    n: int,
+    code: str,
+    *,
+    frm: dict,
+    to: dict,
+    direction: str = "Inbound",
+    extension_id: str | None = None,
+    reason: str | None = None,
+    missed: bool = False,
+) -> dict:
+    """Party `n` of a session as RingCentral reports it: `extension_id` for a party an
+    extension owns (a person, an IVR menu, a ring-group member), None for the PSTN side."""
+    status: dict = {"code": code, "rcc": False}
+    if reason:
+        status["reason"] = reason
+    party: dict = {"accountId": RC_ACCOUNT, "id": f"p-{session_id[2:]}-{n}", "direction": direction}
+    if extension_id:
+        party["extensionId"] = extension_id
+    party.update(
+        {"to": to, "from": frm, "status": status, "park": {}, "missedCall": missed, "standAlone": False, "muted": False}
+    )
+    return party
+
+
+def ringcentral_notification(
+    session_id: str, sequence: int, party: dict, event_time: str, extension_id: str | None = None
+) -> dict:
+    """One notification of an account-level subscription (RingCentral sends one party per
+    notification; `event` names the extension when the party is an extension's)."""
+    event = f"/restapi/v1.0/account/{RC_ACCOUNT}" + (f"/extension/{extension_id}" if extension_id else "")
+    return {
+        "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{session_id}/{sequence}")),
+        "event": event + "/telephony/sessions",
+        "timestamp": event_time,
+        "subscriptionId": "b7f4a3c1-0000-4000-8000-000000000001",
+        "ownerId": RC_ACCOUNT,
+        "body": {
+            "sequence": sequence,
+            "sessionId": "4000" + session_id[-6:],
+            "telephonySessionId": session_id,
+            "serverId": "10.13.22.241.TAM",
+            "eventTime": event_time,
+            "parties": [party],
+            "origin": {"type": "Call"},
+        },
+    }
+
+
 # ---------------------------------------------------------------- Dialpad
 DIALPAD = "/webhooks/dialpad"
 

@@ -423,14 +423,18 @@ class FhirClient:
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         max_pages: int = 100_000,
+        auth: httpx.Auth | None = None,
     ) -> None:
+        """`token`: a static bearer token; `auth`: one that changes (smart.SmartAuth)."""
         self.base_url = base_url.rstrip("/") + "/"
         headers = {"Accept": "application/fhir+json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self.page_size = page_size
         self.max_pages = max_pages
-        self._client = httpx.AsyncClient(headers=headers, timeout=timeout, transport=transport, follow_redirects=True)
+        self._client = httpx.AsyncClient(
+            headers=headers, timeout=timeout, transport=transport, follow_redirects=True, auth=auth
+        )
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -613,13 +617,14 @@ def run_sync(
     page_size: int = 100,
     overlap_s: int = 300,
     deletions: bool = True,
+    auth: httpx.Auth | None = None,
 ) -> SyncReport:
     admin.ensure_topics(env)
     region = _practice_region(env, practice_id, region)
     producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=10)
 
     async def main() -> SyncReport:
-        client = FhirClient(base_url, token=token, page_size=page_size)
+        client = FhirClient(base_url, token=token, page_size=page_size, auth=auth)
         sync = None
         try:
             sync = EhrSync.open(env, producer, practice_id, region)
