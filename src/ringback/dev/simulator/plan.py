@@ -32,8 +32,11 @@ What a day holds, per practice (the reference practice of docs/product.md first)
   anonymous caller the gateway cannot key (dead letter, 400; 200 for RingCentral), a redelivered webhook,
   a broken CDR line (dead letter).
 
-Each case carries its expected patient SMS steps (`CaseSpec.sms_steps`) and outcome,
-derived from the workflow rules (docs/product.md, docs/stream-app.md).
+A Twilio practice with the ready-made call flow gets forwarded calls (`Forward`: nobody
+answered, a cell phone's voicemail picked up, a person answered; the callbacks and their
+times). Each case carries its expected patient SMS steps (`CaseSpec.sms_steps`) and outcome,
+derived from the workflow rules (docs/product.md, docs/stream-app.md), and the event id it
+opens with (of a forwarded call: the signal the worker's per-call verdict turns into a miss).
 """
 
 from __future__ import annotations
