@@ -10,6 +10,8 @@ import asyncio
 import json
 import uuid
 from collections import Counter
+from collections.abc import Callable
+from functools import partial
 from operator import methodcaller
 
 import pytest
@@ -112,18 +114,17 @@ class OfflineDay:
     def call_event(self, record: dict) -> None:
         self.run(self.partition(record["practice_id"], record["caller"]), lambda wf: wf.on_call_event(record))
 
-    def webhooks(self, event: sim.SimEvent) -> None:
-        async def post(hook: Webhook) -> int:
+    def webhook(self, event: sim.SimEvent, hook: Webhook) -> None:
+        async def post() -> int:
             async with self.client.post(hook.path, data=hook.body, headers=hook.headers) as resp:
                 return resp.status
 
-        for hook in render.webhooks(event, PUBLIC, SECRETS, self.now):
-            before = len(self.producer.sent)
-            status = self.loop.run_until_complete(post(hook))
-            assert status == event.expect_status if event.expect_status else status < 300, (event, status)
-            for topic, _, value in self.producer.sent[before:]:
-                if topic == self.call_topic:
-                    self.call_event(codec.decode("call_event", value))
+        before = len(self.producer.sent)
+        status = self.loop.run_until_complete(post())
+        assert status == event.expect_status if event.expect_status else status < 300, (event, status)
+        for topic, _, value in self.producer.sent[before:]:
+            if topic == self.call_topic:
+                self.call_event(codec.decode("call_event", value))
 
     def cdr_line(self, event: sim.SimEvent) -> None:
         practice = self.directory.by_id(event.practice_id)
@@ -179,16 +180,22 @@ class OfflineDay:
     def play(self) -> None:
         for event in self.plan.preload:
             self.ehr(event)
-        for event in self.plan.events:
-            self.advance(T0 + event.at)
+        # Every input at its wall time: a forwarded Twilio call's callbacks each at their own.
+        inputs: list[tuple[float, int, int, Callable[[], None]]] = []
+        for n, event in enumerate(self.plan.events):
             if event.provider == "cdr":
-                self.cdr_line(event)
+                inputs.append((event.at, n, 0, partial(self.cdr_line, event)))
             elif event.kind == sim.EHR:
-                self.ehr(event)
+                inputs.append((event.at, n, 0, partial(self.ehr, event)))
             elif event.kind == sim.STAFF:
-                self.staff(event)
+                inputs.append((event.at, n, 0, partial(self.staff, event)))
             else:
-                self.webhooks(event)
+                timed = render.timeline(event, PUBLIC, SECRETS, T0 + event.at, self.plan.day.speed)
+                for k, (at, hook) in enumerate(timed):
+                    inputs.append((event.at + at, n, k, partial(self.webhook, event, hook)))
+        for at, _, _, play in sorted(inputs, key=lambda i: i[:3]):
+            self.advance(T0 + at)
+            play()
         expiry = max(s.practice.windows.case_expiry for s in self.plan.sites)
         self.advance(T0 + self.plan.length_s + expiry + 2)
 

@@ -181,7 +181,14 @@ def test_the_demo_practices_file_is_valid_and_names_its_secrets_only():
         assert p.sms_from == p.phone_numbers[0]
 
 
-@pytest.mark.parametrize("speed", [1, 45])
+def _when(event: sim.SimEvent, callback: str, speed: float) -> float:
+    """Wall time of one callback of a forwarded call."""
+    assert event.forward is not None
+    timeline = event.forward.callbacks(event.duration_s, event.outcome == sim.VOICEMAIL)
+    return event.at + next(t for t, what in timeline if what == callback) / speed
+
+
+@pytest.mark.parametrize("speed", [1, 15, 45])
 def test_slower_days_keep_the_hold_and_can_suppress_a_response(speed):
     plan = sim.plan_day(7, sites(1, speed), sim.Day(speed=speed))
     hold = plan.sites[0].practice.windows.first_response_hold
@@ -189,5 +196,40 @@ def test_slower_days_keep_the_hold_and_can_suppress_a_response(speed):
     suppressed = [c for c in plan.cases if c.behaviour == "through_in_hold"]
     assert len(suppressed) == (1 if hold >= 3 else 0)
     for c in suppressed:
+        missed = next(e for e in plan.events if e.case == c.case and e.kind == sim.CALL)
         back = next(e for e in plan.events if e.case == c.case and e.outcome == sim.ANSWERED)
-        assert back.at - c.missed_at < hold and c.sms_steps == ()
+        assert missed.forward is not None and back.forward is not None
+        opened = _when(missed, missed.forward.deciding, speed)
+        # A person picks up within the hold; the conversation goes on past it.
+        assert opened < _when(back, sim.LEG_ANSWERED, speed) < opened + hold and c.sms_steps == ()
+        assert _when(back, sim.DIAL, speed) > opened + hold
+
+
+def test_the_twilio_practices_calls_are_forwarded_to_the_front_desk_in_every_shape():
+    plan = day_plan(seed=7, n=6)  # two Twilio practices
+    twilio = {s.practice.id for s in plan.sites if s.provider == "twilio"}
+    calls = [e for e in plan.events if e.kind == sim.CALL and e.practice_id in twilio]
+    assert calls and all(e.forward is not None for e in calls)
+    assert all(e.forward is None for e in plan.events if e.kind == sim.CALL and e.practice_id not in twilio)
+    shapes = Counter((e.outcome, e.forward.front, e.forward.parent_first) for e in calls if e.forward)
+    assert set(shapes) >= {
+        (sim.ANSWERED, sim.FORWARD_ANSWERED, False),
+        (sim.ANSWERED, sim.FORWARD_ANSWERED, True),
+        (sim.MISSED, sim.FORWARD_MISSED, False),
+        (sim.MISSED, sim.FORWARD_MISSED, True),
+        (sim.MISSED, sim.FORWARD_MACHINE, False),
+        (sim.VOICEMAIL, sim.FORWARD_MISSED, False),
+    }
+    assert {s for s in shapes if s[0] == sim.ANSWERED} == {s for s in shapes if s[1] == sim.FORWARD_ANSWERED}
+    repeats = [e for e in calls if e.note.startswith("calls again, missed again")]
+    # The repeat miss of an open case rings out in the usual order (no machine, parent last).
+    assert repeats and all(e.forward and e.forward.front == sim.FORWARD_MISSED for e in repeats)
+    assert not any(e.forward and e.forward.parent_first for e in repeats)
+    for e in calls:
+        assert e.forward is not None
+        timeline = e.forward.callbacks(e.duration_s, e.outcome == sim.VOICEMAIL)
+        assert timeline[0] == (0, sim.INCOMING) and [t for t, _ in timeline] == sorted(t for t, _ in timeline)
+        assert (sim.RECORDED in {w for _, w in timeline}) == (e.outcome == sim.VOICEMAIL)
+    for t in (e for e in plan.events if e.kind == sim.TRANSCRIPT and e.practice_id in twilio):
+        call = next(e for e in calls if e.call_id == t.call_id)
+        assert t.at > _when(call, sim.RECORDED, plan.day.speed)  # transcribed after the recording

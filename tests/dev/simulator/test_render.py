@@ -1,11 +1,15 @@
 """The simulator's inputs are what the real connectors accept: every planned webhook through
 the real gateway (in-process, in-memory producer), every CDR line through the CDR mapping,
-every FHIR resource through the EHR connector's mapping; each gives the planned records."""
+every FHIR resource through the EHR connector's mapping; each gives the planned records. A
+forwarded Twilio call's several signals give the planned verdict as the worker decides it
+(workflow/calls.py), each posted to the URL the ready-made flow's TwiML names."""
 
 from __future__ import annotations
 
 import asyncio
+import xml.etree.ElementTree as ET
 from collections import Counter
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -22,6 +26,8 @@ from ringback.sources.cdr import records as cdr_records
 from ringback.sources.ehr.fhir import appointment_facts, flag_facts, patient_facts
 from ringback.sources.ehr.publisher import EhrProjector
 from ringback.sources.gateway import Gateway
+from ringback.workflow import calls
+from ringback.workflow.state import new_caller
 from tests.dev.simulator.test_plan import day_plan
 
 pytestmark = pytest.mark.filterwarnings("ignore::jwt.InsecureKeyLengthWarning")
@@ -47,7 +53,7 @@ class MemoryProducer:
 
 @pytest.fixture(scope="module")
 def plan():
-    return day_plan(seed=7, n=5)
+    return day_plan(seed=11, n=5)  # its Twilio practice's day has every shape of forwarded call
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +84,28 @@ def gateway(plan, tmp_path_factory):
 
         async def go():
             async with client.post(hook.path, data=hook.body, headers=hook.headers) as resp:
-                await resp.read()
-                return resp.status
+                return resp.status, await resp.text()
 
-        return loop.run_until_complete(go()), producer.sent[before:]
+        status, text = loop.run_until_complete(go())
+        return status, producer.sent[before:], text
 
     yield post, env
     loop.run_until_complete(client.close())
     loop.close()
+
+
+def verdict(events: list[dict]) -> tuple[str | None, str | None]:
+    """What the worker makes of one call's signals: (its outcome, the event id that first made it
+    a miss, which opens the case)."""
+    state = new_caller(events[0]["practice_id"], events[0]["caller"])
+    outcome = opening = None
+    for e in events:
+        changed = calls.decide(state, e, int(NOW * 1000))
+        if changed is not None:
+            outcome = changed
+            if changed != sim.ANSWERED and opening is None:
+                opening = e["event_id"]
+    return outcome, opening
 
 
 def test_every_planned_webhook_is_authentic_and_gives_the_planned_event(plan, gateway):
@@ -95,6 +115,7 @@ def test_every_planned_webhook_is_authentic_and_gives_the_planned_event(plan, ga
     statuses: Counter = Counter()
     opening = {c.opening_event_id for c in plan.cases}
     produced_ids: set[str] = set()
+    forwarded: Counter = Counter()
     for event in plan.events:
         hooks = render.webhooks(event, PUBLIC, SECRETS, NOW)
         if event.provider == "cdr" or event.kind in (sim.STAFF, sim.EHR):
@@ -102,7 +123,7 @@ def test_every_planned_webhook_is_authentic_and_gives_the_planned_event(plan, ga
             continue
         records = []
         for hook in hooks:
-            status, sent = post(hook)
+            status, sent, _ = post(hook)
             statuses[status] += 1
             expected = event.expect_status
             assert status == expected if expected else status in (200, 204), (event, status)
@@ -115,9 +136,21 @@ def test_every_planned_webhook_is_authentic_and_gives_the_planned_event(plan, ga
             continue
         events = [codec.decode("call_event", v) for t, _, v in records if t == call_topic]
         assert events, event
+        assert all(e["practice_id"] == event.practice_id and e["caller"] == event.caller for e in events)
+        if event.kind == sim.CALL and event.forward is not None:
+            # Several signals of one call (leg, machine, parent), decided per call as the worker does.
+            assert {e["provider_call_id"] for e in events} == {event.call_id}
+            assert {e["signal"] for e in events} <= {"parent", "leg", "machine"}
+            assert all(e["occurred_at"] // 1000 == int(NOW) for e in events)
+            outcome, opened_by = verdict(events)
+            assert outcome == event.outcome, (event, [(e["event_id"], e["outcome"]) for e in events])
+            if opened_by is not None:
+                assert outcome != sim.ANSWERED and opened_by == event.opening_event_id
+                produced_ids.add(opened_by)
+            forwarded[event.forward.front, event.forward.parent_first] += 1
+            continue
         assert len({e["event_id"] for e in events}) == 1  # a call's several callbacks collapse to one id
         got = events[-1]
-        assert got["practice_id"] == event.practice_id and got["caller"] == event.caller
         produced_ids.add(got["event_id"])
         if event.kind == sim.CALL:
             assert (got["event_type"], got["outcome"], got["direction"]) == ("CALL", event.outcome, "INBOUND")
@@ -130,6 +163,45 @@ def test_every_planned_webhook_is_authentic_and_gives_the_planned_event(plan, ga
     webhook_cases = {c.opening_event_id for c in plan.cases if not c.opening_event_id.startswith("cdr:")}
     assert webhook_cases <= produced_ids and webhook_cases <= opening
     assert statuses[403] and statuses[404] and statuses[400]
+    shapes = {sim.FORWARD_MISSED, sim.FORWARD_MACHINE, sim.FORWARD_ANSWERED}
+    assert {front for front, _ in forwarded} == shapes and forwarded[sim.FORWARD_MISSED, True]
+
+
+def _named_urls(twiml: str) -> set[str]:
+    """The callback URLs a TwiML answer gives Twilio (Dial / Record actions, leg callbacks)."""
+    names = ("action", "statusCallback", "amdStatusCallback", "transcribeCallback")
+    return {el.get(name) for el in ET.fromstring(twiml).iter() for name in names if el.get(name)}
+
+
+def test_a_forwarded_call_posts_each_callback_to_the_url_the_call_flows_twiml_names(plan, gateway):
+    post, _ = gateway
+    transcripts = {e.call_id: e for e in plan.events if e.kind == sim.TRANSCRIPT and e.forward is not None}
+    checked: Counter = Counter()
+    for event in plan.events:
+        if event.kind != sim.CALL or event.forward is None:
+            continue
+        hooks = render.webhooks(event, PUBLIC, SECRETS, NOW)
+        if event.call_id in transcripts:
+            hooks += render.webhooks(transcripts[event.call_id], PUBLIC, SECRETS, NOW)
+        assert hooks[0].path == "/webhooks/twilio/voice/incoming"
+        named: set[str] = set()
+        for hook in hooks:
+            status, _, answer = post(hook)
+            assert status in (200, 204), (hook.path, status, answer)
+            if status == 200:  # TwiML: the incoming call's <Dial>, the Dial action's voicemail fallback
+                named |= _named_urls(answer)
+            if "?" not in hook.path:
+                assert hook.path in ("/webhooks/twilio/voice/incoming", "/webhooks/twilio/voice/status")
+                continue  # the number's own webhooks, configured in the Twilio console
+            assert PUBLIC + hook.path in named, (hook.path, named)
+            checked[urlsplit(hook.path).path] += 1
+    assert set(checked) == {
+        "/webhooks/twilio/voice/status",
+        "/webhooks/twilio/voice/amd",
+        "/webhooks/twilio/voice/dial",
+        "/webhooks/twilio/voice/voicemail",
+        "/webhooks/twilio/voice/transcription",
+    }
 
 
 def test_every_planned_cdr_line_maps_to_the_planned_event(plan):

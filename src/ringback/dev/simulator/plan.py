@@ -32,8 +32,11 @@ What a day holds, per practice (the reference practice of docs/product.md first)
   anonymous caller the gateway cannot key (dead letter, 400; 200 for RingCentral), a redelivered webhook,
   a broken CDR line (dead letter).
 
-Each case carries its expected patient SMS steps (`CaseSpec.sms_steps`) and outcome,
-derived from the workflow rules (docs/product.md, docs/stream-app.md).
+A Twilio practice with the ready-made call flow gets forwarded calls (`Forward`: nobody
+answered, a cell phone's voicemail picked up, a person answered; the callbacks and their
+times). Each case carries its expected patient SMS steps (`CaseSpec.sms_steps`) and outcome,
+derived from the workflow rules (docs/product.md, docs/stream-app.md), and the event id it
+opens with (of a forwarded call: the signal the worker's per-call verdict turns into a miss).
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+from ringback.dev.simulator.webhooks import FORWARD_ANSWERED, FORWARD_MACHINE, FORWARD_MISSED
 from ringback.domain import recipes
-from ringback.domain.practice import Practice
+from ringback.domain.practice import CallFlow, Practice
 
 # ---------------------------------------------------------------- providers
 PROVIDERS = ("twilio", "ringcentral", "dialpad", "vonage", "cdr")
@@ -236,6 +240,79 @@ CALLER_AREAS = (
 
 DAY_S = 86_400.0
 
+# ---------------------------------------------------------------- Twilio: calls forwarded by the ready-made flow
+# The callbacks of one forwarded call (render.py builds each).
+INCOMING, LEG_ANSWERED, AMD, LEG_ENDED, DIAL, RECORDED, PARENT = (
+    "incoming",
+    "leg_answered",
+    "amd",
+    "leg_ended",
+    "dial",
+    "recorded",
+    "parent",
+)
+MACHINE_SHARE = 0.25  # first misses a cell phone's voicemail picks up (the front desk forwards to a cell)
+PARENT_FIRST_SHARE = 0.3  # the parent's `completed` overtakes the Dial action (the caller hung up as it rang out)
+ANSWERED_BY = {"machine_end_beep": 6, "machine_end_silence": 2, "machine_end_other": 1, "machine_start": 1}
+GREETING_S = 8  # the voicemail fallback's greeting, before the beep
+HANG_UP_S = 3  # a caller who leaves no voicemail hangs up during the greeting
+AMD_S = 6  # answering-machine detection's verdict after the pickup
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A Twilio call through the ready-made flow: the front desk rang (`<Dial>`), then the
+    voicemail fallback; the callbacks it sends and when (practice seconds after the call came in)."""
+
+    front: str  # FORWARD_MISSED (nobody picked up), FORWARD_MACHINE (a cell's voicemail did), FORWARD_ANSWERED
+    front_desk: str  # the phone that rang (the leg's `To`)
+    ring_s: int  # until the pickup, or until the Dial gave up (its timeout; busy: at once)
+    dial_status: str  # DialCallStatus: no-answer, busy, completed
+    answered_by: str | None = None  # FORWARD_MACHINE: the AMD verdict
+    parent_first: bool = False  # the parent's `completed` is posted before the Dial action / the recording
+
+    @staticmethod
+    def leg_sid(call_sid: str) -> str:
+        """The dialed leg's CallSid (the `DialCallSid`), derived from the parent's."""
+        return "CA" + call_sid[2:][::-1]
+
+    @property
+    def deciding(self) -> str:
+        """The callback whose call event first makes the call a miss (it opens the case)."""
+        return AMD if self.front == FORWARD_MACHINE else DIAL
+
+    def opening_event_id(self, call_sid: str) -> str:
+        """The call event id the worker opens the case with (sources/twilio/callbacks.py)."""
+        if self.front == FORWARD_MACHINE:
+            return f"twilio:{call_sid}:machine-{self.leg_sid(call_sid)}"
+        if self.front == FORWARD_ANSWERED:
+            return f"twilio:{call_sid}:answered-{self.leg_sid(call_sid)}"
+        return f"twilio:{call_sid}:dial-{self.dial_status}"
+
+    def callbacks(self, duration_s: int, voicemail: bool) -> list[tuple[int, str]]:
+        """(practice seconds after the incoming call, callback) in the order Twilio posts them.
+        `duration_s`: the conversation, the message left on a machine, or the voicemail."""
+        ring, out = self.ring_s, [(0, INCOMING)]
+        if self.front == FORWARD_MISSED:
+            out += [(ring, DIAL), (ring, LEG_ENDED)]
+            if voicemail:
+                end = ring + GREETING_S + duration_s
+                last = [(end, PARENT), (end, RECORDED)] if self.parent_first else [(end, RECORDED), (end, PARENT)]
+                return out + last
+            if self.parent_first:  # hung up as the Dial gave up: the parent's completed comes first
+                return [(0, INCOMING), (ring, PARENT), (ring, DIAL), (ring, LEG_ENDED)]
+            return out + [(ring + HANG_UP_S, PARENT)]
+        out.append((ring, LEG_ANSWERED))
+        if self.front == FORWARD_MACHINE:
+            out.append((ring + AMD_S, AMD))
+        end = ring + duration_s
+        last = [(end, PARENT), (end, DIAL)] if self.parent_first else [(end, DIAL), (end, PARENT)]
+        return out + [(end, LEG_ENDED)] + last
+
+    def ends_s(self, duration_s: int, voicemail: bool) -> int:
+        """When the call's last callback comes (practice seconds after it came in)."""
+        return self.callbacks(duration_s, voicemail)[-1][0]
+
 
 # ---------------------------------------------------------------- inputs
 @dataclass(frozen=True)
@@ -305,12 +382,16 @@ class SimEvent:
     junk: str | None = None  # JUNK: forged | unknown_number | malformed | redelivery | bad_cdr_line
     expect_status: int | None = None  # HTTP status the gateway must answer (None: any 2xx)
     note: str = ""
+    forward: Forward | None = None  # a Twilio call through the ready-made flow (several callbacks)
 
     @property
     def opening_event_id(self) -> str | None:
-        """The canonical event id a CALL of this kind gets at the gateway / CDR poller."""
+        """The canonical event id a CALL of this kind gets at the gateway / CDR poller (of a
+        forwarded call: the signal that first makes it a miss)."""
         if self.kind != CALL or self.call_id is None:
             return None
+        if self.forward is not None:
+            return self.forward.opening_event_id(self.call_id)
         return event_id(self.provider, self.call_id, self.outcome, self.status)
 
 
@@ -441,6 +522,8 @@ class _SiteDay:
         self.provider = site.provider
         self.rng = random.Random(f"{seed}/{self.pid}")
         self.did = self.p.phone_numbers[0]
+        # A Twilio practice with the ready-made call flow: its calls are forwarded to the front desk.
+        self.flow = self.p.call_flow if self.provider == "twilio" else None
         w = self.p.windows
         # Effective windows in wall seconds, as the system will apply them.
         self.hold = float(w.first_response_hold)
@@ -508,16 +591,31 @@ class _SiteDay:
         }[self.provider]
 
     def _call(
-        self, at: float, caller: str, outcome: str, case: str | None = None, note: str = "", after_sms: bool = False
+        self,
+        at: float,
+        caller: str,
+        outcome: str,
+        case: str | None = None,
+        note: str = "",
+        after_sms: bool = False,
+        joins: bool = False,
     ) -> SimEvent:
+        """An inbound call coming in at `at`. `joins`: a miss while the caller's case is open."""
         if outcome == VOICEMAIL and self.provider not in VOICEMAIL_SIGNAL:
             outcome = MISSED
-        status = {MISSED: self._missed_status(), ANSWERED: "answered", VOICEMAIL: "voicemail"}[outcome]
+        missed_status = self._missed_status()
+        status = {MISSED: missed_status, ANSWERED: "answered", VOICEMAIL: "voicemail"}[outcome]
         if self.provider == "twilio" and outcome != MISSED:
             status = "completed"
         if self.provider == "cdr" and outcome != MISSED:
             status = "ANSWERED"
         duration = {MISSED: 0, ANSWERED: self.rng.randrange(45, 600), VOICEMAIL: self.rng.randrange(20, 90)}[outcome]
+        forward = None
+        if self.flow is not None:
+            forward = self._forward(self.flow, outcome, missed_status, joins)
+            status = forward.dial_status
+            if forward.front == FORWARD_MACHINE:
+                duration = self.rng.randrange(15, 60)  # the message the caller left on the cell phone
         self.counts["calls"] += 1
         self.counts[{MISSED: "missed", VOICEMAIL: "missed", ANSWERED: "answered"}[outcome]] += 1
         return self._event(
@@ -532,13 +630,42 @@ class _SiteDay:
             case=case,
             note=note,
             after_sms=after_sms,
+            forward=forward,
         )
+
+    def _forward(self, flow: CallFlow, outcome: str, missed_status: str, joins: bool) -> Forward:
+        """What the front desk's side of a forwarded call does. A caller with an open case misses
+        only by ringing out, in the usual order: the worker acts on a person answering (the
+        leg's `answered`, the parent's `completed` before any leg spoke) at once, and a later miss
+        would not undo that for the open case (docs/demo.md)."""
+        rng, ring, desk = self.rng, flow.ring_seconds, flow.front_desk[0]
+        pickup = rng.randrange(max(2, ring // 4), max(3, ring // 2))
+        if outcome == ANSWERED:
+            return Forward(FORWARD_ANSWERED, desk, pickup, "completed", parent_first=rng.random() < PARENT_FIRST_SHARE)
+        if outcome == MISSED and not joins and flow.machine_detection and rng.random() < MACHINE_SHARE:
+            late_pickup = rng.randrange(max(2, ring // 2), ring)  # a cell's voicemail answers before the Dial gives up
+            return Forward(FORWARD_MACHINE, desk, late_pickup, "completed", answered_by=self._weighted(ANSWERED_BY))
+        rang = ring if missed_status == "no-answer" else 1
+        # The parent's completed may overtake the Dial action, except when it would itself say
+        # "missed" (shorter than 5 s) or follow a miss of an open case (see above).
+        swap = not joins and missed_status == "no-answer" and rng.random() < PARENT_FIRST_SHARE
+        return Forward(FORWARD_MISSED, desk, rang, missed_status, parent_first=swap)
+
+    def _opened(self, call: SimEvent) -> float:
+        """When the call's case opens (wall s): a forwarded call is a miss once its deciding callback came."""
+        forward = call.forward
+        if forward is None:
+            return call.at
+        callbacks = forward.callbacks(call.duration_s, call.outcome == VOICEMAIL)
+        return call.at + self.day.wall(next(t for t, what in callbacks if what == forward.deciding))
 
     def _transcript(self, call: SimEvent, text: str) -> SimEvent | None:
         if self.provider not in TRANSCRIBES or call.outcome != VOICEMAIL:
             return None
         delay = self.day.wall(self.rng.uniform(60, 150))  # transcription takes a minute or two
-        if self.hold > 0:
+        if call.forward is not None:  # Twilio transcribes the fallback's recording once it ends
+            delay = self.day.wall(call.forward.ends_s(call.duration_s, voicemail=True) + self.rng.uniform(20, 60))
+        elif self.hold > 0:
             delay = min(delay, 0.5 * self.hold)  # before the first response decides the scenario
         return self._event(
             call.at + delay,
@@ -548,6 +675,7 @@ class _SiteDay:
             call_id=call.call_id,
             text=text,
             case=call.case,
+            forward=call.forward,  # posted to the transcribeCallback URL the flow named
         )
 
     def _sms(self, at: float, caller: str, text: str, case: str, note: str) -> SimEvent:
@@ -788,7 +916,8 @@ class _SiteDay:
         staff_done = rng.random() < BEHAVIOUR.new_patient_staff_calls_back
         if in_hold:  # gets through during the hold: the first SMS is cancelled (cancel if answered)
             case = self._case(NEW, caller, call, "through_in_hold", (), "SUPPRESSED")
-            self._answered_back(call.at + 0.3 * self.hold, caller, label, "calls again at once and gets through")
+            back = self._opened(call) + 0.3 * self.hold
+            self._answered_back(back, caller, label, "calls again at once and gets through")
             return case
         if repeat:  # misses twice, then waits: the repeat joins the case, no reaction before the 2 h gate
             behaviour = "silent"
@@ -841,7 +970,8 @@ class _SiteDay:
     def _repeat(self, case: CaseSpec) -> None:
         """The same caller misses again while the case is open: the call joins it."""
         at = case.missed_at + self._window_fraction(self.followup, 0.02, 0.2)
-        self._call(at, case.caller, MISSED, case=case.case, note="calls again, missed again: joins the case")
+        note = "calls again, missed again: joins the case"
+        self._call(at, case.caller, MISSED, case=case.case, note=note, joins=True)
         case.calls += 1
 
     # ------------------------------------------------------------ urgent existing patient
@@ -1049,6 +1179,7 @@ class _SiteDay:
                 status=original.status,
                 junk="redelivery",
                 case=original.case,
+                forward=original.forward,
                 note="the provider retries a webhook: same event id, dropped downstream",
             )
 

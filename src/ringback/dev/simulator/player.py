@@ -9,6 +9,7 @@
 * staff complete tasks through the staff console's JSON API (`Targets.console_url`),
   once the task is there.
 
+A forwarded Twilio call's callbacks are posted at their own times (`render.timeline`).
 Events of one caller are played in plan order, one after the other; different callers
 go side by side, so a slow request never delays the rest of the day. A reaction to an
 SMS (`SimEvent.after_sms`) waits until the SMS reached the patient
@@ -261,9 +262,12 @@ class Player:
             self.result.skipped["no_gateway"] += 1
             return "skipped"
         base = self.targets.gateway_url.rstrip("/")
-        hooks = render.webhooks(event, base, self.secrets, self.clock())
+        began = self.clock()
         outcome = "ok"
-        for hook in hooks:
+        for offset, hook in render.timeline(event, base, self.secrets, began, self.plan.day.speed):
+            delay = began + offset - self.clock()
+            if delay > 0:  # a forwarded call's later callbacks (the caller's next event waits for them)
+                await self.sleep(delay)
             response = await self.http.post(base + hook.path, content=hook.body, headers=hook.headers)
             self.result.statuses[f"{event.kind} {response.status_code}"] += 1
             expected = event.expect_status

@@ -5,6 +5,8 @@
 the phone system of each practice. Practice 0 is the reference practice of docs/product.md
 (Maple Family Practice, on Twilio, 94 calls a day); the others take the phone systems
 in turn: RingCentral, Dialpad, Vonage, a legacy PBX (CDR file), Twilio again, ...
+Twilio practices use the ready-made call flow (`call_flow`: ring the front desk, then
+voicemail), so their calls arrive as forwarded calls' callbacks.
 
 Windows: every default window of a practice (`Windows`) divided by `speed` (practice seconds per wall
 second) and rounded, at least 1 s, except the first-response hold and the urgent
@@ -35,6 +37,9 @@ SECRET_NAMES = {
     "vonage": ("vonage_signature_secret", "DEMO_VONAGE_SIGNATURE_SECRET"),
 }
 SLACK_SECRET = "DEMO_SLACK_WEBHOOK"
+# Twilio practices forward to two front-desk phones, which ring this long before the voicemail
+# (practice seconds: the plan spreads a forwarded call's callbacks over them).
+FRONT_DESK_RING_S = 20
 
 # (id, name, time zone, area code) of the first practices; more are numbered.
 NAMES = (
@@ -110,4 +115,11 @@ def demo_practices(n: int, speed: float, providers: list[str] | None = None) -> 
                 "secrets": secrets,
             }
         )
+        if provider == "twilio":  # the ready-made call flow: ringback answers the number (docs/providers/twilio.md)
+            practices[-1]["call_flow"] = {
+                "front_desk": [f"+1{area}555{150 + 2 * block:04d}", f"+1{area}555{151 + 2 * block:04d}"],
+                "ring_seconds": FRONT_DESK_RING_S,
+                "voicemail_greeting": f"You have reached {name}. Please leave a message after the tone.",
+                "machine_detection": True,
+            }
     return {"practices": practices}, chosen

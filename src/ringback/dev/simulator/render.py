@@ -2,7 +2,10 @@
 
 * webhook providers: the requests the provider sends for that call, in order (a
   ringing/progress callback the gateway acknowledges and drops, then the one that
-  says missed / voicemail / answered), signed with the provider's secret;
+  says missed / voicemail / answered), signed with the provider's secret; a Twilio
+  call forwarded by the ready-made flow (`SimEvent.forward`): the incoming-call webhook,
+  then each leg, AMD, `<Dial action>`, recording and parent callback at its own time,
+  posted to the URL (and query) the flow's TwiML names (`timeline`);
 * the legacy PBX: the line Asterisk's `cdr_csv` appends to `Master.csv`;
 * the EHR: FHIR R4 resources with `meta.lastUpdated` and appointment times filled in.
 
@@ -20,7 +23,27 @@ from email.utils import formatdate
 from zoneinfo import ZoneInfo
 
 from ringback.dev.simulator import webhooks as wh
-from ringback.dev.simulator.plan import ANSWERED, CALL, EHR, JUNK, MISSED, SMS, TRANSCRIPT, VOICEMAIL, SimEvent
+from ringback.dev.simulator.plan import (
+    AMD,
+    ANSWERED,
+    CALL,
+    DIAL,
+    EHR,
+    FORWARD_MACHINE,
+    FORWARD_MISSED,
+    INCOMING,
+    JUNK,
+    LEG_ANSWERED,
+    LEG_ENDED,
+    MISSED,
+    PARENT,
+    RECORDED,
+    SMS,
+    TRANSCRIPT,
+    VOICEMAIL,
+    Forward,
+    SimEvent,
+)
 from ringback.domain.practice import Practice
 
 
@@ -61,7 +84,25 @@ def _missed_status(event: SimEvent) -> str:
 
 # ---------------------------------------------------------------- webhooks
 def webhooks(event: SimEvent, base_url: str, secrets: Secrets, now: float) -> list[wh.Webhook]:
-    """The requests of a CALL, TRANSCRIPT, SMS or webhook JUNK event (empty for the others)."""
+    """The requests of a CALL, TRANSCRIPT, SMS or webhook JUNK event (empty for the others),
+    in order, as if posted all at once (`timeline` says when each one goes)."""
+    return [hook for _, hook in timeline(event, base_url, secrets, now, math.inf)]
+
+
+def timeline(
+    event: SimEvent, base_url: str, secrets: Secrets, now: float, speed: float
+) -> list[tuple[float, wh.Webhook]]:
+    """(wall seconds after `now`, request) of an event, in order: a forwarded Twilio call's
+    callbacks spread over its practice seconds at `speed`; every other request at once."""
+    if event.forward is not None and event.kind in (CALL, JUNK):
+        timed = _twilio_forwarded(event, event.forward, base_url, secrets.twilio, now, speed)
+        if event.kind == JUNK:  # a redelivery: Twilio retries the callback that made the call a miss
+            return [(0.0, hook) for _, what, hook in timed if what == event.forward.deciding]
+        return [(at, hook) for at, _, hook in timed]
+    return [(0.0, hook) for hook in _at_once(event, base_url, secrets, now)]
+
+
+def _at_once(event: SimEvent, base_url: str, secrets: Secrets, now: float) -> list[wh.Webhook]:
     if event.kind == SMS:
         params = wh.twilio_sms_inbound(*_call_ids(event), event.text or "")
         return [wh.twilio(base_url, wh.TWILIO_SMS_INBOUND, params, secrets.twilio)]
@@ -121,10 +162,63 @@ def _twilio_call(event: SimEvent, base_url: str, token: str, now: float) -> list
     return [wh.twilio(base_url, wh.TWILIO_VOICE_STATUS, p, token) for p in (ringing, final)]
 
 
+def _twilio_forwarded(
+    event: SimEvent, forward: Forward, base_url: str, token: str, now: float, speed: float
+) -> list[tuple[float, str, wh.Webhook]]:
+    """(wall seconds after `now`, which callback, request) of a call through the ready-made flow:
+    the number's own webhooks (incoming, parent status) at its plain URLs, every other
+    callback at the URL with the correlation query the flow's TwiML gives Twilio."""
+    sid, caller, called = _call_ids(event)
+    leg = forward.leg_sid(sid)
+    out = []
+    for number, (practice_s, what) in enumerate(forward.callbacks(event.duration_s, event.outcome == VOICEMAIL)):
+        wall = practice_s / speed
+        stamp = {"Timestamp": formatdate(math.floor(now + wall), usegmt=True), "SequenceNumber": str(number)}
+        if what == INCOMING:
+            path, params = wh.TWILIO_VOICE_INCOMING, wh.twilio_incoming(sid, caller, called)
+        elif what == PARENT:
+            path = wh.TWILIO_VOICE_STATUS
+            params = wh.twilio_voice_status(sid, caller, called, "completed", CallDuration=str(practice_s), **stamp)
+        else:
+            path, params = _forward_callback(event, forward, what, leg, practice_s, stamp)
+            path = wh.twilio_correlated(path, event.practice_id, sid, caller, called)
+        out.append((wall, what, wh.twilio(base_url, path, params, token)))
+    return out
+
+
+def _forward_callback(
+    event: SimEvent, forward: Forward, what: str, leg: str, practice_s: int, stamp: dict[str, str]
+) -> tuple[str, dict[str, str]]:
+    """A leg, AMD, `<Dial action>` or `<Record action>` callback: (path without the query, params)."""
+    sid, caller, called = _call_ids(event)
+    desk = forward.front_desk
+    if what == LEG_ANSWERED:
+        return wh.TWILIO_VOICE_STATUS, wh.twilio_leg_status(leg, sid, caller, desk, "in-progress", **stamp)
+    if what == AMD:
+        return wh.TWILIO_VOICE_AMD, wh.twilio_amd(leg, forward.answered_by or "machine_start")
+    if what == LEG_ENDED:
+        if forward.front == FORWARD_MISSED:  # the leg rang out (or was busy)
+            return wh.TWILIO_VOICE_STATUS, wh.twilio_leg_status(leg, sid, caller, desk, forward.dial_status, **stamp)
+        talk = {"CallDuration": str(event.duration_s), **stamp}
+        if forward.front == FORWARD_MACHINE and forward.answered_by:
+            talk["AnsweredBy"] = forward.answered_by  # Twilio repeats the AMD verdict on the leg's later callbacks
+        return wh.TWILIO_VOICE_STATUS, wh.twilio_leg_status(leg, sid, caller, desk, "completed", **talk)
+    if what == DIAL:
+        talk_s = None if forward.front == FORWARD_MISSED else event.duration_s
+        return wh.TWILIO_VOICE_DIAL, wh.twilio_dial_action(sid, caller, called, forward.dial_status, leg, talk_s)
+    if what == RECORDED:
+        return wh.TWILIO_VOICE_VOICEMAIL, wh.twilio_recorded(sid, caller, called, event.duration_s)
+    raise ValueError(f"unknown callback {what!r} of a forwarded call")
+
+
 def _transcript(event: SimEvent, base_url: str, secrets: Secrets, now: float) -> wh.Webhook:
     if event.provider == "twilio":
-        params = wh.twilio_transcription(*_call_ids(event), event.text or "")
-        return wh.twilio(base_url, wh.TWILIO_TRANSCRIPTION, params, secrets.twilio)
+        sid, caller, called = _call_ids(event)
+        path = wh.TWILIO_TRANSCRIPTION
+        if event.forward is not None:  # the ready-made flow's transcribeCallback carries the correlation query
+            path = wh.twilio_correlated(path, event.practice_id, sid, caller, called)
+        params = wh.twilio_transcription(sid, caller, called, event.text or "")
+        return wh.twilio(base_url, path, params, secrets.twilio)
     if event.provider == "dialpad":
         claims = _dialpad_claims(event, "voicemail_uploaded", now)
         claims.update(
