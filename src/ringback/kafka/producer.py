@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from ringback.observability import logs
+
 
 class BrokerUnavailable(RuntimeError):
     """The broker did not acknowledge in time; the caller should answer 503."""
@@ -33,6 +35,8 @@ class AckedProducer:
                 # Java's and aiokafka's partitioner (murmur2), so records produced here land in
                 # the same partition as Faust's for the same key: co-partitioning depends on it.
                 "partitioner": "murmur2_random",
+                # librdkafka's own lines through the logging filter (quiet, rate-limited in an outage)
+                "logger": logs.librdkafka_logger(),
                 **extra,
             }
         )
