@@ -3,8 +3,9 @@
 `hapi_session` starts one server per test session on a free port (its jars come from
 Maven Central, cached like the broker's: `ringback.dev.fhir_server`); `hapi` hands each
 test that server emptied first (`$expunge` everything), with helpers that write what the
-EHR would. Import both fixtures into a test module:
-`from tests.support.hapi import hapi_fixture, hapi_session_fixture  # noqa: F401`.
+EHR would. tests/sources/ehr/conftest.py registers both for that folder; register them
+in a conftest.py, not in each test module: a session fixture imported into two modules is
+two fixtures, and the second would start a second server.
 """
 
 from __future__ import annotations

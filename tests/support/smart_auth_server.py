@@ -15,7 +15,9 @@ An aiohttp app on a free port, in its own thread:
   upstream's base URL in the answer rewritten to ours, so next links come back here too.
 
 `expire_tokens()` ends every issued token early (the next FHIR request gets 401), as an
-EHR does when it revokes one; `grants`, `refusals` and `fhir_401` count what happened.
+EHR does when it revokes one; `expire_after(n)` does so once n more FHIR requests have
+been served (mid-run, at a known point); `grants`, `refusals`, `fhir_401` and `served`
+(the FHIR requests let through) say what happened.
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ class SmartAuthServer:
     refusals: list[str] = field(default_factory=list)
     used_jti: set[str] = field(default_factory=set)
     fhir_401: int = 0
+    served: list[str] = field(default_factory=list)  # path and query of each FHIR request let through
     reject_all: bool = False  # the FHIR side refuses every token (a client that may not read)
+    expire_countdown: int | None = None  # expire_after(n): FHIR requests still served before the expiry
 
     def __post_init__(self) -> None:
         self.upstream = self.upstream.rstrip("/")
@@ -75,8 +79,16 @@ class SmartAuthServer:
 
     def expire_tokens(self) -> None:
         with self._lock:
-            for grant in self.tokens.values():
-                grant.expires_at = 0
+            self._expire_all()
+
+    def expire_after(self, requests: int) -> None:
+        """Expire every token issued so far once `requests` more FHIR requests were served."""
+        with self._lock:
+            self.expire_countdown = requests
+
+    def _expire_all(self) -> None:  # with the lock held
+        for grant in self.tokens.values():
+            grant.expires_at = 0
 
     @property
     def token_requests(self) -> int:
@@ -209,6 +221,8 @@ class SmartAuthServer:
                 "issue": [{"severity": "error", "code": "login", "diagnostics": "no live access token"}],
             }
             return web.json_response(outcome, status=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        with self._lock:
+            self.served.append(request.path_qs)
         url = self.upstream + request.path_qs.removeprefix("/fhir")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | {"authorization"}}
         async with self._session.request(
@@ -220,4 +234,10 @@ class SmartAuthServer:
                 for k, v in upstream.headers.items()
                 if k.lower() not in HOP_BY_HOP
             }
-            return web.Response(status=upstream.status, body=body, headers=out)
+        with self._lock:
+            if self.expire_countdown is not None:
+                self.expire_countdown -= 1
+                if self.expire_countdown <= 0:
+                    self.expire_countdown = None
+                    self._expire_all()
+        return web.Response(status=upstream.status, body=body, headers=out)

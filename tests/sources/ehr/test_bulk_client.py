@@ -12,10 +12,11 @@ import httpx
 import pytest
 from aiohttp import web
 
-from ringback.sources.ehr import bulk
+from ringback.sources.ehr import bulk, smart
 from tests.conftest import free_port
 from tests.sources.ehr.test_fhir_client import compacted, make_sync
 from tests.sources.recording_producer import RecordingProducer
+from tests.support.smart_auth_server import SmartAuthServer
 
 TOKEN = "bulk-test-token"
 PATIENT = {
@@ -143,6 +144,26 @@ async def test_outputs_that_need_no_token_are_fetched_without_it(spec_server, tm
         await client.close()
     files = [auth for _, path, auth in spec_server.seen if path.startswith("/files/")]
     assert files == [None, None]
+
+
+async def test_a_smart_token_goes_to_the_fhir_server_never_to_outputs_that_need_none(spec_server, tmp_path):
+    """The token from a verifying SMART token endpoint (SmartAuth), not a static one."""
+    spec_server.requires_token = False
+    spec_server.status_answers = [(200, {})]
+    auth_server = SmartAuthServer(spec_server.base)
+    path = tmp_path / smart.KEY_SECRET
+    auth_server.register("ringback-harbour", smart.add_key(path, "ES384"))
+    auth = smart.SmartAuth(auth_server.base, "ringback-harbour", smart.parse_keys(path.read_text()), "system/*.rs")
+    client = bulk.BulkExportClient(spec_server.base, auth=auth, sleep=Sleeps())
+    try:
+        await bulk.run_export_once(make_sync(tmp_path, RecordingProducer()), client, tmp_path / "bulk")
+    finally:
+        await client.close()
+        auth_server.close()
+    assert auth_server.token_requests == 1 and auth.token is not None
+    sent = {(method, path.split("/")[1], header) for method, path, header in spec_server.seen}
+    bearer = f"Bearer {auth.token.value}"
+    assert sent == {("GET", "fhir", bearer), ("DELETE", "fhir", bearer), ("GET", "files", None)}
 
 
 async def test_poll_waits_are_capped_and_backoff_without_retry_after(spec_server, tmp_path):

@@ -13,7 +13,6 @@ from ringback.sources.ehr.publisher import StateStore
 from tests.sources.ehr.test_fhir_client import seed_harbour
 from tests.sources.ehr.test_fhir_sync import PARTITIONS, live, practices, run_json, topic_view  # noqa: F401
 from tests.sources.topic_records import read_topic
-from tests.support.hapi import hapi_fixture, hapi_session_fixture  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,6 @@ from tests.conftest import free_port, wait_for
 from tests.sources.ehr.test_fhir_client import FhirTestServer, seed_harbour
 from tests.sources.ehr.test_fhir_mapping import VENDOR, callback_flag, hl7, synthea_patients
 from tests.sources.topic_records import read_topic
-from tests.support.hapi import hapi_fixture, hapi_session_fixture  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 
