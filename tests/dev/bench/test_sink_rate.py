@@ -15,6 +15,7 @@ def test_steady_rate_counts_the_window_after_the_warm_up():
     measured = sink_rate.steady_rate(arrivals, warmup_s=4.0, window_s=10.0)
     assert measured["rate"] == pytest.approx(4.0)
     assert measured["sms_in_window"] == 41 and measured["window_s"] == pytest.approx(10.0)
+    assert measured["gap_s"]["min"] == pytest.approx(0.25) and measured["gap_s"]["max"] == pytest.approx(0.25)
 
 
 def test_steady_rate_is_cut_at_the_last_sms_when_the_backlog_runs_out():

@@ -6,16 +6,17 @@ actions for distinct new patients (the 08:00 burst of SMS deferred by quiet hour
 phones coming back after an outage) is produced straight to the actions topic; the
 stand-in timestamps every Messages POST as it arrives. The rate is the SMS that arrived
 in a steady window (after a warm-up from the first SMS, while the backlog lasts) over
-the window's length. Also reported: the time per SMS (1 / rate) beside the stand-in's
-mean answer time (what is left is the sink's own work per action: broker round trips,
-state, metrics) and the CPU the sink process used.
+the window's length; the gaps between consecutive SMS show how many were in flight (one
+at a time: no gap shorter than the API's fastest answer). Also reported: the time per
+SMS (1 / rate) beside the stand-in's mean answer time (what is left is the sink's own
+work per action: broker round trips, state, metrics) and the CPU the sink process used.
 """
 
 from __future__ import annotations
 
 import time
 
-from ringback.dev.bench import workload
+from ringback.dev.bench import stats, workload
 from ringback.dev.bench.harness import SLACK_SECRET, Namespace, free_port, loadavg, log, wait_until
 from ringback.dev.bench.latency import StandinProcess
 from ringback.dev.fake_apis import LATENCY_S
@@ -67,7 +68,14 @@ def steady_rate(arrivals: list[float], warmup_s: float, window_s: float) -> dict
     if len(inside) < 2:
         return {"rate": None, "sms_in_window": len(inside), "window_s": 0.0}
     span = inside[-1] - inside[0]
-    return {"rate": (len(inside) - 1) / span, "sms_in_window": len(inside), "window_s": span}
+    # One request at a time, the gaps are never shorter than the API's fastest answer.
+    gaps = [b - a for a, b in zip(inside, inside[1:], strict=False)]
+    return {
+        "rate": (len(inside) - 1) / span,
+        "sms_in_window": len(inside),
+        "window_s": span,
+        "gap_s": {"min": min(gaps), **stats.summarize(gaps)},
+    }
 
 
 def run(
@@ -127,7 +135,8 @@ def run(
             f"    {_num(rate, '{:.2f}')} SMS/s ({measured['sms_in_window']} SMS in {measured['window_s']:.1f}s; "
             f"{_num(result['seconds_per_sms'] and result['seconds_per_sms'] * 1000)} ms per SMS with the API "
             f"answering in {api_latency_s * 1000:.0f} ms on average; sink CPU "
-            f"{_num(result['sinks_cpu_share'] and result['sinks_cpu_share'] * 100)} %)"
+            f"{_num(result['sinks_cpu_share'] and result['sinks_cpu_share'] * 100)} %; shortest gap between two SMS "
+            f"{_num(measured.get('gap_s', {}).get('min') and measured['gap_s']['min'] * 1000)} ms)"
         )
         return result
     finally:
