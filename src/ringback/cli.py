@@ -336,8 +336,9 @@ def demo(practices: int, seed: int, speed: float, calls: int, keep_running: bool
 @click.option(
     "--only",
     default=None,
-    metavar="a,b,c,d,scaling",
-    help="figures to run: a throughput, b latency, c gates, d restart, scaling (default: all)",
+    metavar="a,b,sink,c,d,scaling",
+    help="figures to run: a throughput, b latency, sink SMS/s of one sink process, c gates, d restart, scaling "
+    "(default: all)",
 )
 @click.option(
     "--out",
@@ -353,7 +354,14 @@ def demo(practices: int, seed: int, speed: float, calls: int, keep_running: bool
     is_flag=True,
     help="sample the worker with py-spy during figure (a) (pip install py-spy)",
 )
-def bench(quick: bool, only: str | None, out_dir: Path | None, profile_worker: bool) -> None:
+@click.option(
+    "--api-latency-ms",
+    type=click.FloatRange(min=0),
+    default=250.0,
+    show_default=True,
+    help="how long the Twilio/Slack stand-in takes to answer (jittered ±50 %; 0 answers at once)",
+)
+def bench(quick: bool, only: str | None, out_dir: Path | None, profile_worker: bool, api_latency_ms: float) -> None:
     """The benchmarks against the targets (docs/benchmarks.md): throughput, latency, gate delay, restart, scaling."""
     from ringback.dev.bench import runner
 
@@ -362,7 +370,12 @@ def bench(quick: bool, only: str | None, out_dir: Path | None, profile_worker: b
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--only") from None
     results = runner.run(
-        quick=quick, only=figures, out_dir=out_dir, command=runner.command_line(), profile_worker=profile_worker
+        quick=quick,
+        only=figures,
+        out_dir=out_dir,
+        command=runner.command_line(),
+        profile_worker=profile_worker,
+        api_latency_s=api_latency_ms / 1000,
     )
     sys.exit(1 if results["errors"] else 0)
 

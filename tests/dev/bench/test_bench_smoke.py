@@ -44,6 +44,8 @@ def test_quick_bench_runs_every_figure_and_writes_the_results(kafka_bootstrap, t
         "bare aiokafka consume→produce",
         "(b) latency",
         "knee:",
+        "(sink) SMS/s carried by one sink process",
+        "SMS/s (",
         "(c) gate firing delay",
         "gates fired",
         "(d) restart",
@@ -58,7 +60,7 @@ def test_quick_bench_runs_every_figure_and_writes_the_results(kafka_bootstrap, t
     assert results["profile"] == "quick"
     assert results["machine"]["nproc"] >= 1 and results["versions"]["faust-streaming"]
     figures = results["figures"]
-    assert set(figures) == {"a", "b", "c", "d", "scaling"}
+    assert set(figures) == {"a", "b", "sink", "c", "d", "scaling"}
 
     a = figures["a"]
     assert a["worker"]["events"] == 5000 and a["worker_rate"] > 0
@@ -69,6 +71,10 @@ def test_quick_bench_runs_every_figure_and_writes_the_results(kafka_bootstrap, t
     low = next(s for s in b["steps"] if s["offered"] == 100)
     assert low["sms_arrived"] > 0 and low["latency_s"]["p50"] is not None
     assert {100, 1000} <= {s["offered"] for s in b["steps"]}
+    assert b["api_latency_s"] == 0.25  # the stand-in answers at Twilio's pace
+
+    sink = figures["sink"]
+    assert sink["sms_arrived"] > 0 and sink["rate"] > 0 and sink["sms_in_window"] >= 2
 
     c = figures["c"]
     assert c["open_cases"] == 5000
@@ -88,3 +94,4 @@ def test_quick_bench_runs_every_figure_and_writes_the_results(kafka_bootstrap, t
 
     table = (out / "bench.md").read_text()
     assert "| (a) one worker, full pipeline" in table and "| (d) warm restart" in table
+    assert "| SMS/s carried by one sink process" in table

@@ -3,7 +3,8 @@ p50/p99 at fixed offered loads, and the knee where the pipeline stops keeping up
 
 Everything is real and local: `ringback ingest`, one `ringback worker`, `ringback
 sinks` (the official twilio library) and the Twilio stand-in (src/ringback/dev/fake_apis.py,
-in a process of its own, timestamping every request when it arrives). A load
+in a process of its own, timestamping every request when it arrives, answering Messages
+creates and Slack posts after Twilio's latency: 250 ms ±50 % unless told otherwise). A load
 generator posts signed Twilio voice status callbacks open-loop (each request at
 its scheduled time, whether earlier ones were answered or not): 81 % answered calls,
 19 % missed calls from numbers no practice knows (new patients → first SMS).
@@ -12,8 +13,9 @@ First-response hold 0, as the target has it (docs/benchmarks.md). The latency of
 gateway's 2xx), both `time.time()` on this machine. The actions topic's record
 timestamps split it into worker (accepted → action produced) and sinks (action → SMS).
 
-Ladder: rates in ascending order from 100/s until one does not keep up (each step then
-starts with empty queues), and 1,000/s in any case, last (stats.keeps_up, stats.knee).
+Ladder: rates in ascending order from the lowest until one does not keep up (each step then
+starts with empty queues), then the low fixed rate (100/s) and 1,000/s in any case, last
+(stats.keeps_up, stats.knee).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from ringback.dev.bench.harness import (
     read_records,
     wait_until,
 )
+from ringback.dev.fake_apis import LATENCY_S
 from ringback.kafka import topics
 
 VOICE_STATUS = "/webhooks/twilio/voice/status"
@@ -43,14 +46,17 @@ DRAIN_CAP_S = 30.0  # after a step that did not keep up, wait at most this long 
 
 
 # ---------------------------------------------------------------- the stand-in, in its own process
-def _serve_standin(conn) -> None:
+def _serve_standin(conn, latency_s: float) -> None:
     from ringback.dev.fake_apis import FakeApiServer
 
-    server = FakeApiServer(keep_alive=True)  # Twilio's API and Slack keep connections open too
+    # Twilio's API and Slack keep connections open too.
+    server = FakeApiServer(keep_alive=True, latency_s=latency_s)
     conn.send(server.url)
     while True:
         msg = conn.recv()
-        if msg == "dump":
+        if msg == "times":
+            conn.send(sorted(r.received_at for r in server.messages()))
+        elif msg == "dump":
             conn.send([(r.path, r.form.get("To"), r.received_at) for r in list(server.requests) if r.method == "POST"])
         elif msg == "count":
             conn.send(sum(1 for r in list(server.requests) if r.method == "POST" and r.path.endswith("/Messages.json")))
@@ -61,15 +67,21 @@ def _serve_standin(conn) -> None:
 
 
 class StandinProcess:
-    def __init__(self) -> None:
+    def __init__(self, latency_s: float = LATENCY_S) -> None:
+        self.latency_s = latency_s
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve_standin, args=(child,), daemon=True)
+        self._proc = ctx.Process(target=_serve_standin, args=(child, latency_s), daemon=True)
         self._proc.start()
         self.url = self._conn.recv()
 
     def messages_count(self) -> int:
         self._conn.send("count")
+        return self._conn.recv()
+
+    def message_times(self) -> list[float]:
+        """When each Messages POST arrived (time.time()), in order."""
+        self._conn.send("times")
         return self._conn.recv()
 
     def sms(self) -> dict[str, float]:
@@ -245,12 +257,13 @@ def run(
     rates: tuple[float, float],
     ladder: tuple[float, ...],
     drain_s: float,
+    api_latency_s: float = LATENCY_S,
 ) -> dict:
     log(
-        f"(b) latency webhook accepted → SMS at the Twilio stand-in, hold 0, {practices} practices, "
-        f"{duration:.0f}s per step"
+        f"(b) latency webhook accepted → SMS at the Twilio stand-in (answering in {api_latency_s * 1000:.0f} ms "
+        f"±50 %), hold 0, {practices} practices, {duration:.0f}s per step"
     )
-    standin = StandinProcess()
+    standin = StandinProcess(api_latency_s)
     try:
         ns.extra_env.update({"TWILIO_API_BASE_URL": standin.url, SLACK_SECRET: standin.url + "/slack/bench"})
         ns.apply_practices(workload.practices(practices, {"first_response_hold": 0}))
@@ -288,18 +301,20 @@ def run(
             return s
 
         # Ascending, stopping at the first rate that does not keep up: every step starts with
-        # empty queues (the step before kept up). The fixed high point (1,000/s) is always
-        # measured, last, so the queue it may leave behind spoils no other step.
+        # empty queues (the step before kept up). The fixed points are always measured, the
+        # high one (1,000/s) last, so the queue it may leave behind spoils no other step.
         low, high = rates
-        for rate in sorted(r for r in set(ladder) | {low} if r >= low):
+        for rate in sorted(set(ladder) | {low}):
             if not step(rate)["keeps_up"]:
                 break
-        if high not in {st["offered"] for st in steps}:
-            step(high)
+        for rate in (low, high):
+            if rate not in {st["offered"] for st in steps}:
+                step(rate)
         _split(ns, steps)
         by_rate = {s["offered"]: s for s in steps}
         result = {
             "practices": practices,
+            "api_latency_s": api_latency_s,
             "first_response_hold_s": 0,
             "steps": sorted(steps, key=lambda s: s["offered"]),
             "knee": stats.knee(steps),

@@ -31,6 +31,11 @@ def _mib(kb: float | None) -> str:
     return "–" if kb is None else f"{kb / 1024:,.0f} MiB"
 
 
+def _api(latency_s: float | None) -> str:
+    """How fast the Twilio/Slack stand-in answered, for a figure's label."""
+    return "" if latency_s is None else f", API answering in {latency_s * 1000:,.0f} ms ±50 %"
+
+
 def rows(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     """(figure, measured, target, met: True/False/None for 'no target')."""
     out: list[tuple[str, str, str, bool | None]] = []
@@ -77,9 +82,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     b = results.get("b")
     if b:
         low, high = b.get("low_rate"), b.get("high_rate")
+        api = _api(b.get("api_latency_s"))
         out.append(
             (
-                f"(b) webhook accepted → SMS at {_num(low)}/s: p50 / p99",
+                f"(b) webhook accepted → SMS at {_num(low)}/s{api}: p50 / p99",
                 f"{_ms(b.get('p50_at_low_s'))} / {_ms(b.get('p99_at_low_s'))}",
                 "p99 < 1 s",
                 None if b.get("p99_at_low_s") is None else b["p99_at_low_s"] < TARGETS["p99_latency_s"],
@@ -89,7 +95,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         kept = b.get("high_keeps_up")
         out.append(
             (
-                f"(b) webhook accepted → SMS at {_num(high)}/s: p50 / p99",
+                f"(b) webhook accepted → SMS at {_num(high)}/s{api}: p50 / p99",
                 f"{_ms(b.get('p50_at_high_s'))} / {_ms(p99)}" + ("" if kept else " (did not keep up)"),
                 "p99 < 1 s at 1,000/s",
                 None if p99 is None else bool(kept) and p99 < TARGETS["p99_latency_s"],
@@ -105,6 +111,17 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                 None
                 if knee_ok is None and k.get("first_not_kept_up") is None
                 else (knee_ok or 0) >= TARGETS["latency_rate"],
+            )
+        )
+    sink = results.get("sink")
+    if sink:
+        per_sms = sink.get("seconds_per_sms")
+        out.append(
+            (
+                f"SMS/s carried by one sink process{_api(sink.get('api_latency_s'))}",
+                f"{_num(sink.get('rate'), '{:,.2f}')} SMS/s ({_ms(per_sms)} per SMS)",
+                "reported",
+                None,
             )
         )
     c = results.get("c")
