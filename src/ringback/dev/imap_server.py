@@ -18,6 +18,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from ringback.dev.child_process import die_with_parent
+
 USER = "frontdesk"
 PASSWORD = "imap-test-password"
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
@@ -117,8 +119,9 @@ def _loopback():
 class ImapServer:
     """dovecot in the foreground (`-F`) on 127.0.0.1:`port`, stopped with `stop()`."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, die_with_parent: bool = False) -> None:
         self.home = home
+        self.die_with_parent = die_with_parent  # SIGTERM when the process that started it dies (Linux)
         self.port = 0
         self.host = "127.0.0.1"
         self.ca_file = home / "cert.pem"
@@ -169,6 +172,7 @@ class ImapServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent if self.die_with_parent else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self._proc.poll() is None:
