@@ -43,6 +43,8 @@ def main(ctx: click.Context, log_level: str | None, log_format: str | None) -> N
         log_format or settings.ringback_log_format,
         log_level or settings.ringback_log_level,
         hash_key=hash_key.encode() if hash_key else None,
+        client_errors_interval_s=settings.ringback_log_client_errors_interval_s,
+        client_outage_error_s=settings.ringback_log_client_outage_error_s,
     )
     metrics.set_practice_labels(metrics.PracticeLabels.from_settings(settings))
     # Confluent wire format through the registry when SCHEMA_REGISTRY_URL is set (every process encodes).

@@ -153,9 +153,9 @@ def test_a_call_answered_within_the_hold_cancels_the_first_sms(stack):
     second = math.floor(time.time()) + 1
     wait_for(lambda: time.time() >= second, 5, interval=0.05, message="the next second")
     answered = stack.call(wh.FORWARD_ANSWERED, patient, talk_s=300)
-    # The call back gets through: the leg's `answered` arrives at once ...
-    incoming, leg_answered, *when_it_ends = answered
-    stack.post([incoming, leg_answered])
+    # The call back gets through: the leg's `answered`, and seconds later machine detection's `human` ...
+    incoming, leg_answered, human, *when_it_ends = answered
+    stack.post([incoming, leg_answered, human])
     stack.post(stack.call(wh.FORWARD_MISSED, marker))  # its SMS is due after the patient's would have been
     stack.settled(marker)
     assert stack.sms_to(patient) == []

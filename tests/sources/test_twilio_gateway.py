@@ -108,13 +108,13 @@ def test_a_call_followed_through_every_url_of_the_flow(served):
     desk, cell = dial.findall("Number")
     assert (desk.text, cell.text) == (DESK, CELL)
     query = urlsplit(dial.attrib["action"]).query
-    assert query == wh.twilio_correlated("", "maple", PARENT, CALLER, MAPLE).lstrip("?")
+    assert query == wh.twilio_correlated("", "maple", PARENT, CALLER, MAPLE, amd=True).lstrip("?")
 
-    # The cell's voicemail picks up: answered (at once), then AMD says machine.
+    # The cell's voicemail picks up: answered (not yet a person: machine detection is on), then AMD says machine.
     answered = wh.twilio_leg_status(LEG, PARENT, CALLER, CELL, "in-progress")
     assert served.post(signed(cell.attrib["statusCallback"], answered))[0] == 204
+    assert served.events() == []
     assert served.post(signed(cell.attrib["amdStatusCallback"], wh.twilio_amd(LEG, "machine_end_beep")))[0] == 204
-    assert served.post(signed(cell.attrib["amdStatusCallback"], wh.twilio_amd(LEG, "human")))[0] == 204
     ended = wh.twilio_leg_status(LEG, PARENT, CALLER, CELL, "completed", CallDuration="40")
     assert served.post(signed(cell.attrib["statusCallback"], ended))[0] == 204
 
@@ -130,7 +130,6 @@ def test_a_call_followed_through_every_url_of_the_flow(served):
 
     events = served.events()
     assert [(e["event_id"], e["outcome"], e["signal"], e["leg_id"]) for e in events] == [
-        (f"twilio:{PARENT}:answered-{LEG}", "ANSWERED", "leg", LEG),
         (f"twilio:{PARENT}:machine-{LEG}", "MISSED", "machine", LEG),
         (f"twilio:{PARENT}:dial-no-answer", "MISSED", "leg", LEG),
         (f"twilio:{PARENT}:voicemail", "VOICEMAIL", "parent", None),
@@ -141,6 +140,20 @@ def test_a_call_followed_through_every_url_of_the_flow(served):
     }
     keys = {k for k, _, _ in served.producer.records("call-events")}
     assert keys == {f"maple|{CALLER}".encode()}
+
+
+def test_with_machine_detection_a_person_is_known_from_the_amd_verdict(served):
+    _, twiml = served.post(
+        wh.twilio(PUBLIC, wh.TWILIO_VOICE_INCOMING, wh.twilio_incoming(PARENT, CALLER, MAPLE), TOKEN)
+    )
+    desk = ET.fromstring(twiml).find("Dial").findall("Number")[0]  # type: ignore[union-attr]  # the TwiML has a Dial
+    answered = wh.twilio_leg_status(LEG, PARENT, CALLER, DESK, "in-progress")
+    assert served.post(signed(desk.attrib["statusCallback"], answered))[0] == 204
+    assert served.events() == []  # a machine could have picked up
+    assert served.post(signed(desk.attrib["amdStatusCallback"], wh.twilio_amd(LEG, "human")))[0] == 204
+    assert [(e["event_id"], e["outcome"], e["signal"]) for e in served.events()] == [
+        (f"twilio:{PARENT}:answered-{LEG}", "ANSWERED", "leg")
+    ]
 
 
 def test_an_answered_dial_hangs_up(served):

@@ -192,6 +192,12 @@ class Settings(BaseSettings):
     ringback_log_format: Literal["text", "json"] = Field(
         "text", description="text for a terminal, json (one object per line) in containers (--log-format wins)"
     )
+    ringback_log_client_errors_interval_s: float = Field(
+        10.0, gt=0, description="Kafka clients' connection errors: at most one log line per broker per this interval"
+    )
+    ringback_log_client_outage_error_s: float = Field(
+        60.0, gt=0, description="A broker unreachable this long gets one ERROR line (before: WARNING)"
+    )
     ringback_metrics_practice_labels: str = Field(
         "off", description="`practice` label of metrics: off, on (bounded), or a comma-separated allow-list of ids"
     )

@@ -61,6 +61,7 @@ from typing import Any, NamedTuple, Protocol
 from prometheus_client import Counter
 
 from ringback.config.settings import Settings
+from ringback.observability import logs
 
 log = logging.getLogger(__name__)
 
@@ -473,9 +474,10 @@ class KafkaGapReader:
         isolation_level: str = "read_uncommitted",
         timeout_s: float = 30.0,
     ) -> None:
-        self.config = {
+        self.config: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
             "group.id": group_id,
+            "logger": logs.librdkafka_logger(),  # quiet during a broker outage (observability/client_errors.py)
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",

@@ -22,8 +22,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from confluent_kafka import Consumer
+
+from ringback.observability import logs
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +34,15 @@ log = logging.getLogger(__name__)
 def from_start_consumer(bootstrap_servers: str, group_id: str) -> Consumer:
     """A consumer for reading partitions from the start: never commits, reports each
     partition's end (`_PARTITION_EOF`)."""
-    return Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": group_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-        }
-    )
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap_servers,
+        "group.id": group_id,
+        "logger": logs.librdkafka_logger(),  # quiet during a broker outage (observability/client_errors.py)
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "enable.partition.eof": True,
+    }
+    return Consumer(config)
 
 
 class TopicCacheReader:

@@ -16,6 +16,13 @@ env `RINGBACK_LOG_FORMAT=json|text`); Faust workers get the same set-up through
   the same number can be matched without showing it. Both formatters also redact
   their final output, so a handler without the filter still leaks nothing.
 
+* `QuietClientErrors` (observability/client_errors.py), first on the handler: Kafka
+  clients' connection errors during a broker outage at WARNING, one line per broker per
+  interval with a count of the suppressed ones, one ERROR when the outage outlasts a
+  threshold (`RINGBACK_LOG_CLIENT_ERRORS_INTERVAL_S`, `RINGBACK_LOG_CLIENT_OUTAGE_ERROR_S`).
+  confluent-kafka clients log through it when given `librdkafka_logger()` (their
+  `logger` option; otherwise librdkafka writes to stderr itself).
+
 The hash key is the secret `RINGBACK_LOG_HASH_KEY` (env var or file in the
 secrets dir), which the `ringback` command reads and hands to `configure`; without
 it each process draws a random key, so hashes match only within one process (never
@@ -33,8 +40,11 @@ import logging.config
 import re
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from ringback.observability.client_errors import QuietClientErrors
 
 FORMATS = ("text", "json")
 
@@ -174,12 +184,34 @@ class TextFormatter(logging.Formatter):
         return redact(line)
 
 
-_current: tuple[str, str] = ("text", "INFO")
+LIBRDKAFKA_LOGGER = "librdkafka"
 
 
-def logging_config(fmt: str = "text", level: str | int = "INFO") -> dict:
+def librdkafka_logger() -> logging.Logger:
+    """For confluent-kafka clients' `logger` option: librdkafka's lines then go through
+    this set-up (format, redaction, quiet connection errors) instead of raw to stderr."""
+    return logging.getLogger(LIBRDKAFKA_LOGGER)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    fmt: str = "text"
+    level: str = "INFO"
+    client_errors_interval_s: float = 10.0
+    client_outage_error_s: float = 60.0
+
+
+_current = _Setup()
+
+
+def logging_config(
+    fmt: str = "text",
+    level: str | int = "INFO",
+    client_errors_interval_s: float = 10.0,
+    client_outage_error_s: float = 60.0,
+) -> dict:
     """A `logging.config.dictConfig` dict: one stderr handler with the formatter of
-    `fmt` and the redaction filter on the root logger."""
+    `fmt`, the quiet-client-errors and redaction filters, on the root logger."""
     fmt = fmt.lower()
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
@@ -188,14 +220,21 @@ def logging_config(fmt: str = "text", level: str | int = "INFO") -> dict:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"redact_phone_numbers": {"()": RedactPhoneNumbers}},
+        "filters": {
+            "quiet_client_errors": {
+                "()": QuietClientErrors,
+                "interval_s": client_errors_interval_s,
+                "error_after_s": client_outage_error_s,
+            },
+            "redact_phone_numbers": {"()": RedactPhoneNumbers},
+        },
         "formatters": {"ringback": {"()": formatter}},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
                 "stream": "ext://sys.stderr",
                 "formatter": "ringback",
-                "filters": ["redact_phone_numbers"],
+                "filters": ["quiet_client_errors", "redact_phone_numbers"],
                 "level": level,
             }
         },
@@ -205,23 +244,38 @@ def logging_config(fmt: str = "text", level: str | int = "INFO") -> dict:
     }
 
 
-def configure(fmt: str = "text", level: str | int = "INFO", hash_key: bytes | None = None) -> None:
+def configure(
+    fmt: str = "text",
+    level: str | int = "INFO",
+    hash_key: bytes | None = None,
+    client_errors_interval_s: float = 10.0,
+    client_outage_error_s: float = 60.0,
+) -> None:
     """Set up the root logger for this process (and remember it for Faust workers);
     `hash_key` keys the phone-number hashes (None: keep the process's random key)."""
     global _current
     if hash_key is not None:
         set_hash_key(hash_key)
-    logging.config.dictConfig(logging_config(fmt, level))
-    _current = (fmt.lower(), logging.getLevelName(level) if isinstance(level, int) else str(level).upper())
+    setup = _Setup(
+        fmt.lower(),
+        logging.getLevelName(level) if isinstance(level, int) else str(level).upper(),
+        client_errors_interval_s,
+        client_outage_error_s,
+    )
+    logging.config.dictConfig(_config(setup))
+    _current = setup
+
+
+def _config(setup: _Setup) -> dict:
+    return logging_config(setup.fmt, setup.level, setup.client_errors_interval_s, setup.client_outage_error_s)
 
 
 def current_format() -> str:
-    return _current[0]
+    return _current.fmt
 
 
 def faust_worker_options() -> dict:
     """Keyword arguments for `faust.Worker` that keep this set-up: Faust replaces the
     root handlers with its own at start unless it is given a logging config. In
     JSON mode the worker's banner and spinner (plain text on stdout) are off."""
-    fmt, level = _current
-    return {"logging_config": logging_config(fmt, level), "quiet": fmt == "json"}
+    return {"logging_config": _config(_current), "quiet": _current.fmt == "json"}

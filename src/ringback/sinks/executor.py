@@ -166,7 +166,7 @@ class ActionExecutor:
         entry = self.t.sent_log.get(aid)
         if entry and (entry["state"] in rec.FINAL or entry["state"] == rec.DEFERRED):
             child(DUPLICATES, kind).inc()
-            log.info("action %s already %s: skipped", aid, entry["state"])
+            log.debug("action %s already %s: skipped", aid, entry["state"])
             return "DUPLICATE"
         self._inflight.add(aid)
         try:
@@ -364,7 +364,7 @@ class ActionExecutor:
             return PENDING
         new, why = apply_update(task, update)
         if why:
-            log.info("task update %s not applied: %s", update["update_id"], why)
+            log.debug("task update %s not applied: %s", update["update_id"], why)
             return why
         await self.fx.persist("tasks", task_id, new)
         return new["state"]
@@ -473,7 +473,7 @@ class ActionExecutor:
                 },
             )
             started = time.perf_counter()
-            log.info("action %s: Twilio attempt %d", aid, state["sends"])
+            log.debug("action %s: Twilio attempt %d", aid, state["sends"])
             try:
                 return await sms.send(practice, to, body, callback)
             except Transient as exc:
@@ -538,7 +538,7 @@ class ActionExecutor:
             state = self.t.consent.get(hkey) or {"state": "IN", "at": 0, "source": None}
             await self.fx.persist("consent", hkey, {**state, "confirmed_at": now})
         await self._outcome(action, rec.SENT)
-        log.info("action %s sent (partition key hash %s)", aid, body_digest(hkey)[:8])
+        log.debug("action %s sent (partition key hash %s)", aid, body_digest(hkey)[:8])
         return rec.SENT
 
     # ================================================================== staff
@@ -656,7 +656,7 @@ class ActionExecutor:
             {**rec.entry_base(action), "state": rec.SUPPRESSED, "reason": why, "at": self.clock.now_ms()},
         )
         await self._outcome(action, rec.SUPPRESSED, why)
-        log.info("SMS %s suppressed: %s", aid, why)
+        log.debug("SMS %s suppressed: %s", aid, why)
         if fallback and action["kind"] == "SEND_SMS":
             # The last line of defence held the SMS back: staff call back instead.
             params = action.get("params") or {}

@@ -43,6 +43,7 @@ from ringback.config.settings import Settings
 from ringback.kafka import gap_guard as gap_guard_module
 from ringback.kafka import topics
 from ringback.kafka.practice_directory import PracticeDirectory
+from ringback.observability import logs
 from ringback.observability import metrics as shared_metrics
 from ringback.observability.metrics import child
 from ringback.schemas import codec
@@ -229,6 +230,7 @@ class Topology:
                 {
                     "bootstrap.servers": self.settings.kafka_bootstrap_servers,
                     "group.id": f"{self.settings.ringback_namespace}.streams-scan",
+                    "logger": logs.librdkafka_logger(),  # quiet during a broker outage (observability/client_errors.py)
                     "enable.auto.commit": False,
                     "isolation.level": "read_committed",
                 }

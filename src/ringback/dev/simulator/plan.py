@@ -297,8 +297,9 @@ class Forward:
     front_desk: str  # the phone that rang (the leg's `To`)
     ring_s: int  # until the pickup, or until the Dial gave up (its timeout; busy: at once)
     dial_status: str  # DialCallStatus: no-answer, busy, completed
-    answered_by: str | None = None  # FORWARD_MACHINE: the AMD verdict
+    answered_by: str | None = None  # the AMD verdict (machine detection on): a machine_*, or human
     parent_first: bool = False  # the parent's `completed` is posted before the Dial action / the recording
+    machine_detection: bool = True  # the flow's callback URLs say so (`amd=1`)
 
     @staticmethod
     def leg_sid(call_sid: str) -> str:
@@ -332,7 +333,7 @@ class Forward:
                 return [(0, INCOMING), (ring, PARENT), (ring, DIAL), (ring, LEG_ENDED)]
             return out + [(ring + HANG_UP_S, PARENT)]
         out.append((ring, LEG_ANSWERED))
-        if self.front == FORWARD_MACHINE:
+        if self.answered_by:  # machine detection: its verdict (a machine, or `human`) comes a few seconds later
             out.append((ring + AMD_S, AMD))
         end = ring + duration_s
         last = [(end, PARENT), (end, DIAL)] if self.parent_first else [(end, DIAL), (end, PARENT)]
@@ -748,21 +749,35 @@ class _SiteDay:
 
     def _forward(self, flow: CallFlow, outcome: str, missed_status: str, joins: bool) -> Forward:
         """What the front desk's side of a forwarded call does. A caller with an open case misses
-        only by ringing out, in the usual order: the worker acts on a person answering (the
-        leg's `answered`, the parent's `completed` before any leg spoke) at once, and a later miss
-        would not undo that for the open case (docs/demo.md)."""
+        only by ringing out, in the usual order: the worker acts on a person answering at once
+        (the AMD verdict `human`, or the parent's `completed` before any leg spoke), and a later
+        miss would not undo that for the open case (docs/demo.md)."""
         rng, ring, desk = self.rng, flow.ring_seconds, flow.front_desk[0]
         pickup = rng.randrange(max(2, ring // 4), max(3, ring // 2))
         if outcome == ANSWERED:
-            return Forward(FORWARD_ANSWERED, desk, pickup, "completed", parent_first=rng.random() < PARENT_FIRST_SHARE)
+            # With machine detection on, the AMD verdict `human` is what says a person answered.
+            human = "human" if flow.machine_detection else None
+            first = rng.random() < PARENT_FIRST_SHARE
+            return Forward(
+                FORWARD_ANSWERED,
+                desk,
+                pickup,
+                "completed",
+                answered_by=human,
+                parent_first=first,
+                machine_detection=flow.machine_detection,
+            )
         if outcome == MISSED and not joins and flow.machine_detection and rng.random() < MACHINE_SHARE:
             late_pickup = rng.randrange(max(2, ring // 2), ring)  # a cell's voicemail answers before the Dial gives up
-            return Forward(FORWARD_MACHINE, desk, late_pickup, "completed", answered_by=self._weighted(ANSWERED_BY))
+            verdict = self._weighted(ANSWERED_BY)
+            return Forward(FORWARD_MACHINE, desk, late_pickup, "completed", answered_by=verdict)
         rang = ring if missed_status == "no-answer" else 1
         # The parent's completed may overtake the Dial action, except when it would itself say
         # "missed" (shorter than 5 s) or follow a miss of an open case (see above).
         swap = not joins and missed_status == "no-answer" and rng.random() < PARENT_FIRST_SHARE
-        return Forward(FORWARD_MISSED, desk, rang, missed_status, parent_first=swap)
+        return Forward(
+            FORWARD_MISSED, desk, rang, missed_status, parent_first=swap, machine_detection=flow.machine_detection
+        )
 
     def _opened(self, call: SimEvent) -> float:
         """When the call's case opens (wall s): a forwarded call is a miss once its deciding callback came."""

@@ -192,7 +192,7 @@ def _twilio_forwarded(
             params = wh.twilio_voice_status(sid, caller, called, "completed", CallDuration=str(practice_s), **stamp)
         else:
             path, params = _forward_callback(event, forward, what, leg, practice_s, stamp)
-            path = wh.twilio_correlated(path, event.practice_id, sid, caller, called)
+            path = wh.twilio_correlated(path, event.practice_id, sid, caller, called, forward.machine_detection)
         out.append((wall, what, wh.twilio(base_url, path, params, token)))
     return out
 
@@ -227,7 +227,7 @@ def _transcript(event: SimEvent, base_url: str, secrets: Secrets, now: float) ->
         sid, caller, called = _call_ids(event)
         path = wh.TWILIO_TRANSCRIPTION
         if event.forward is not None:  # the ready-made flow's transcribeCallback carries the correlation query
-            path = wh.twilio_correlated(path, event.practice_id, sid, caller, called)
+            path = wh.twilio_correlated(path, event.practice_id, sid, caller, called, event.forward.machine_detection)
         params = wh.twilio_transcription(sid, caller, called, event.text or "")
         return wh.twilio(base_url, path, params, secrets.twilio)
     if event.provider == "dialpad":

@@ -109,9 +109,10 @@ TWILIO_VOICE_VOICEMAIL = "/webhooks/twilio/voice/voicemail"
 FORWARD_MISSED, FORWARD_MACHINE, FORWARD_ANSWERED = "missed", "machine", "answered"
 
 
-def twilio_correlated(path: str, practice_id: str, call_sid: str, caller: str, called: str) -> str:
-    """A callback path with the query the ready-made call flow gives Twilio (sources/twilio/call_flow.py)."""
-    return f"{path}?{Correlation(practice_id, call_sid, caller, called).query()}"
+def twilio_correlated(path: str, practice_id: str, call_sid: str, caller: str, called: str, amd: bool = False) -> str:
+    """A callback path with the query the ready-made call flow gives Twilio (sources/twilio/call_flow.py);
+    `amd`: the flow runs machine detection on the legs."""
+    return f"{path}?{Correlation(practice_id, call_sid, caller, called, amd).query()}"
 
 
 def twilio_incoming(call_sid: str, caller: str, called: str) -> dict[str, str]:
@@ -178,18 +179,20 @@ def twilio_forwarded(
     talk_s: int = 95,
     voicemail_s: int | None = None,
     stamp: str = "Tue, 24 Nov 2026 15:04:05 +0000",
+    machine_detection: bool = True,
 ) -> list[Webhook]:
     """The callbacks of one call through the ready-made flow, in the order Twilio sends them:
     `missed` (nobody picks up: Dial action no-answer, then the parent `completed` after the
     ringing time), `machine` (a cell phone's voicemail answers: the leg `answered`, AMD
     machine_start, the Dial `completed`), `answered` (a person: the leg `answered` at once,
-    the Dial and the parent `completed` when the conversation ends). `voicemail_s`: after a
+    with machine detection the AMD verdict `human` seconds later; the Dial and the parent
+    `completed` when the conversation ends). `voicemail_s`: after a
     miss the caller leaves a voicemail that long (the `<Record action>`). `stamp`: the status
     callbacks' `Timestamp` (RFC 2822, to the second, as Twilio sends it)."""
     leg = "CA" + call_sid[2:][::-1]
 
     def signed(path: str, params: dict[str, str], correlated: bool = True) -> Webhook:
-        url = twilio_correlated(path, practice_id, call_sid, caller, called) if correlated else path
+        url = twilio_correlated(path, practice_id, call_sid, caller, called, machine_detection) if correlated else path
         return twilio(base_url, url, params, token)
 
     hooks = [signed(TWILIO_VOICE_INCOMING, twilio_incoming(call_sid, caller, called), correlated=False)]
@@ -212,6 +215,8 @@ def twilio_forwarded(
         hooks.append(signed(TWILIO_VOICE_STATUS, answered))
         if outcome == FORWARD_MACHINE:
             hooks.append(signed(TWILIO_VOICE_AMD, twilio_amd(leg, "machine_start")))
+        elif machine_detection:  # the verdict that says the leg's `answered` was a person
+            hooks.append(signed(TWILIO_VOICE_AMD, twilio_amd(leg, "human")))
         timing = {"CallDuration": str(talk_s), "SequenceNumber": "1", "Timestamp": stamp}
         ended = twilio_leg_status(leg, call_sid, caller, front_desk, "completed", **timing)
         hooks.append(signed(TWILIO_VOICE_STATUS, ended))

@@ -47,6 +47,7 @@ MISSED_STATUSES = {"no-answer", "busy", "failed", "canceled"}
 MACHINE_ANSWERS = {"machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other", "fax"}
 # Statuses of a dialed leg's `answered` event (Twilio sends in-progress; `answered` is DialCallStatus's word).
 LEG_ANSWERED = {"in-progress", "answered"}
+PERSON_ANSWERS = {"human", "unknown"}  # `unknown`: mostly a person who did not speak first
 
 
 def signature_valid(auth_token: str, url: str, params: Mapping[str, Any] | bytes, signature: str | None) -> bool:
@@ -215,11 +216,12 @@ class Correlation:
     call_sid: str  # the parent call's CallSid
     caller: str  # the patient, E.164
     called: str  # the practice number called, E.164
+    # Machine detection runs on the legs: a leg's `answered` is not yet a person (the AMD verdict says).
+    amd: bool = False
 
     def query(self) -> str:
-        return urlencode(
-            {"practice": self.practice_id, "call": self.call_sid, "caller": self.caller, "called": self.called}
-        )
+        fields = {"practice": self.practice_id, "call": self.call_sid, "caller": self.caller, "called": self.called}
+        return urlencode({**fields, "amd": "1"} if self.amd else fields)
 
     @staticmethod
     def from_query(query: Mapping[str, str], practice_id: str) -> Correlation:
@@ -229,6 +231,7 @@ class Correlation:
             call_sid=text(query, "call", max_len=64),
             caller=e164(query.get("caller"), "caller (callback URL)"),
             called=e164(query.get("called"), "called (callback URL)"),
+            amd=query.get("amd") == "1",
         )
 
 
@@ -260,20 +263,25 @@ def _leg_event(
 
 
 def amd_events(params: Mapping[str, str], corr: Correlation, received_ms: int) -> list[dict]:
-    """An `amdStatusCallback` (or any leg callback carrying `AnsweredBy`): a machine → MISSED."""
+    """An `amdStatusCallback` (or any leg callback carrying `AnsweredBy`): a machine → MISSED.
+    `human` / `unknown` on the AMD callback of a flow with machine detection: the person the
+    leg's `answered` only announced → ANSWERED (the same event a leg's `answered` is without AMD)."""
     answered_by = text(params, "AnsweredBy", required=False, max_len=64)
-    if answered_by not in MACHINE_ANSWERS:
-        return []  # human, unknown: a person may have answered; the leg's own callbacks say so
-    return [_leg_event(params, corr, received_ms, kind="machine", outcome="MISSED", signal="machine")]
+    if answered_by in MACHINE_ANSWERS:
+        return [_leg_event(params, corr, received_ms, kind="machine", outcome="MISSED", signal="machine")]
+    if corr.amd and answered_by in PERSON_ANSWERS and "CallStatus" not in params:  # the amdStatusCallback itself
+        return [_leg_event(params, corr, received_ms, kind="answered", outcome="ANSWERED", signal="leg")]
+    return []
 
 
 def leg_status_events(params: Mapping[str, str], corr: Correlation, received_ms: int) -> list[dict]:
-    """A dialed `<Number>` leg's status callback: `answered` by a person → ANSWERED at once."""
+    """A dialed `<Number>` leg's status callback: `answered` by a person → ANSWERED at once
+    (with machine detection on, the AMD verdict says whether it was a person: amd_events)."""
     status = text(params, "CallStatus", max_len=32)
     machine = amd_events(params, corr, received_ms)
     if machine:
         return machine
-    if status in LEG_ANSWERED:
+    if status in LEG_ANSWERED and not corr.amd:
         return [_leg_event(params, corr, received_ms, kind="answered", outcome="ANSWERED", signal="leg")]
     return []  # initiated, ringing, completed, no-answer ...: the Dial action decides the call
 

@@ -142,7 +142,8 @@ async def handle_incoming(hook: Webhook) -> web.Response:
     except PayloadError as exc:
         raise await hook.malformed(exc, practice) from None
     caller = safe_e164(params.get("From"))
-    corr = Correlation(practice.id, call_sid, caller, number) if caller and number else None
+    flow = practice.call_flow
+    corr = Correlation(practice.id, call_sid, caller, number, flow.machine_detection) if caller and number else None
     return _twiml(call_flow.incoming_twiml(practice.call_flow, _base_url(hook), practice.id, corr))
 
 
