@@ -292,10 +292,10 @@ def console_list_users(practice_id: str | None) -> None:
 @click.option(
     "--practices",
     type=click.IntRange(1, 200),
-    default=5,
+    default=6,
     show_default=True,
     help="practices of the health system (the first is the reference practice; phone systems in turn: "
-    "Twilio, RingCentral, Dialpad, Vonage, a legacy PBX)",
+    "Twilio, RingCentral, Dialpad, Vonage, a legacy PBX, Google Voice)",
 )
 @click.option("--seed", type=int, default=7, show_default=True, help="the same seed plays the same day")
 @click.option(

@@ -1,5 +1,6 @@
 """`ringback demo` as a user runs it, against the session's broker: a compressed practice
-day of five practices (one per phone system) ends with the KPI table, and the SMS the
+day of six practices (one per phone system, Google Voice's by e-mail through a real IMAP
+server when dovecot is installed) ends with the KPI table, and the SMS the
 Twilio stand-in received are exactly the ones the simulator's plan expects; Ctrl-C
 (SIGINT) in the middle stops every process the demo started."""
 
@@ -17,13 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from ringback.dev import imap_server
 from ringback.dev.demo import SUMMARY_PREFIX
 from tests.conftest import ARTIFACTS, wait_for
 
 pytestmark = pytest.mark.integration
 
-# A fast day: 10 practice hours in 30 s, 40 calls a day at the reference practice.
-FAST = ["--practices", "5", "--calls", "40", "--speed", "1200", "--seed", "11"]
+# A fast day: 10 practice hours in 30 s, 40 calls a day at the reference practice; six practices.
+FAST = ["--practices", "6", "--calls", "40", "--speed", "1200", "--seed", "11"]
 
 
 class DemoProcess:
@@ -141,11 +143,27 @@ def test_the_sms_at_the_twilio_standin_are_the_plans_first_responses_and_follow_
     assert summary["cases_closed"] == summary["cases_expected"] > 0
     assert summary["kpi"]["cases"] == summary["cases_expected"]
     assert summary["kpi"]["new_patient_recovery"] > 0 and summary["kpi"]["first_response_median_s"] > 0
-    assert summary["emails"] > 0 and summary["plan"]["practices"] == 5
+    assert summary["emails"] > 0 and summary["plan"]["practices"] == 6
+
+
+def test_the_google_voice_practice_plays_by_email_when_dovecot_is_installed_and_says_so(finished_demo):
+    code, out = finished_demo
+    assert code == 0, out[-3000:]
+    summary = json.loads(next(t for t in out.splitlines() if t.startswith(SUMMARY_PREFIX))[len(SUMMARY_PREFIX) :])
+    gvoice, statuses = summary["gvoice"], summary["player"]["statuses"]
+    assert gvoice["practices"] == ["cedar-womens"]
+    if imap_server.available():  # CI installs dovecot: the e-mails went through IMAP and `gvoice watch`
+        assert gvoice["path"] == "email" and "dovecot is installed" in gvoice["why"]
+        assert statuses["call e-mail"] > 0 and statuses["call no-notification"] > 0  # answered: no mail
+        assert "Google Voice at cedar-womens: its notification e-mails" in out
+    else:
+        assert gvoice["path"] == "audit_log" and "not installed" in gvoice["why"]
+        assert statuses["call audit-row"] > 0 and statuses["import audit-log"] > 0
+        assert "Google Voice at cedar-womens: the Admin console's audit-log export" in out
 
 
 def test_ctrl_c_stops_every_process_the_demo_started(kafka_bootstrap):
-    demo = DemoProcess("test_demo_sigint", ["--practices", "5", "--speed", "1200", "--calls", "30"], kafka_bootstrap)
+    demo = DemoProcess("test_demo_sigint", ["--practices", "6", "--speed", "1200", "--calls", "30"], kafka_bootstrap)
     try:
         wait_for(
             lambda: "practice day" in demo.output() or "%  " in demo.output() or demo.proc.poll() is not None,
@@ -155,7 +173,7 @@ def test_ctrl_c_stops_every_process_the_demo_started(kafka_bootstrap):
         )
         assert demo.proc.poll() is None, demo.output()
         started = descendants(demo.proc.pid)
-        assert len(started) >= 5, started  # gateway, worker, sinks, console, CDR poller
+        assert len(started) >= 6, started  # gateway, worker, sinks, console, CDR poller, gvoice watcher
         time.sleep(1.0)  # mid-day
         os.kill(demo.proc.pid, signal.SIGINT)
         code = demo.wait(timeout=60)
@@ -169,7 +187,7 @@ def test_ctrl_c_stops_every_process_the_demo_started(kafka_bootstrap):
 def test_children_stop_when_the_demo_is_killed(kafka_bootstrap):
     # SIGKILL gives the demo no chance to clean up: the kernel's parent-death signal
     # (ringback/dev/child_process.py) stops what it started.
-    demo = DemoProcess("test_demo_sigkill", ["--practices", "5", "--speed", "1200", "--calls", "30"], kafka_bootstrap)
+    demo = DemoProcess("test_demo_sigkill", ["--practices", "6", "--speed", "1200", "--calls", "30"], kafka_bootstrap)
     try:
         wait_for(
             lambda: "practice day" in demo.output() or "%  " in demo.output() or demo.proc.poll() is not None,

@@ -2,7 +2,9 @@
 
 Starts (or reuses, with KAFKA_BOOTSTRAP_SERVERS) a broker; writes and publishes a demo
 practices file (windows scaled to the speed); runs the gateway, a stream worker, the
-sinks, a CDR poller per legacy-PBX practice and the staff console as separate
+sinks, a CDR poller per legacy-PBX practice, a Google Voice mailbox watcher per Google
+Voice practice (with an IMAP server, dovecot, when it is installed; else that practice's
+calls come as audit-log exports, imported during the day) and the staff console as separate
 processes, with local stand-ins so nothing leaves the machine (Twilio and Slack:
 `ringback.dev.fake_apis`; e-mail: an aiosmtpd server in this process); publishes the
 morning's EHR; plays the simulated day (`ringback.dev.simulator`) with a progress line;
@@ -27,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -43,6 +46,7 @@ import yaml
 from ringback.config import user_dirs
 from ringback.config.practices_file import parse_practices
 from ringback.config.settings import Settings
+from ringback.dev import imap_server
 from ringback.dev.child_process import die_with_parent
 from ringback.dev.fake_apis import FakeApiServer
 from ringback.dev.local_kafka import KafkaError, LocalKafka, free_port
@@ -50,6 +54,7 @@ from ringback.domain.practice import Practice
 
 if TYPE_CHECKING:
     from ringback.dev.simulator import EhrFeed
+    from ringback.kafka.producer import AckedProducer
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo-password-1"
@@ -77,7 +82,7 @@ class DemoError(RuntimeError):
 
 @dataclass
 class DemoOptions:
-    practices: int = 5
+    practices: int = 6
     seed: int = 7
     speed: float = 600.0
     calls: int = 94
@@ -248,6 +253,8 @@ class Demo:
         self._smtp: SmtpStandIn | None = None
         self._reader: OutcomeReader | None = None
         self.ehr: EhrFeed | None = None
+        self.imap: imap_server.ImapServer | None = None  # the Google Voice practices' mailbox (e-mail path)
+        self._audit_producer: AckedProducer | None = None  # their audit-log imports (the other path)
         self.run_dir = options.run_dir or user_dirs.data_path("demo", user_dirs.run_name())
 
     @property
@@ -268,7 +275,7 @@ class Demo:
 
     # ------------------------------------------------------------ set-up
     def prepare(self) -> None:
-        from ringback.dev.simulator import Day, demo_practices, plan_day, sites_for
+        from ringback.dev.simulator import GV_AUDIT, GV_EMAIL, Day, demo_practices, plan_day, sites_for
         from ringback.dev.simulator.practices import SECRET_NAMES, SLACK_SECRET
         from ringback.dev.simulator.render import Secrets
 
@@ -283,7 +290,14 @@ class Demo:
         self.by_id = {p.id: p for p in self.practices}
         self.providers = dict(zip((p.id for p in self.practices), providers, strict=True))
         self.day = Day(speed=self.o.speed)
-        self.plan = plan_day(self.o.seed, sites_for(self.practices, providers, calls=self.o.calls), self.day)
+        # Google Voice: its e-mails over IMAP when dovecot can serve the mailbox, else its audit-log exports.
+        if imap_server.available():
+            self.gvoice_via, self.gvoice_why = GV_EMAIL, f"dovecot is installed ({imap_server.DOVECOT})"
+        else:
+            self.gvoice_via = GV_AUDIT
+            self.gvoice_why = "dovecot is not installed (Debian: apt-get install dovecot-imapd), so no IMAP mailbox"
+        self.sites = sites_for(self.practices, providers, calls=self.o.calls, gvoice_via=self.gvoice_via)
+        self.plan = plan_day(self.o.seed, self.sites, self.day)
         # Secrets: values in the demo's secrets folder, as `secrets` in the practices file names them.
         self.secrets = Secrets(**{p: f"demo-{p}-{secrets_lib.token_hex(12)}" for p in SECRET_NAMES})
         self.secrets_dir = self.run_dir / "secrets"
@@ -385,10 +399,15 @@ class Demo:
             store.add(p.id, DEMO_USER, DEMO_PASSWORD, list(CONSOLE_ROLES), Clock().now_ms(), replace=True)
 
     def start_services(self) -> None:
+        from ringback.dev.simulator import GV_EMAIL, GVOICE
+
         cdr_sites = [pid for pid, provider in self.providers.items() if provider == "cdr"]
+        self.gvoice_sites = [pid for pid, provider in self.providers.items() if provider == GVOICE]
+        watchers = self.gvoice_sites if self.gvoice_via == GV_EMAIL else []
         names = ", ".join(
             ["the gateway", "a stream worker", "the sinks", "the staff console"]
             + [f"a CDR poller ({pid})" for pid in cdr_sites]
+            + [f"a Google Voice mailbox watcher ({pid})" for pid in watchers]
         )
         self.say(f"· starting {names} …")
         self.ringback("gateway", "ingest", "--host", "127.0.0.1", "--port", str(self.gateway_port))
@@ -404,6 +423,68 @@ class Demo:
             self.ringback(
                 f"cdr-{pid}", "cdr", "poll", str(folder), "--practice", pid, "--interval", "0.1", "--from-beginning"
             )
+        if watchers:
+            self._start_mailbox(watchers)
+        elif self.gvoice_sites:
+            from ringback.kafka.producer import AckedProducer
+
+            self._audit_producer = AckedProducer(self.settings.kafka_bootstrap_servers, timeout_s=10)
+        for pid in self.gvoice_sites:
+            how = (
+                "its notification e-mails, read over IMAP by `ringback gvoice watch`"
+                if watchers
+                else "the Admin console's audit-log export, a CSV every 15 practice minutes, imported as by "
+                "`ringback gvoice import`"
+            )
+            self.say(f"· Google Voice at {pid}: {how}; because {self.gvoice_why}")
+
+    def _start_mailbox(self, practice_ids: list[str]) -> None:
+        """dovecot with a folder per Google Voice practice, and a `gvoice watch` on each folder."""
+        # Not in the run folder: dovecot's mail processes run as the `dovecot` user when the demo runs
+        # as root, and the per-user data folder's parents are private.
+        self.imap = imap_server.ImapServer(Path(tempfile.mkdtemp(prefix="ringback-demo-imap-")), die_with_parent=True)
+        self.imap.start()
+        (self.secrets_dir / "GVOICE_IMAP_PASSWORD").write_text(imap_server.PASSWORD)
+        for pid in practice_ids:
+            self.imap.ensure_folder(pid)
+            self.ringback(
+                f"gvoice-{pid}",
+                "gvoice",
+                "watch",
+                "--practice",
+                pid,
+                "--host",
+                self.imap.host,
+                "--port",
+                str(self.imap.port),
+                "--user",
+                imap_server.USER,
+                "--ca-file",
+                str(self.imap.ca_file),
+                "--folder",
+                pid,
+                "--interval",
+                "1",
+            )
+
+    async def _deliver_mail(self, practice_id: str, raw: bytes) -> None:
+        """Google Voice sends a notification: into the practice's folder (IMAP APPEND)."""
+        server = _started(self.imap, "the IMAP server")
+        await asyncio.to_thread(server.deliver, raw, folder=practice_id)
+
+    async def _import_audit(self, practice_id: str, text: str) -> None:
+        """An audit-log export: written to <run>/gvoice-audit/<practice>/ and published with the importer's
+        own code (what `ringback gvoice import` runs once it has read the practice; no process start-up
+        per batch, which would add seconds, i.e. practice hours at the demo's speed)."""
+        from ringback.sources.gvoice import audit_log
+
+        producer = _started(self._audit_producer, "the audit-log producer")
+        folder = self.run_dir / "gvoice-audit" / practice_id
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"export-{len(list(folder.iterdir())) + 1:03d}.csv"
+        path.write_text(text)
+        ctx = audit_log.Practiced.of(self.by_id[practice_id])
+        await audit_log.publish(producer, self.settings, text, path.name, ctx, int(time.time() * 1000))
 
     def _alive(self) -> None:
         for name, proc in self.procs.items():
@@ -475,9 +556,16 @@ class Demo:
         )
         for pid in self.cdr_dirs:
             self.wait(f"the CDR poller of {pid}", functools.partial(self._cdr_poller_ready, pid), 120)
+        for name in (n for n in self.procs if n.startswith("gvoice-")):
+            self.wait(
+                f"the Google Voice watcher {name}", functools.partial(self._logged, name, "gvoice watcher ready"), 120
+            )
 
     def _cdr_poller_ready(self, practice_id: str) -> bool:
-        return "cdr poller ready" in (self.run_dir / f"cdr-{practice_id}.log").read_text(errors="replace")
+        return self._logged(f"cdr-{practice_id}", "cdr poller ready")
+
+    def _logged(self, name: str, text: str) -> bool:
+        return text in (self.run_dir / f"{name}.log").read_text(errors="replace")
 
     # ------------------------------------------------------------ the day
     def _sms_actions(self) -> list[tuple[str, str, str]]:
@@ -546,7 +634,7 @@ class Demo:
         return text
 
     async def _play_day(self) -> None:
-        from ringback.dev.simulator import CALL, Player, Targets
+        from ringback.dev.simulator import CALL, Day, Player, Targets, plan_day
 
         played: Counter = Counter()
 
@@ -562,14 +650,19 @@ class Demo:
             console_url=self.console_url,
             console_login=(DEMO_USER, DEMO_PASSWORD),
             sms_received=self._sms_received,
+            gvoice_mail=self._deliver_mail if self.imap is not None else None,
+            gvoice_import=self._import_audit if self._audit_producer is not None else None,
         )
+        # A whole second: calls of providers with 1-second timestamps (Twilio, CDR) fall just after one.
+        self.day_start = float(math.ceil(time.time()) + 1)
+        # The same day planned for this start: audit-log rows carry the calls' times, their ids derive from them.
+        self.day = Day(speed=self.o.speed, start=self.day_start)
+        self.plan = plan_day(self.o.seed, self.sites, self.day)
         self.player = Player(self.plan, self.by_id, self.secrets, targets, on_event=on_event)
         total = max(self.day.length_s, self.plan.length_s)
         progress = Progress(total, "practice day", self.out, self._describe(played))
         stop = asyncio.Event()
         carrier = asyncio.create_task(self._carrier(stop))
-        # A whole second: calls of providers with 1-second timestamps (Twilio, CDR) fall just after one.
-        self.day_start = float(math.ceil(time.time()) + 1)
         play = asyncio.create_task(self.player.play(start=self.day_start))
         try:
             while not play.done():
@@ -727,6 +820,7 @@ class Demo:
                 "appointments_recovered": total["appointments_recovered"],
                 "escalations": total["escalations"],
             },
+            "gvoice": {"practices": self.gvoice_sites, "path": self.gvoice_via, "why": self.gvoice_why},
             "namespace": self.namespace,
             "run_dir": str(self.run_dir),
             "timings_s": dict(self.t.marks),
@@ -826,12 +920,17 @@ class Demo:
                 except ProcessLookupError:
                     pass
                 proc.wait(timeout=10)
-        for closer in (self._reader, self.ehr, self._fake_apis, self._smtp):
+        for closer in (self._reader, self.ehr, self._fake_apis, self._smtp, self._audit_producer):
             if closer is not None:
                 try:
                     closer.close()
                 except Exception:  # noqa: BLE001 - clean up the rest regardless
                     pass
+        if self.imap is not None:  # a throwaway mailbox: keep its log only
+            self.imap.stop()
+            if (self.imap.home / "dovecot.log").exists():
+                shutil.copy2(self.imap.home / "dovecot.log", self.run_dir / "dovecot.log")
+            shutil.rmtree(self.imap.home, ignore_errors=True)
         if self.broker is not None:
             self.broker.stop()
             shutil.rmtree(self.broker.data_dir, ignore_errors=True)  # a throwaway broker: keep its logs only
@@ -859,7 +958,7 @@ def _started(service: _Service | None, what: str) -> _Service:
 
 
 def run_demo(
-    practices: int = 5,
+    practices: int = 6,
     seed: int = 7,
     speed: float = 600.0,
     calls: int = 94,

@@ -1,5 +1,6 @@
 """A whole simulated day through the real code, without Kafka: every planned input is
-rendered, read by the real gateway / CDR mapping / FHIR mapping, and handed to the real
+rendered, read by the real gateway / CDR mapping / FHIR mapping / Google Voice watcher's
+reading of an e-mail / audit-log importer, and handed to the real
 workflow (`ringback.workflow.inputs.Workflow`) on a manual clock that ticks like a worker. The
 SMS steps the workflow emits and the way each case ends are what the plan expects, so
 the demo's check against the Twilio stand-in compares with the right numbers."""
@@ -30,6 +31,9 @@ from ringback.sources.cdr import records as cdr_records
 from ringback.sources.ehr.fhir import appointment_facts, flag_facts, patient_facts
 from ringback.sources.ehr.publisher import EhrProjector
 from ringback.sources.gateway import Gateway
+from ringback.sources.gvoice import audit_log
+from ringback.sources.gvoice.mailbox import Fetched, MailboxConfig
+from ringback.sources.gvoice.watcher import GVoiceWatcher
 from ringback.workflow.inputs import Workflow
 from ringback.workflow.state import DELETE, Tx
 from tests.dev.simulator.test_plan import day_plan
@@ -62,7 +66,9 @@ class OfflineDay:
             ringback_public_url=PUBLIC,
             twilio_auth_token=None,
         )
+        self.env = env
         self.call_topic = topics.topic_name(topics.CALL_EVENTS, env)
+        self.dead_topic = topics.topic_name(topics.DEAD_LETTERS, env)
         self.producer = MemoryProducer()
         self.clock = ManualClock(T0)
         self.gateway = Gateway(env, self.directory, self.producer, self.clock)
@@ -76,6 +82,15 @@ class OfflineDay:
         self.now = T0
         self.next_tick = T0
         self.missing_tasks: list[str] = []
+        # Google Voice: a watcher per practice (its reading of one message), rows not imported yet.
+        mailbox = MailboxConfig(host="127.0.0.1", user="frontdesk", password="unused")
+        self.watchers = {
+            s.practice.id: GVoiceWatcher(env, self.directory, self.producer, mailbox, s.practice.id, clock=self.clock)
+            for s in plan.sites
+            if s.provider == sim.GVOICE
+        }
+        self.audit_rows: dict[str, list[tuple[str, ...]]] = {}
+        self.gvoice_dead_letters = 0
 
     async def _start(self) -> TestClient:
         client = TestClient(TestServer(self.gateway.app()))
@@ -125,6 +140,33 @@ class OfflineDay:
         for topic, _, value in self.producer.sent[before:]:
             if topic == self.call_topic:
                 self.call_event(codec.decode("call_event", value))
+
+    def produced(self, records: list[tuple[str, bytes | None, bytes | None]]) -> None:
+        for topic, _, value in records:
+            if topic == self.call_topic and value is not None:
+                self.call_event(codec.decode("call_event", value))
+            elif topic == self.dead_topic:
+                self.gvoice_dead_letters += 1
+
+    def gvoice(self, event: sim.SimEvent) -> None:
+        """An e-mail as `gvoice watch` reads it, or an audit-log row kept for the next export."""
+        pid = event.practice_id
+        if event.kind == sim.IMPORT:
+            rows = self.audit_rows.pop(pid, [])
+            ctx = audit_log.Practiced.of(self.directory.by_id(pid))
+            text = render.gvoice_audit_csv(rows)
+            before = len(self.producer.sent)
+            self.loop.run_until_complete(
+                audit_log.publish(self.producer, self.env, text, "export.csv", ctx, int(self.now * 1000))
+            )
+            self.produced(self.producer.sent[before:])
+        elif event.row:
+            self.audit_rows.setdefault(pid, []).append(event.row)
+        else:
+            raw = render.gvoice_email(event, self.directory.by_id(pid), self.now)
+            if raw is not None:
+                outputs, _ = self.watchers[pid]._outputs(Fetched(event.seq, raw, int(self.now * 1000)))
+                self.produced([(o.topic, o.key, o.value) for o in outputs])
 
     def cdr_line(self, event: sim.SimEvent) -> None:
         practice = self.directory.by_id(event.practice_id)
@@ -185,6 +227,8 @@ class OfflineDay:
         for n, event in enumerate(self.plan.events):
             if event.provider == "cdr":
                 inputs.append((event.at, n, 0, partial(self.cdr_line, event)))
+            elif event.provider == sim.GVOICE:
+                inputs.append((event.at, n, 0, partial(self.gvoice, event)))
             elif event.kind == sim.EHR:
                 inputs.append((event.at, n, 0, partial(self.ehr, event)))
             elif event.kind == sim.STAFF:
@@ -200,16 +244,30 @@ class OfflineDay:
         self.advance(T0 + self.plan.length_s + expiry + 2)
 
 
-@pytest.mark.parametrize("seed, speed, practices", [(7, 600.0, 5), (11, 1200.0, 5), (3, 300.0, 5), (5, 15.0, 1)])
-def test_the_real_workflow_sends_the_planned_sms_and_ends_each_case_as_planned(seed, speed, practices, tmp_path):
-    """Speed 15 keeps a 3 s hold: transcripts arrive within it, one caller gets through during it."""
-    plan = day_plan(seed=seed, n=practices, speed=speed)
+@pytest.mark.parametrize(
+    "seed, speed, practices, gvoice_via",
+    [
+        (7, 600.0, 6, sim.GV_EMAIL),
+        (11, 1200.0, 6, sim.GV_AUDIT),
+        (3, 300.0, 6, sim.GV_EMAIL),
+        (13, 600.0, 6, sim.GV_AUDIT),
+        (5, 15.0, 1, sim.GV_EMAIL),
+    ],
+)
+def test_the_real_workflow_sends_the_planned_sms_and_ends_each_case_as_planned(
+    seed, speed, practices, gvoice_via, tmp_path
+):
+    """Speed 15 keeps a 3 s hold: transcripts arrive within it, one caller gets through during it.
+    The Google Voice practice reads its e-mails, or its audit log in batches (the day starting at T0)."""
+    plan = day_plan(seed=seed, n=practices, speed=speed, gvoice_via=gvoice_via, start=T0)
     day = OfflineDay(plan, tmp_path)
     try:
         day.play()
     finally:
         day.close()
     assert day.missing_tasks == []
+    if practices == 6:  # the unreadable e-mail or the broken row: a dead letter, no call
+        assert day.gvoice_dead_letters == 1
     sms = Counter(a["action_id"] for a in day.actions if a["kind"] == "SEND_SMS")
     assert max(sms.values()) == 1
     expected = Counter(f"{c.case_id}:{step}" for c in plan.cases for step in c.sms_steps)

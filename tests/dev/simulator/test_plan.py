@@ -12,16 +12,18 @@ from ringback.config.practices_file import parse_practices
 from ringback.dev.simulator import plan as sim
 from ringback.dev.simulator.practices import demo_practices, scaled_windows
 from ringback.domain import classify, consent, recipes
+from ringback.sources.gvoice import audit_log
 
 
-def sites(n: int = 5, speed: float = 600, calls: int = 94):
+def sites(n: int = 6, speed: float = 600, calls: int = 94, gvoice_via: str = sim.GV_EMAIL):
     data, providers = demo_practices(n, speed)
     practices = parse_practices(yaml.safe_load(yaml.safe_dump(data))).practices
-    return sim.sites_for(practices, providers, calls=calls)
+    return sim.sites_for(practices, providers, calls=calls, gvoice_via=gvoice_via)
 
 
-def day_plan(seed=7, n=5, speed=600.0, calls=94) -> sim.Plan:
-    return sim.plan_day(seed, sites(n, speed, calls), sim.Day(speed=speed))
+def day_plan(seed=7, n=6, speed=600.0, calls=94, gvoice_via=sim.GV_EMAIL, start=None) -> sim.Plan:
+    """A day of `n` practices (6: one per phone system, the last on Google Voice)."""
+    return sim.plan_day(seed, sites(n, speed, calls, gvoice_via), sim.Day(speed=speed, start=start))
 
 
 def test_the_same_seed_gives_the_same_day_and_another_seed_another():
@@ -32,7 +34,7 @@ def test_the_same_seed_gives_the_same_day_and_another_seed_another():
 
 
 def test_a_practice_has_the_same_day_whatever_the_number_of_practices():
-    one, five = day_plan(n=1), day_plan(n=5)
+    one, five = day_plan(n=1), day_plan(n=6)
     maple = [e for e in five.events if e.practice_id == "maple-family"]
     assert [(e.at, e.kind, e.caller, e.call_id) for e in one.events] == [
         (e.at, e.kind, e.caller, e.call_id) for e in maple
@@ -89,6 +91,7 @@ def test_providers_are_mixed_and_the_day_runs_in_about_a_minute():
         "malformed",
         "redelivery",
         "bad_cdr_line",
+        "unreadable",
     }
 
 
@@ -132,7 +135,8 @@ def test_expected_sms_follow_the_workflow_rules():
         steps = c.sms_steps
         if c.scenario == sim.NEW:
             assert steps[0] == recipes.FIRST_SMS or c.behaviour == "through_in_hold"
-            assert (recipes.SECOND_SMS in steps) == c.behaviour.startswith("silent")
+            # A caller who gets through unseen (Google Voice e-mails nothing) is silent to the workflow.
+            assert (recipes.SECOND_SMS in steps) == c.behaviour.startswith(("silent", "calls_back_unseen"))
             assert (recipes.OPTOUT_CONFIRMATION in steps) == (c.behaviour == "stop_sentence")
         elif c.scenario == sim.URGENT:
             assert steps == (recipes.ACK_SMS,)
@@ -173,7 +177,7 @@ def test_the_demo_practices_file_is_valid_and_names_its_secrets_only():
     data, providers = demo_practices(12, 600)
     parsed = parse_practices(yaml.safe_load(yaml.safe_dump(data))).practices
     assert [p.id for p in parsed][:2] == ["maple-family", "lakeside-peds"]
-    assert providers[:5] == list(sim.PROVIDERS)
+    assert providers[:6] == list(sim.PROVIDERS)
     numbers = [n for p in parsed for n in p.phone_numbers]
     assert len(numbers) == len(set(numbers))
     for p in parsed:
@@ -206,7 +210,7 @@ def test_slower_days_keep_the_hold_and_can_suppress_a_response(speed):
 
 
 def test_the_twilio_practices_calls_are_forwarded_to_the_front_desk_in_every_shape():
-    plan = day_plan(seed=7, n=6)  # two Twilio practices
+    plan = day_plan(seed=7, n=7)  # two Twilio practices
     twilio = {s.practice.id for s in plan.sites if s.provider == "twilio"}
     calls = [e for e in plan.events if e.kind == sim.CALL and e.practice_id in twilio]
     assert calls and all(e.forward is not None for e in calls)
@@ -233,3 +237,72 @@ def test_the_twilio_practices_calls_are_forwarded_to_the_front_desk_in_every_sha
     for t in (e for e in plan.events if e.kind == sim.TRANSCRIPT and e.practice_id in twilio):
         call = next(e for e in calls if e.call_id == t.call_id)
         assert t.at > _when(call, sim.RECORDED, plan.day.speed)  # transcribed after the recording
+
+
+def _gvoice_days(gvoice_via: str, start: float | None = None) -> list[tuple[sim.Plan, str]]:
+    """(plan, the Google Voice practice) of a few days."""
+    out = []
+    for seed in (3, 7, 11, 13):
+        plan = day_plan(seed=seed, gvoice_via=gvoice_via, start=start)
+        out.append((plan, next(s.practice.id for s in plan.sites if s.provider == sim.GVOICE)))
+    return out
+
+
+def test_a_google_voice_practice_reading_its_emails_is_seen_only_where_google_sends_mail():
+    behaviours: Counter = Counter()
+    for plan, gv in _gvoice_days(sim.GV_EMAIL):
+        events = [e for e in plan.events if e.practice_id == gv]
+        assert not any(e.kind in (sim.TRANSCRIPT, sim.IMPORT) or e.row for e in events)
+        for e in events:
+            if e.kind == sim.CALL and e.outcome == sim.ANSWERED:
+                assert e.event_id is None and e.opening_event_id is None  # no e-mail for an answered call
+            elif e.kind == sim.CALL:
+                assert e.call_id and e.call_id.endswith("@google.com>")
+                assert e.event_id == sim.gvoice_email_event_id(e.call_id, gv, e.caller, e.called, e.outcome)
+                assert e.event_id.startswith("google_voice:gv-") and e.opening_event_id == e.event_id
+                assert (e.text is not None) == (e.outcome == sim.VOICEMAIL)  # the transcript is in the e-mail
+            elif e.kind == sim.SMS:
+                assert e.provider == sim.GVOICE  # the patient's text arrives as Google Voice's text e-mail
+        cases = [c for c in plan.cases if c.practice_id == gv]
+        calls = {e.event_id for e in events if e.kind == sim.CALL}
+        assert cases and all(c.opening_event_id in calls for c in cases)
+        behaviours.update(c.behaviour for c in cases)
+        for c in cases:
+            if c.behaviour == "calls_back_unseen":  # got through: nothing says so, the case goes on
+                assert c.channel is None and c.final_state in ("ESCALATED_AND_CLOSED", "EXPIRED")
+                back = [e for e in events if e.case == c.case and e.outcome == sim.ANSWERED]
+                assert back and back[0].event_id is None
+        assert {e.junk for e in events if e.kind == sim.JUNK} <= {"unreadable", "redelivery"}
+    assert behaviours["calls_back_unseen"] and not behaviours["calls_back"]
+    assert behaviours["moves"] + behaviours["protect_open"] + behaviours["protect_done"]  # transcripts: reschedules
+
+
+def test_a_google_voice_practice_read_from_the_audit_log_gets_its_rows_in_batches():
+    start = 1_790_000_000.0
+    behaviours: Counter = Counter()
+    for plan, gv in _gvoice_days(sim.GV_AUDIT, start):
+        site = next(s for s in plan.sites if s.practice.id == gv)
+        ctx, columns = audit_log.Practiced.of(site.practice), audit_log.header_map(list(sim.GV_AUDIT_COLUMNS))
+        events = [e for e in plan.events if e.practice_id == gv]
+        assert not any(e.kind == sim.TRANSCRIPT or e.text for e in events if e.kind != sim.SMS)
+        assert all(e.provider == "twilio" for e in events if e.kind == sim.SMS)  # the log has no texts
+        for e in (e for e in events if e.kind == sim.CALL):
+            mapped = audit_log.map_row(list(e.row), columns, ctx, 0)
+            assert mapped.kind == "event" and mapped.record["outcome"] == e.outcome
+            assert mapped.record["event_id"] == e.event_id and mapped.record["occurred_at"] == (start + e.at) * 1000
+        imports = [e.at for e in events if e.kind == sim.IMPORT]
+        step = plan.day.wall(sim.GV_BATCH_S)
+        assert imports == [pytest.approx(step * (k + 1)) for k in range(len(imports))]
+        assert imports[-1] > max(e.at for e in events if e.row) + step - 1e-6
+        junk = {e.junk: e for e in events if e.kind == sim.JUNK}
+        assert audit_log.map_row(list(junk["bad_row"].row), columns, ctx, 0).kind == "dead"
+        cases = [c for c in plan.cases if c.practice_id == gv]
+        behaviours.update(c.behaviour for c in cases)
+        assert {c.scenario for c in cases} <= {sim.NEW, sim.URGENT, sim.GENERAL}  # no transcript, no reschedule
+    assert behaviours["calls_back"]  # the log has answered calls: getting through converts
+    # The rows carry the call's time: another start, other event ids.
+    other = day_plan(seed=3, gvoice_via=sim.GV_AUDIT, start=start + 1)
+    first = _gvoice_days(sim.GV_AUDIT, start)[0][0]
+    assert {c.opening_event_id for c in other.cases}.isdisjoint(
+        {c.opening_event_id for c in first.cases if c.practice_id == "cedar-womens"}
+    )

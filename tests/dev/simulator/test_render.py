@@ -1,6 +1,7 @@
 """The simulator's inputs are what the real connectors accept: every planned webhook through
 the real gateway (in-process, in-memory producer), every CDR line through the CDR mapping,
-every FHIR resource through the EHR connector's mapping; each gives the planned records. A
+every FHIR resource through the EHR connector's mapping, every Google Voice e-mail through
+the watcher's reading and every audit-log row through the importer; each gives the planned records. A
 forwarded Twilio call's several signals give the planned verdict as the worker decides it
 (workflow/calls.py), each posted to the URL the ready-made flow's TwiML names."""
 
@@ -26,6 +27,8 @@ from ringback.sources.cdr import records as cdr_records
 from ringback.sources.ehr.fhir import appointment_facts, flag_facts, patient_facts
 from ringback.sources.ehr.publisher import EhrProjector
 from ringback.sources.gateway import Gateway
+from ringback.sources.gvoice import audit_log
+from ringback.sources.gvoice.notifications import Unreadable, call_events, read_notification
 from ringback.workflow import calls
 from ringback.workflow.state import new_caller
 from tests.dev.simulator.test_plan import day_plan
@@ -53,7 +56,7 @@ class MemoryProducer:
 
 @pytest.fixture(scope="module")
 def plan():
-    return day_plan(seed=11, n=5)  # its Twilio practice's day has every shape of forwarded call
+    return day_plan(seed=11)  # its Twilio practice's day has every shape of forwarded call
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +121,7 @@ def test_every_planned_webhook_is_authentic_and_gives_the_planned_event(plan, ga
     forwarded: Counter = Counter()
     for event in plan.events:
         hooks = render.webhooks(event, PUBLIC, SECRETS, NOW)
-        if event.provider == "cdr" or event.kind in (sim.STAFF, sim.EHR):
+        if event.provider in ("cdr", sim.GVOICE) or event.kind in (sim.STAFF, sim.EHR):
             assert hooks == []
             continue
         records = []
@@ -160,7 +163,7 @@ def test_every_planned_webhook_is_authentic_and_gives_the_planned_event(plan, ga
             assert got["event_type"] == "TRANSCRIPTION" and got["transcript"] == event.text
         elif event.kind == sim.SMS:
             assert got["event_type"] == "SMS" and got["sms_body"] == event.text
-    webhook_cases = {c.opening_event_id for c in plan.cases if not c.opening_event_id.startswith("cdr:")}
+    webhook_cases = {c.opening_event_id for c in plan.cases if not c.opening_event_id.startswith(("cdr:", "google"))}
     assert webhook_cases <= produced_ids and webhook_cases <= opening
     assert statuses[403] and statuses[404] and statuses[400]
     shapes = {sim.FORWARD_MISSED, sim.FORWARD_MACHINE, sim.FORWARD_ANSWERED}
@@ -254,3 +257,55 @@ def test_fhir_resources_map_to_the_callers_records(plan):
             assert projector[case.practice_id].owner(case.caller) is not None, case.case
         elif case.behaviour != "book":
             assert projector[case.practice_id].owner(case.caller) is None, case.case
+
+
+def test_every_google_voice_email_reads_as_the_planned_notification(plan):
+    site = next(s for s in plan.sites if s.provider == sim.GVOICE)
+    gv, number = site.practice.id, site.practice.phone_numbers[0]
+    kinds: Counter = Counter()
+    for event in (e for e in plan.events if e.practice_id == gv):
+        raw = render.gvoice_email(event, site.practice, NOW)
+        if event.kind == sim.CALL and event.outcome == sim.ANSWERED or event.kind in (sim.STAFF, sim.EHR):
+            assert raw is None  # Google Voice sends no e-mail for an answered call
+            continue
+        assert raw is not None, event
+        note = read_notification(raw)
+        if event.junk == "unreadable":
+            assert isinstance(note, Unreadable)
+            kinds["unreadable"] += 1
+            continue
+        assert not isinstance(note, Unreadable), (event, note)
+        assert note.caller == event.caller and note.occurred_at_ms == int(NOW) * 1000
+        events = call_events(note, gv, number, 0)
+        if event.kind == sim.SMS:
+            assert note.kind == "text" and note.text == event.text and note.numbers == (number,)
+            assert [e["event_type"] for e in events] == ["SMS"]
+        else:
+            assert events[-1]["event_id"] == event.event_id  # a redelivery: the id of the call it repeats
+            assert event.kind == sim.JUNK or event.opening_event_id == event.event_id
+            assert note.text == (event.text if event.outcome == sim.VOICEMAIL else None)
+            if note.text:  # the transcript first, so the case is classified with it
+                assert [e["event_type"] for e in events] == ["TRANSCRIPTION", "CALL"]
+        kinds[note.kind] += 1
+    assert set(kinds) == {"missed_call", "voicemail", "text", "unreadable"}
+
+
+def test_every_audit_log_export_imports_as_the_planned_events():
+    start = NOW
+    plan = day_plan(seed=11, gvoice_via=sim.GV_AUDIT, start=start)
+    site = next(s for s in plan.sites if s.provider == sim.GVOICE)
+    ctx = audit_log.Practiced.of(site.practice)
+    rows = [e for e in plan.events if e.practice_id == site.practice.id and e.row]
+    text = render.gvoice_audit_csv(e.row for e in rows)
+    columns, data = audit_log.rows(text)
+    assert len(data) == len(rows)
+    outcomes: Counter = Counter()
+    for event, (row, _) in zip(rows, data, strict=True):
+        mapped = audit_log.map_row(row, columns, ctx, 0)
+        if event.junk == "bad_row":
+            assert mapped.kind == "dead"
+            continue
+        assert mapped.kind == "event" and mapped.record["event_id"] == event.event_id
+        assert (mapped.record["caller"], mapped.record["outcome"]) == (event.caller, event.outcome)
+        outcomes[event.outcome] += 1
+    assert set(outcomes) == {sim.MISSED, sim.VOICEMAIL, sim.ANSWERED}

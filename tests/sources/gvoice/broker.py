@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+from ringback.dev.imap_server import PASSWORD, USER, ImapServer
 from tests.conftest import REPO, wait_for
 from tests.sources.topic_records import read_topic
-from tests.support.imap_server import PASSWORD, USER, ImapServer
 
 PRACTICES = REPO / "tests" / "fixtures" / "practices.yaml"  # maple-family: (312) 555-0100, no hold
 

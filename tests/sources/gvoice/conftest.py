@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.imap_server import ImapServer
+from ringback.dev.imap_server import ImapServer
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import pytest
 
 from ringback.clock import ManualClock
 from ringback.config.settings import Settings
+from ringback.dev.imap_server import PASSWORD, USER
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.kafka.producer import BrokerUnavailable
 from ringback.schemas import codec
@@ -21,7 +22,6 @@ from tests.conftest import wait_for
 from tests.sources.cdr.master_csv import DIRECTORY
 from tests.sources.gvoice.mail import notification
 from tests.sources.recording_producer import RecordingProducer
-from tests.support.imap_server import PASSWORD, USER
 
 ENV = Settings(ringback_namespace="unit", kafka_bootstrap_servers="127.0.0.1:1")
 CALLER = "+14155550123"

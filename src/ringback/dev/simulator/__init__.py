@@ -30,6 +30,10 @@ gateway tests). docs/demo.md describes the day and the assumptions behind it.
 from ringback.dev.simulator.plan import (
     CALL,
     EHR,
+    GV_AUDIT,
+    GV_EMAIL,
+    GVOICE,
+    IMPORT,
     JUNK,
     PROVIDERS,
     SMS,
@@ -50,6 +54,10 @@ from ringback.dev.simulator.render import Secrets
 __all__ = [
     "CALL",
     "EHR",
+    "GV_AUDIT",
+    "GV_EMAIL",
+    "GVOICE",
+    "IMPORT",
     "JUNK",
     "PROVIDERS",
     "SMS",

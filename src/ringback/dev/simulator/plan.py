@@ -32,6 +32,13 @@ What a day holds, per practice (the reference practice of docs/product.md first)
   anonymous caller the gateway cannot key (dead letter, 400; 200 for RingCentral), a redelivered webhook,
   a broken CDR line (dead letter).
 
+A Google Voice practice's calls and texts arrive as Google sends them (`Site.gvoice_via`):
+notification e-mails (missed call, voicemail with its transcript, text; nothing for an
+answered call, so a patient who gets through is not seen) or the Admin console's audit-log
+export, imported in batches (`IMPORT` events; every call, no transcripts, no texts). The
+plan derives each e-mail's Message-ID and each CSV row, and the event ids the connector's
+own mapping gives them (`SimEvent.event_id`).
+
 A Twilio practice with the ready-made call flow gets forwarded calls (`Forward`: nobody
 answered, a cell phone's voicemail picked up, a person answered; the callbacks and their
 times). Each case carries its expected patient SMS steps (`CaseSpec.sms_steps`) and outcome,
@@ -46,25 +53,44 @@ import random
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from ringback.dev.simulator.webhooks import FORWARD_ANSWERED, FORWARD_MACHINE, FORWARD_MISSED
 from ringback.domain import recipes
 from ringback.domain.practice import CallFlow, Practice
+from ringback.sources.gvoice import audit_log, notifications
 
 # ---------------------------------------------------------------- providers
-PROVIDERS = ("twilio", "ringcentral", "dialpad", "vonage", "cdr")
+GVOICE = "google_voice"
+PROVIDERS = ("twilio", "ringcentral", "dialpad", "vonage", "cdr", GVOICE)
 WEBHOOK_PROVIDERS = ("twilio", "ringcentral", "dialpad", "vonage")
 # Providers that send a voicemail transcript (Twilio transcribeCallback, Dialpad voicemail_uploaded).
 TRANSCRIBES = frozenset({"twilio", "dialpad"})
 # Providers with an inbound voicemail signal the gateway reads (Vonage's `machine` is answering-
 # machine detection on outbound calls: an inbound Vonage voicemail arrives as an unanswered call).
-VOICEMAIL_SIGNAL = frozenset({"twilio", "ringcentral", "dialpad", "cdr"})
-# Providers that report call times to the second (Twilio's RFC 2822 `Timestamp`, the CDR `start`):
+VOICEMAIL_SIGNAL = frozenset({"twilio", "ringcentral", "dialpad", "cdr", GVOICE})
+# Providers that report call times to the second (Twilio's RFC 2822 `Timestamp`, the CDR `start`,
+# Google Voice's e-mail `Date` and audit-log `Date`):
 # their calls are placed on whole wall seconds, so compressed time does not turn that resolution
 # into up to `speed` seconds of apparent latency.
-SECOND_RESOLUTION = frozenset({"twilio", "cdr"})
+SECOND_RESOLUTION = frozenset({"twilio", "cdr", GVOICE})
+# How a Google Voice practice's signals reach ringback: its notification e-mails (`ringback gvoice
+# watch` on an IMAP mailbox) or the Admin console's audit-log export (`gvoice import` of CSV batches).
+GV_EMAIL, GV_AUDIT = "email", "audit_log"
+GV_BATCH_S = 15 * 60  # practice seconds between two audit-log exports
+GV_AUDIT_COLUMNS = (
+    "Event",
+    "Event description",
+    "Date",
+    "Actor",
+    "Call source",
+    "Call destination",
+    "Duration",
+    "Group conversation",
+    "Cost",
+)
 
 # ---------------------------------------------------------------- event kinds
 CALL = "call"  # an inbound call ends: MISSED, VOICEMAIL or ANSWERED
@@ -72,9 +98,12 @@ TRANSCRIPT = "transcript"  # the voicemail's transcription arrives
 SMS = "sms"  # the patient texts the practice (Twilio incoming message)
 EHR = "ehr"  # FHIR resources change (a booking, a moved appointment)
 STAFF = "staff"  # a staff member completes a task in the console
-JUNK = "junk"  # forged, malformed, unknown number, redelivered, broken CDR line
+JUNK = "junk"  # forged, malformed, unknown number, redelivered, broken CDR line, unreadable e-mail, bad CSV row
+IMPORT = "import"  # a Google Voice audit-log export is imported (the rows since the last one)
 
 MISSED, VOICEMAIL, ANSWERED = "MISSED", "VOICEMAIL", "ANSWERED"
+# The audit log's event of each outcome (src/ringback/sources/gvoice/audit_log.py reads them).
+GV_AUDIT_EVENTS = {MISSED: "Missed call", VOICEMAIL: "Voicemail received", ANSWERED: "Call received"}
 NEW, URGENT, RESCHEDULE, GENERAL = "NEW_PATIENT", "URGENT_EXISTING", "RESCHEDULE", "GENERAL_INQUIRY"
 
 # ---------------------------------------------------------------- the day's shape
@@ -324,10 +353,13 @@ class Site:
     provider: str
     calls: int = REFERENCE_CALLS
     reference: bool = False
+    gvoice_via: str = GV_EMAIL  # a Google Voice practice: GV_EMAIL or GV_AUDIT
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
             raise ValueError(f"provider {self.provider!r} is not one of {', '.join(PROVIDERS)}")
+        if self.gvoice_via not in (GV_EMAIL, GV_AUDIT):
+            raise ValueError(f"gvoice_via {self.gvoice_via!r} is not {GV_EMAIL!r} or {GV_AUDIT!r}")
 
 
 @dataclass(frozen=True)
@@ -336,6 +368,9 @@ class Day:
 
     date: date = date(2026, 11, 24)
     speed: float = 600.0  # practice seconds per wall second
+    # The wall clock (epoch s) of the day's start, when the plan must know it: the audit log's
+    # rows carry the call's time and their event ids derive from it. Default: 08:00 UTC of `date`.
+    start: float | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.speed <= 3600:
@@ -353,6 +388,10 @@ class Day:
         """Practice time (HH:MM) of a wall offset."""
         minutes = int((DAY_OPEN_H * 3600 + at * self.speed) // 60)
         return f"{(minutes // 60) % 24:02d}:{minutes % 60:02d}"
+
+    def wall_clock(self, at: float) -> float:
+        """Epoch seconds of a wall offset (the day starting at `start`)."""
+        return (self.start if self.start is not None else self.practice_ms(0) / 1000) + at
 
     def practice_ms(self, at: float) -> int:
         """Epoch ms of a wall offset in practice time (the day's date, 08:00 UTC + offset x speed)."""
@@ -384,6 +423,10 @@ class SimEvent:
     expect_status: int | None = None  # HTTP status the gateway must answer (None: any 2xx)
     note: str = ""
     forward: Forward | None = None  # a Twilio call through the ready-made flow (several callbacks)
+    # Google Voice: the call event id the connector's own mapping gives the e-mail or the CSV row
+    # (None: the call sends no notification), and the audit-log row the player exports.
+    event_id: str | None = None
+    row: tuple[str, ...] = ()
 
     @property
     def opening_event_id(self) -> str | None:
@@ -391,6 +434,8 @@ class SimEvent:
         forwarded call: the signal that first makes it a miss)."""
         if self.kind != CALL or self.call_id is None:
             return None
+        if self.provider == GVOICE:
+            return self.event_id
         if self.forward is not None:
             return self.forward.opening_event_id(self.call_id)
         return event_id(self.provider, self.call_id, self.outcome, self.status)
@@ -482,16 +527,28 @@ def event_id(provider: str, call_id: str, outcome: str | None, status: str | Non
     return f"{provider}:{call_id}:{token}"
 
 
+def gvoice_email_event_id(message_id: str, practice_id: str, caller: str, called: str, outcome: str) -> str:
+    """The call event id `ringback gvoice watch` gives a missed-call or voicemail e-mail
+    (`notifications.call_events`: derived from the Message-ID)."""
+    kind = "voicemail" if outcome == VOICEMAIL else "missed_call"
+    note = notifications.Notification(kind, message_id, caller, 0, None, ())
+    events = notifications.call_events(note, practice_id, called, 0)
+    return next(e["event_id"] for e in events if e["event_type"] == "CALL")
+
+
 def sites_for(
-    practices: Iterable[Practice], providers: Iterable[str] | None = None, calls: int = REFERENCE_CALLS
+    practices: Iterable[Practice],
+    providers: Iterable[str] | None = None,
+    calls: int = REFERENCE_CALLS,
+    gvoice_via: str = GV_EMAIL,
 ) -> list[Site]:
     """Sites for practices in order: the first is the reference practice; providers in
-    turn (Twilio, RingCentral, Dialpad, Vonage, CDR) unless given."""
+    turn (Twilio, RingCentral, Dialpad, Vonage, CDR, Google Voice) unless given."""
     practices = list(practices)
     chosen = (
         list(providers) if providers is not None else [PROVIDERS[i % len(PROVIDERS)] for i in range(len(practices))]
     )
-    return [Site(p, chosen[i], calls=calls, reference=(i == 0)) for i, p in enumerate(practices)]
+    return [Site(p, chosen[i], calls=calls, reference=(i == 0), gvoice_via=gvoice_via) for i, p in enumerate(practices)]
 
 
 # ---------------------------------------------------------------- the plan
@@ -525,6 +582,8 @@ class _SiteDay:
         self.did = self.p.phone_numbers[0]
         # A Twilio practice with the ready-made call flow: its calls are forwarded to the front desk.
         self.flow = self.p.call_flow if self.provider == "twilio" else None
+        # A Google Voice practice: how its calls reach ringback (e-mails or the audit log).
+        self.gvoice = site.gvoice_via if self.provider == GVOICE else None
         w = self.p.windows
         # Effective windows in wall seconds, as the system will apply them.
         self.hold = float(w.first_response_hold)
@@ -542,6 +601,16 @@ class _SiteDay:
         self._answered_slots: list[float] = []
 
     # ------------------------------------------------------------ helpers
+    @property
+    def _transcribes(self) -> bool:
+        """Does a voicemail's transcript reach ringback? (Google Voice: inside the voicemail e-mail.)"""
+        return self.provider in TRANSCRIBES or self.gvoice == GV_EMAIL
+
+    @property
+    def _sees_answered(self) -> bool:
+        """Does ringback learn that a call was answered? Google Voice e-mails nothing for one."""
+        return self.gvoice != GV_EMAIL
+
     def _event(self, at: float, kind: str, **fields) -> SimEvent:
         self._seq += 1
         fields.setdefault("provider", self.provider)
@@ -574,6 +643,8 @@ class _SiteDay:
             return str(self.rng.randrange(10**15, 10**16))
         if self.provider == "vonage":
             return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        if self.provider == GVOICE:  # the notification e-mail's Message-ID
+            return f"<{self.rng.getrandbits(96):024x}@google.com>"
         # Asterisk's uniqueid: the channel's creation time and a sequence number.
         start = datetime(self.day.date.year, self.day.date.month, self.day.date.day, tzinfo=UTC)
         return f"{int(start.timestamp()) + 28_800 + self.index * 100_000 + self._seq}.{self._seq + 1000}"
@@ -589,6 +660,7 @@ class _SiteDay:
             "dialpad": "missed",
             "vonage": self._weighted({"unanswered": 3, "busy": 1, "timeout": 1}),
             "cdr": self._weighted({"NO ANSWER": 3, "BUSY": 1}),
+            GVOICE: "missed call",
         }[self.provider]
 
     def _call(
@@ -619,12 +691,17 @@ class _SiteDay:
                 duration = self.rng.randrange(15, 60)  # the message the caller left on the cell phone
         self.counts["calls"] += 1
         self.counts[{MISSED: "missed", VOICEMAIL: "missed", ANSWERED: "answered"}[outcome]] += 1
+        at = self._align(at)
+        call_id, gv_event_id = self._call_id(), None
+        row: tuple[str, ...] = ()
+        if self.gvoice is not None:
+            call_id, gv_event_id, row = self._gvoice_call(at, call_id, caller, outcome, duration)
         return self._event(
-            self._align(at),
+            at,
             CALL,
             caller=caller,
             called=self.did,
-            call_id=self._call_id(),
+            call_id=call_id,
             outcome=outcome,
             status=status,
             duration_s=duration,
@@ -632,6 +709,42 @@ class _SiteDay:
             note=note,
             after_sms=after_sms,
             forward=forward,
+            event_id=gv_event_id,
+            row=row,
+        )
+
+    def _gvoice_call(
+        self, at: float, message_id: str, caller: str, outcome: str, duration: int
+    ) -> tuple[str, str | None, tuple[str, ...]]:
+        """(call id, event id, audit-log row) of a Google Voice call, the ids as the connector's
+        own mapping derives them: from the e-mail's Message-ID, or from the CSV row."""
+        if self.gvoice == GV_EMAIL:
+            if outcome == ANSWERED:
+                return message_id, None, ()  # Google Voice sends no e-mail for an answered call
+            return message_id, gvoice_email_event_id(message_id, self.pid, caller, self.did, outcome), ()
+        row = self._audit_row(at, caller, outcome, duration)
+        ctx = audit_log.Practiced.of(self.p)
+        mapped = audit_log.map_row(list(row), audit_log.header_map(list(GV_AUDIT_COLUMNS)), ctx, 0)
+        if mapped.kind != "event":
+            raise ValueError(f"the planned audit-log row of a {outcome} call does not map to an event: {mapped.reason}")
+        return mapped.record["provider_call_id"], mapped.record["event_id"], row
+
+    def _audit_row(self, at: float, caller: str, outcome: str, duration: int) -> tuple[str, ...]:
+        """The Voice audit log's row of an inbound call (tests/vendor/google_voice/voice-audit-log.csv)."""
+        when = datetime.fromtimestamp(self.day.wall_clock(at), ZoneInfo(self.p.time_zone))
+        actor = f"frontdesk@{self.pid}.example.org"
+        what = {MISSED: "missed a call from", VOICEMAIL: "received a voicemail from", ANSWERED: "received a call from"}
+        length = f"{duration // 3600}:{duration // 60 % 60:02d}:{duration % 60:02d}"
+        return (
+            GV_AUDIT_EVENTS[outcome],
+            f"{actor} {what[outcome]} {caller}",
+            when.isoformat(timespec="seconds"),
+            actor,
+            caller,
+            self.did,
+            length,
+            "",
+            "",
         )
 
     def _forward(self, flow: CallFlow, outcome: str, missed_status: str, joins: bool) -> Forward:
@@ -675,7 +788,10 @@ class _SiteDay:
         return call.at + self.day.wall(next(t for t, what in callbacks if what == forward.deciding))
 
     def _transcript(self, call: SimEvent, text: str) -> SimEvent | None:
-        if self.provider not in TRANSCRIBES or call.outcome != VOICEMAIL:
+        if not self._transcribes or call.outcome != VOICEMAIL:
+            return None
+        if self.gvoice == GV_EMAIL:  # the transcript is in the voicemail's e-mail
+            self.events[self.events.index(call)] = replace(call, text=text)
             return None
         delay = self.day.wall(self.rng.uniform(60, 150))  # transcription takes a minute or two
         if call.forward is not None:  # Twilio transcribes the fallback's recording once it ends
@@ -694,13 +810,17 @@ class _SiteDay:
         )
 
     def _sms(self, at: float, caller: str, text: str, case: str, note: str) -> SimEvent:
+        """The patient texts the number our SMS came from: Twilio's webhook, or at a Google
+        Voice practice reading its e-mails, Google Voice's text e-mail (its Message-ID)."""
+        by_email = self.gvoice == GV_EMAIL
+        token = f"{self.rng.getrandbits(128):032x}"
         return self._event(
             at,
             SMS,
-            provider="twilio",
+            provider=GVOICE if by_email else "twilio",
             caller=caller,
             called=self.p.sms_from or self.did,
-            call_id="SM" + f"{self.rng.getrandbits(128):032x}",
+            call_id=f"<{token}@google.com>" if by_email else "SM" + token,
             text=text,
             case=case,
             after_sms=True,
@@ -833,7 +953,13 @@ class _SiteDay:
         repeaters = rng.sample(new_positions, min(repeats, len(new_positions)))
         in_hold = (
             new_positions[0]
-            if (site.reference and self.hold >= 3 and new_positions and new_positions[0] not in repeaters)
+            if (
+                site.reference
+                and self.hold >= 3
+                and self._sees_answered
+                and new_positions
+                and new_positions[0] not in repeaters
+            )
             else None
         )
         self._answered_slots = [times[i] for i in range(n) if i not in chosen]
@@ -856,6 +982,7 @@ class _SiteDay:
                 {URGENT: self._urgent, RESCHEDULE: self._reschedule, GENERAL: self._general}[role](at)
         self._ordinary_answered()
         self._junk()
+        self._imports()
         self._preload()
 
     def _hour(self, practice_s: float) -> int:
@@ -948,6 +1075,19 @@ class _SiteDay:
             patient["_updated_ago_s"] = 0
             appt = self._appointment(pid, rng.randrange(1, 8) * DAY_S + rng.randrange(0, 8) * 3600, updated_ago_s=0)
             self._ehr(react, caller, [patient, appt], label, "books a first visit with the link (FHIR)", after_sms=True)
+        elif behaviour == "calls_back" and not self._sees_answered:
+            # Gets through, but Google Voice e-mails nothing for an answered call: the case goes on
+            # as a silent one's (second SMS at the 2 h gate, the callback task never done).
+            case = self._case(
+                NEW,
+                caller,
+                call,
+                "calls_back_unseen",
+                steps + (recipes.SECOND_SMS,),
+                "ESCALATED_AND_CLOSED",
+                note="got through, but Google Voice sends no signal for an answered call",
+            )
+            self._answered_back(react, caller, label, "calls again and gets through (not seen)", after_sms=True)
         elif behaviour == "calls_back":
             case = self._case(NEW, caller, call, behaviour, steps, "CONVERTED", "answered_call")
             self._answered_back(react, caller, label, "calls again and reaches the front desk", after_sms=True)
@@ -1024,7 +1164,7 @@ class _SiteDay:
 
     # ------------------------------------------------------------ reschedule request
     def _reschedule(self, at: float) -> CaseSpec:
-        if self.provider not in TRANSCRIBES:
+        if not self._transcribes:
             return self._general(at, note="reschedule voicemail, but this phone system sends no transcript")
         rng, label = self.rng, self._label()
         caller = self._number()
@@ -1111,7 +1251,10 @@ class _SiteDay:
             "staff": ("CONVERTED", "callback"),
             "nothing": ("EXPIRED", None),
         }[what]
-        case = self._case(GENERAL, caller, call, what, (), final, channel, note=note)
+        behaviour = what
+        if what == "calls_back" and not self._sees_answered:  # gets through; Google Voice e-mails nothing
+            final, channel, behaviour = "EXPIRED", None, "calls_back_unseen"
+        case = self._case(GENERAL, caller, call, behaviour, (), final, channel, note=note)
         later = call.at + self._window_fraction(self.expiry, 0.05, 0.5, 600)
         if what == "calls_back":
             self._answered_back(later, caller, label, "calls again and reaches the office")
@@ -1143,6 +1286,10 @@ class _SiteDay:
 
         if self.provider == "cdr":
             self._event(when(), JUNK, junk="bad_cdr_line", note="a CDR line cut in half: dead letter")
+            return
+        if self.provider == GVOICE:
+            self._gvoice_junk(when())
+            self._redelivery()
             return
         self._event(
             when(),
@@ -1181,9 +1328,14 @@ class _SiteDay:
             expect_status=200 if self.provider == "ringcentral" else 400,
             note="a withheld caller id: nobody to call back (dead letter)",
         )
+        self._redelivery()
+
+    def _redelivery(self) -> None:
+        """The input that made a case's call a miss, again: same event id, dropped downstream
+        (a webhook retried; a notification e-mail sent twice; a row in two audit-log exports)."""
         missed_calls = [e for e in self.events if e.kind == CALL and e.outcome == MISSED and e.case]
         if missed_calls:
-            original = rng.choice(missed_calls)
+            original = self.rng.choice(missed_calls)
             self._event(
                 original.at + self._window_fraction(self.followup, 0.01, 0.05, 30),
                 JUNK,
@@ -1195,8 +1347,35 @@ class _SiteDay:
                 junk="redelivery",
                 case=original.case,
                 forward=original.forward,
-                note="the provider retries a webhook: same event id, dropped downstream",
+                event_id=original.event_id,
+                row=original.row,
+                note="the provider sends the same call again: same event id, dropped downstream",
             )
+
+    def _gvoice_junk(self, at: float) -> None:
+        if self.gvoice == GV_EMAIL:
+            self._event(
+                at,
+                JUNK,
+                call_id=self._call_id(),
+                junk="unreadable",
+                note="a Google Voice e-mail that is no call or text notification: dead letter",
+            )
+            return
+        caller, actor = self._number(), f"frontdesk@{self.pid}.example.org"
+        row = ("Missed call", f"{actor} missed a call", "yesterday afternoon", actor, caller, self.did, "", "", "")
+        self._event(at, JUNK, junk="bad_row", row=row, note="an audit-log row whose date is no date: dead letter")
+
+    def _imports(self) -> None:
+        """The audit-log exports, every GV_BATCH_S practice seconds until one came after every row
+        (a row whose event waited for an SMS may miss the batch of its time: the next takes it)."""
+        if self.gvoice != GV_AUDIT:
+            return
+        last = max((e.at for e in self.events if e.row), default=0.0)
+        step, k = self.day.wall(GV_BATCH_S), 1
+        while (k - 1) * step <= last + step:
+            self._event(k * step, IMPORT, note="the Voice audit log since the last export, imported")
+            k += 1
 
     def _preload(self) -> None:
         patients, flags, appointments = self._morning

@@ -7,7 +7,10 @@
   mapping of `ringback/sources/ehr/fhir.py` and the keyed, co-partitioned records of
   `ringback/sources/ehr/publisher.py`);
 * staff complete tasks through the staff console's JSON API (`Targets.console_url`),
-  once the task is there.
+  once the task is there;
+* a Google Voice practice's notification e-mails go into its mailbox (`Targets.gvoice_mail`);
+  or its audit-log rows are collected and each planned export (`IMPORT`) hands the rows
+  since the last one, as a CSV, to `Targets.gvoice_import`.
 
 A forwarded Twilio call's callbacks are posted at their own times (`render.timeline`).
 Events of one caller are played in plan order, one after the other; different callers
@@ -32,7 +35,19 @@ import httpx
 
 from ringback.config.settings import Settings
 from ringback.dev.simulator import render
-from ringback.dev.simulator.plan import CALL, EHR, JUNK, SMS, STAFF, TRANSCRIPT, CaseSpec, Plan, SimEvent
+from ringback.dev.simulator.plan import (
+    CALL,
+    EHR,
+    GVOICE,
+    IMPORT,
+    JUNK,
+    SMS,
+    STAFF,
+    TRANSCRIPT,
+    CaseSpec,
+    Plan,
+    SimEvent,
+)
 from ringback.domain.practice import Practice
 
 if TYPE_CHECKING:
@@ -107,6 +122,8 @@ class Targets:
     console_login: tuple[str, str] | None = None  # (username, password), the same at every practice
     sms_received: Callable[[str, str], bool] | None = None  # (practice id, phone) → an SMS reached it
     cdr_file: str = "Master.csv"
+    gvoice_mail: Callable[[str, bytes], Awaitable[None]] | None = None  # (practice id, e-mail) → its mailbox
+    gvoice_import: Callable[[str, str], Awaitable[None]] | None = None  # (practice id, audit-log CSV) → imported
 
 
 @dataclass
@@ -166,6 +183,7 @@ class Player:
         self._http: httpx.AsyncClient | None = None  # while the day plays
         self._console: dict[str, tuple[httpx.AsyncClient, str]] = {}
         self._console_lock = asyncio.Lock()  # made again by each play(): a lock serves one event loop
+        self._audit_rows: dict[str, list[tuple[str, ...]]] = {}  # practice → rows not exported yet
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -199,12 +217,15 @@ class Player:
                     if delay > 0:
                         await self.sleep(delay)
                     self.result.max_lag_s = max(self.result.max_lag_s, self.clock() - (start + event.at))
-                    key = (event.practice_id, event.caller or f"#{event.seq}")
+                    # One caller's events in order; a practice's audit-log imports one after the other.
+                    key = (event.practice_id, event.caller or (IMPORT if event.kind == IMPORT else f"#{event.seq}"))
                     previous = chains.get(key)
                     chains[key] = asyncio.create_task(self._after(previous, event))
                     for done in [k for k, t in chains.items() if t.done()]:
                         chains.pop(done).result()  # surfaces a bug in the player itself
                 await asyncio.gather(*chains.values())
+                for practice_id in list(self._audit_rows):  # rows that waited past the last planned export
+                    await self._import_audit(practice_id)
             finally:
                 for task in chains.values():
                     task.cancel()
@@ -233,6 +254,8 @@ class Player:
             await self._wait_for_sms(event)
         if event.kind in (CALL, JUNK) and event.provider == "cdr":
             return self._append_cdr(event)
+        if event.provider == GVOICE:
+            return await self._gvoice(event)
         if event.kind in (CALL, TRANSCRIPT, SMS, JUNK):
             return await self._post(event)
         if event.kind == EHR:
@@ -279,6 +302,37 @@ class Player:
                     f"{response.status_code}, expected {expected or '2xx'}: {response.text[:120]}"
                 )
         return outcome
+
+    async def _gvoice(self, event: SimEvent) -> str:
+        """A Google Voice practice's event: its e-mail into the mailbox, its audit-log row kept
+        for the next export, or the export itself."""
+        if event.kind == IMPORT:
+            return await self._import_audit(event.practice_id)
+        if event.row:
+            self._audit_rows.setdefault(event.practice_id, []).append(event.row)
+            self.result.statuses[f"{event.kind} audit-row"] += 1
+            return "ok"
+        raw = render.gvoice_email(event, self.practices[event.practice_id], self.clock())
+        if raw is None:  # an answered call: Google Voice e-mails nothing
+            self.result.statuses[f"{event.kind} no-notification"] += 1
+            return "ok"
+        if self.targets.gvoice_mail is None:
+            self.result.skipped["no_mailbox"] += 1
+            return "skipped"
+        await self.targets.gvoice_mail(event.practice_id, raw)
+        self.result.statuses[f"{event.kind} e-mail"] += 1
+        return "ok"
+
+    async def _import_audit(self, practice_id: str) -> str:
+        rows = self._audit_rows.pop(practice_id, [])
+        if not rows:
+            return "ok"
+        if self.targets.gvoice_import is None:
+            self.result.skipped["no_audit_import"] += 1
+            return "skipped"
+        await self.targets.gvoice_import(practice_id, render.gvoice_audit_csv(rows))
+        self.result.statuses["import audit-log"] += 1
+        return "ok"
 
     def _append_cdr(self, event: SimEvent) -> str:
         folder = self.targets.cdr_dirs.get(event.practice_id)

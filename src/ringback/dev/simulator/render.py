@@ -7,6 +7,9 @@
   then each leg, AMD, `<Dial action>`, recording and parent callback at its own time,
   posted to the URL (and query) the flow's TwiML names (`timeline`);
 * the legacy PBX: the line Asterisk's `cdr_csv` appends to `Master.csv`;
+* Google Voice: the notification e-mail of a missed call, a voicemail (its transcript in
+  the body) or a text (`gvoice_email`), or the audit-log export's CSV (`gvoice_audit_csv`),
+  laid out as the samples in tests/vendor/google_voice/ are;
 * the EHR: FHIR R4 resources with `meta.lastUpdated` and appointment times filled in.
 
 Timestamps are the wall clock at play time (as a provider would report them); call
@@ -15,11 +18,15 @@ lengths are practice seconds (what the caller experienced).
 
 from __future__ import annotations
 
+import csv
+import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.utils import formatdate
+from email.message import EmailMessage
+from email.utils import format_datetime, formatdate
+from html import escape
 from zoneinfo import ZoneInfo
 
 from ringback.dev.simulator import webhooks as wh
@@ -31,6 +38,8 @@ from ringback.dev.simulator.plan import (
     EHR,
     FORWARD_MACHINE,
     FORWARD_MISSED,
+    GV_AUDIT_COLUMNS,
+    GVOICE,
     INCOMING,
     JUNK,
     LEG_ANSWERED,
@@ -94,6 +103,8 @@ def timeline(
 ) -> list[tuple[float, wh.Webhook]]:
     """(wall seconds after `now`, request) of an event, in order: a forwarded Twilio call's
     callbacks spread over its practice seconds at `speed`; every other request at once."""
+    if event.provider == GVOICE:
+        return []  # e-mails or audit-log rows, not webhooks
     if event.forward is not None and event.kind in (CALL, JUNK):
         timed = _twilio_forwarded(event, event.forward, base_url, secrets.twilio, now, speed)
         if event.kind == JUNK:  # a redelivery: Twilio retries the callback that made the call a miss
@@ -300,6 +311,84 @@ def _vonage_call(event: SimEvent, base_url: str, secret: str, now: float) -> lis
     else:  # missed (Vonage reports no inbound voicemail of its own)
         payloads.append(wh.vonage_event(uuid_, event.status or "unanswered", caller, called, timestamp=when))
     return [wh.vonage(p, secret, iat=int(now)) for p in payloads]
+
+
+# ---------------------------------------------------------------- Google Voice
+GV_SENDER = "Google Voice <voice-noreply@google.com>"
+GV_FOOTER = """YOUR ACCOUNT <https://voice.google.com/settings> HELP CENTER
+<https://support.google.com/voice#topic=1707989> HELP FORUM
+<https://productforums.google.com/forum/#!forum/voice>
+This email was sent to you because you indicated that you'd like to receive
+email notifications for {what}. If you don't want to receive such emails
+in the future, please update your email notification settings
+<https://voice.google.com/settings#messaging>.
+
+Google LLC
+1600 Amphitheatre Pkwy
+Mountain View CA 94043 USA
+"""
+
+
+def _written(e164: str) -> str:
+    """A number as Google Voice writes it: (415) 555-0142."""
+    digits = _national(e164)
+    return f"({digits[:3]}) {digits[3:6]}-{digits[6:]}" if len(digits) == 10 else e164
+
+
+def gvoice_email(event: SimEvent, practice: Practice, now: float) -> bytes | None:
+    """The notification e-mail Google Voice sends for an event of a Google Voice practice
+    reading its e-mails (None: it sends none, as for an answered call). `Date` is `now`; the
+    Message-ID is the plan's (`call_id`), so the watcher's event ids are the planned ones."""
+    if event.provider != GVOICE or event.call_id is None:
+        return None
+    if event.kind == CALL and event.event_id is None:
+        return None  # an answered call: Google Voice sends nothing
+    if event.kind == JUNK and event.junk not in ("unreadable", "redelivery"):
+        return None
+    local = datetime.fromtimestamp(math.floor(now), ZoneInfo(practice.time_zone))
+    msg = EmailMessage()
+    msg["Date"] = format_datetime(local)
+    msg["To"] = f"frontdesk@{practice.id}.example.org"
+    msg["Message-ID"] = event.call_id
+    if event.junk == "unreadable":
+        msg["From"] = GV_SENDER
+        msg["Subject"] = "Your Google Voice number will be reclaimed soon"
+        msg.set_content("Your Google Voice number has not been used for a while.\n")
+        return msg.as_bytes()
+    caller, called = event.caller or "", event.called or ""
+    who, clock = _written(caller), local.strftime("%I:%M %p").lstrip("0")
+    if event.kind == SMS:
+        # The reply-by-e-mail address carries the Google Voice number and the sender's.
+        token = event.call_id.strip("<>").split("@")[0][:10]
+        msg["From"] = f'"{who}" <{called.lstrip("+")}.{caller.lstrip("+")}.{token}@txt.voice.google.com>'
+        msg["Subject"] = f"New text message from {who}"
+        lines = [event.text or "", "", "To respond to this text message, reply to this email or visit Google Voice."]
+        what = "text messages"
+    elif event.outcome == VOICEMAIL:
+        msg["From"] = GV_SENDER
+        msg["Subject"] = f"New voicemail from {who} at {clock}"
+        link = "https://voice.google.com/voicemail/message/" + event.call_id.strip("<>").split("@")[0]
+        transcript = event.text or "(Transcript not available)"
+        lines = ["Google Voice", "", who, "Voicemail", transcript, "", f"play message <{link}>"]
+        what = "voicemails"
+    else:
+        msg["From"] = GV_SENDER
+        msg["Subject"] = f"New missed call from {who}"
+        lines = ["Google Voice", "", who, "Missed call", clock, "", "Call back: https://voice.google.com/calls"]
+        what = "missed calls"
+    msg.set_content("\n".join(lines) + "\n\n" + GV_FOOTER.format(what=what))
+    rows = "".join(f"<tr><td>{escape(line)}</td></tr>" for line in lines if line)
+    msg.add_alternative(f"<html><body><table>{rows}</table></body></html>", subtype="html")
+    return msg.as_bytes()
+
+
+def gvoice_audit_csv(rows: Iterable[tuple[str, ...]]) -> str:
+    """A Voice audit-log export (the Admin console's CSV) of the rows the plan made."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(GV_AUDIT_COLUMNS)
+    writer.writerows(rows)
+    return out.getvalue()
 
 
 # ---------------------------------------------------------------- legacy PBX (Asterisk cdr_csv)

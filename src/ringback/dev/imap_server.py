@@ -1,6 +1,8 @@
-"""A real IMAP server for the Google Voice mailbox tests: Debian's dovecot, started by the
-test on a free port with its own configuration, mail and TLS certificate in a temporary
-folder (`.ci/run` installs `dovecot-imapd`; the system's dovecot service is never used).
+"""A real IMAP server for the Google Voice mailbox: Debian's dovecot, started on a free port
+with its own configuration, mail and TLS certificate in a folder of the caller's choosing
+(the system's dovecot service is never used). The Google Voice tests start one per test;
+`ringback demo` starts one for its Google Voice practices when dovecot is installed
+(`available()`; `.ci/run` installs `dovecot-imapd`). Not imported by the runtime.
 
 One mailbox user (`USER` / `PASSWORD`); the server speaks IMAP over implicit TLS
 (`imaps`) with a self-signed certificate the client trusts through `ca_file`.
@@ -16,10 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from ringback.dev.child_process import die_with_parent
 
 USER = "frontdesk"
 PASSWORD = "imap-test-password"
@@ -76,7 +75,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def available() -> bool:
+    """Is dovecot installed (Debian's `dovecot-imapd`)?"""
+    return os.access(DOVECOT, os.X_OK)
+
+
 def _self_signed(home: Path) -> None:
+    # The certificate is made with `cryptography` (a dev dependency), imported here only.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
@@ -109,8 +119,9 @@ def _loopback():
 class ImapServer:
     """dovecot in the foreground (`-F`) on 127.0.0.1:`port`, stopped with `stop()`."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, die_with_parent: bool = False) -> None:
         self.home = home
+        self.die_with_parent = die_with_parent  # SIGTERM when the process that started it dies (Linux)
         self.port = 0
         self.host = "127.0.0.1"
         self.ca_file = home / "cert.pem"
@@ -161,6 +172,7 @@ class ImapServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent if self.die_with_parent else None,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self._proc.poll() is None:
@@ -191,6 +203,15 @@ class ImapServer:
         client = IMAPClient(self.host, port=self.port, ssl=True, ssl_context=context, timeout=10)
         client.login(USER, PASSWORD)
         return client
+
+    def ensure_folder(self, folder: str) -> None:
+        """The folder exists (a watcher can select it before any mail arrives)."""
+        client = self.client()
+        try:
+            if not client.folder_exists(folder):
+                client.create_folder(folder)
+        finally:
+            client.logout()
 
     def deliver(self, *messages: bytes, folder: str = "INBOX") -> None:
         client = self.client()
