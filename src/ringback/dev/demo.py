@@ -49,7 +49,7 @@ from ringback.dev.local_kafka import KafkaError, LocalKafka, free_port
 from ringback.domain.practice import Practice
 
 if TYPE_CHECKING:
-    from ringback.dev.simulator import EhrFeed
+    from ringback.dev.simulator.hl7_feed import Hl7EhrFeed
 
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo-password-1"
@@ -247,7 +247,7 @@ class Demo:
         self._fake_apis: FakeApiServer | None = None
         self._smtp: SmtpStandIn | None = None
         self._reader: OutcomeReader | None = None
-        self.ehr: EhrFeed | None = None
+        self.ehr: Hl7EhrFeed | None = None
         self.run_dir = options.run_dir or user_dirs.data_path("demo", user_dirs.run_name())
 
     @property
@@ -258,6 +258,10 @@ class Demo:
     @property
     def smtp(self) -> SmtpStandIn:
         return _started(self._smtp, "the SMTP stand-in")
+
+    @property
+    def _ehr_feed(self) -> Hl7EhrFeed:
+        return _started(self.ehr, "the EHR feed")
 
     @property
     def reader(self) -> OutcomeReader:
@@ -389,6 +393,7 @@ class Demo:
         names = ", ".join(
             ["the gateway", "a stream worker", "the sinks", "the staff console"]
             + [f"a CDR poller ({pid})" for pid in cdr_sites]
+            + [f"an HL7 v2 listener per practice ({len(self.practices)})"]
         )
         self.say(f"· starting {names} …")
         self.ringback("gateway", "ingest", "--host", "127.0.0.1", "--port", str(self.gateway_port))
@@ -404,6 +409,13 @@ class Demo:
             self.ringback(
                 f"cdr-{pid}", "cdr", "poll", str(folder), "--practice", pid, "--interval", "0.1", "--from-beginning"
             )
+        # The EHR's interface engine sends each practice's ADT and SIU messages to its own listener.
+        self.hl7_listeners: dict[str, tuple[str, int]] = {}
+        for practice in self.practices:
+            port = free_port()
+            self.hl7_listeners[practice.id] = ("127.0.0.1", port)
+            address = ["--host", "127.0.0.1", "--port", str(port)]
+            self.ringback(f"hl7-{practice.id}", "ehr", "hl7", *address, "--practice", practice.id)
 
     def _alive(self) -> None:
         for name, proc in self.procs.items():
@@ -444,12 +456,33 @@ class Demo:
         finally:
             consumer.close()
 
-    async def _morning(self) -> dict:
-        from ringback.dev.simulator import EhrFeed, Player, Targets
+    def wait_hl7_listeners(self) -> None:
+        """Each listener opens its port once ready (state loaded, answered control ids read back)."""
+        for pid in self.hl7_listeners:
+            self.wait(f"the HL7 v2 listener of {pid}", functools.partial(self._hl7_listener_ready, pid), 120)
 
-        self.ehr = EhrFeed(self.settings, self.by_id)
+    def _hl7_listener_ready(self, practice_id: str) -> bool:
+        return "hl7 listener ready" in (self.run_dir / f"hl7-{practice_id}.log").read_text(errors="replace")
+
+    async def _morning(self) -> str:
+        """The morning's EHR: patients and appointments over the HL7 v2 feed, flags over FHIR
+        (`simulator/hl7_feed.py`); what went which way, for the output line."""
+        from ringback.dev.simulator import EhrFeed, Player, Targets
+        from ringback.dev.simulator.hl7_feed import Hl7EhrFeed
+
+        self.ehr = Hl7EhrFeed(self.hl7_listeners, self.by_id, EhrFeed(self.settings, self.by_id))
         self.player = Player(self.plan, self.by_id, self.secrets, Targets(ehr=self.ehr))
-        return await self.player.preload()
+        await self.player.preload()
+        return self._ehr_counts()
+
+    def _ehr_counts(self) -> str:
+        counts = self._ehr_feed.counts
+        hl7 = {what: n for (path, what), n in sorted(counts.items()) if path == "hl7"}
+        return (
+            f"{sum(hl7.values())} HL7 v2 messages over MLLP to `ringback ehr hl7`, each answered AA "
+            f"({', '.join(f'{n} {what}' for what, n in hl7.items())}); {counts['fhir', 'Flag']} Flags through the "
+            f"FHIR connector ({counts['fhir', 'flag records']} flag records; HL7 v2 has no flag)"
+        )
 
     def wait_ready(self) -> None:
         ns = self.namespace
@@ -727,6 +760,8 @@ class Demo:
                 "appointments_recovered": total["appointments_recovered"],
                 "escalations": total["escalations"],
             },
+            # What the EHR sent which way (morning and day): HL7 v2 messages answered AA, FHIR flags.
+            "ehr": {f"{path} {what}": n for (path, what), n in sorted(self._ehr_feed.counts.items())},
             "namespace": self.namespace,
             "run_dir": str(self.run_dir),
             "timings_s": dict(self.t.marks),
@@ -742,11 +777,11 @@ class Demo:
             self.environment(bootstrap)
             self.apply_config()
             self.start_services()
-            preload = asyncio.run(self._morning())
-            self.say(
-                f"· the EHR in the morning: {sum(preload.values())} FHIR records published "
-                f"({', '.join(f'{v} {k}' for k, v in sorted(preload.items()))})"
-            )
+            self.wait_hl7_listeners()
+            began = time.monotonic()
+            sent = asyncio.run(self._morning())
+            self.say(f"· the EHR in the morning ({time.monotonic() - began:.1f} s): {sent}")
+            self.t.mark("ehr")
             self.wait_ready()
             self.t.mark("services")
             self._reader = OutcomeReader(bootstrap, f"{self.namespace}.outcomes")

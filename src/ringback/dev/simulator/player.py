@@ -204,8 +204,12 @@ class Player:
         if self.targets.ehr is None:
             self.result.skipped["ehr_not_configured"] += len(self.plan.preload)
             return {}
-        for event in self.plan.preload:
-            report = await self.targets.ehr.publish(event.practice_id, render.fhir_resources(event, self.clock()))
+        ehr = self.targets.ehr
+        # One event per practice: the practices side by side (each HL7 message waits for its ACK).
+        reports = await asyncio.gather(
+            *(ehr.publish(event.practice_id, render.fhir_resources(event, self.clock())) for event in self.plan.preload)
+        )
+        for report in reports:
             for k, v in report.get("published", {}).items():
                 counts[k] += v
         return dict(counts)
