@@ -1,7 +1,8 @@
 """`ringback demo` as a user runs it, against the session's broker: a compressed practice
 day of five practices (one per phone system) ends with the KPI table, and the SMS the
-Twilio stand-in received are exactly the ones the simulator's plan expects; Ctrl-C
-(SIGINT) in the middle stops every process the demo started."""
+Twilio stand-in received are exactly the ones the simulator's plan expects; the EHR's
+patients and appointments went over the HL7 v2 feed, its flags over FHIR; Ctrl-C (SIGINT)
+in the middle stops every process the demo started."""
 
 from __future__ import annotations
 

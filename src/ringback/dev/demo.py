@@ -2,10 +2,11 @@
 
 Starts (or reuses, with KAFKA_BOOTSTRAP_SERVERS) a broker; writes and publishes a demo
 practices file (windows scaled to the speed); runs the gateway, a stream worker, the
-sinks, a CDR poller per legacy-PBX practice and the staff console as separate
-processes, with local stand-ins so nothing leaves the machine (Twilio and Slack:
-`ringback.dev.fake_apis`; e-mail: an aiosmtpd server in this process); publishes the
-morning's EHR; plays the simulated day (`ringback.dev.simulator`) with a progress line;
+sinks, a CDR poller per legacy-PBX practice, an HL7 v2 listener per practice and the
+staff console as separate processes, with local stand-ins so nothing leaves the machine
+(Twilio and Slack: `ringback.dev.fake_apis`; e-mail: an aiosmtpd server in this
+process); sends the morning's EHR (patients and appointments over HL7 v2, flags over
+FHIR: `simulator/hl7_feed.py`); plays the simulated day (`ringback.dev.simulator`) with a progress line;
 waits for the day's cases to close; prints the KPI report (`ringback.report`) in
 practice time next to the reference practice's manual baseline, and one
 machine-readable `DEMO-SUMMARY {json}` line. Everything it started is stopped at the

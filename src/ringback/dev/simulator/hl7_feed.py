@@ -258,11 +258,8 @@ class Hl7EhrFeed:
         flags = [r for r in resources if r["resourceType"] not in TO_HL7]
         if flags:
             subjects = {pid for f in flags if (pid := ref_id((f.get("subject") or {}).get("reference"), "Patient"))}
-            known = [
-                self.writer.patients[(practice_id, pid)]
-                for pid in subjects
-                if (practice_id, pid or "") in self.writer.patients
-            ]
+            patients = self.writer.patients
+            known = [patients[practice_id, pid] for pid in sorted(subjects) if (practice_id, pid) in patients]
             report = await self.fhir.publish(practice_id, flags, known_patients=known)
             total = int(report.get("published", {}).get("flag_records", 0))
             records, self._flag_records[practice_id] = total - self._flag_records.get(practice_id, 0), total
