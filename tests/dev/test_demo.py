@@ -1,8 +1,9 @@
 """`ringback demo` as a user runs it, against the session's broker: a compressed practice
 day of six practices (one per phone system, Google Voice's by e-mail through a real IMAP
 server when dovecot is installed) ends with the KPI table, and the SMS the
-Twilio stand-in received are exactly the ones the simulator's plan expects; Ctrl-C
-(SIGINT) in the middle stops every process the demo started."""
+Twilio stand-in received are exactly the ones the simulator's plan expects; the EHR's
+patients and appointments went over the HL7 v2 feed, its flags over FHIR; Ctrl-C (SIGINT)
+in the middle stops every process the demo started."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from ringback.dev import imap_server
 from ringback.dev.demo import SUMMARY_PREFIX
+from ringback.dev.simulator import plan as sim
 from tests.conftest import ARTIFACTS, wait_for
+from tests.dev.simulator.test_plan import day_plan
 
 pytestmark = pytest.mark.integration
 
@@ -160,6 +164,30 @@ def test_the_google_voice_practice_plays_by_email_when_dovecot_is_installed_and_
         assert gvoice["path"] == "audit_log" and "not installed" in gvoice["why"]
         assert statuses["call audit-row"] > 0 and statuses["import audit-log"] > 0
         assert "Google Voice at cedar-womens: the Admin console's audit-log export" in out
+
+
+def test_the_ehr_goes_over_the_hl7_feed_and_only_the_flags_over_fhir(finished_demo):
+    code, out = finished_demo
+    assert code == 0, out[-3000:]
+    line = next(text for text in out.splitlines() if text.startswith(SUMMARY_PREFIX))
+    summary = json.loads(line[len(SUMMARY_PREFIX) :])
+    # The same plan as the demo's: every Patient an ADT^A28, every Appointment an SIU (S13 when
+    # moved), each answered AA by `ringback ehr hl7`; the flags through the FHIR connector.
+    plan = day_plan(seed=11, n=5, speed=1200.0, calls=40)
+    resources = [r for e in plan.preload + [e for e in plan.events if e.kind == sim.EHR] for r in e.resources]
+    kinds = Counter(r["resourceType"] for r in resources)
+    moved = sum(1 for e in plan.events if e.kind == sim.EHR and e.resources[0]["resourceType"] == "Appointment")
+    assert summary["ehr"] == {
+        "hl7 ADT^A28": kinds["Patient"],
+        "hl7 SIU^S12": kinds["Appointment"] - moved,
+        "hl7 SIU^S13": moved,
+        "fhir Flag": kinds["Flag"],
+        "fhir flag records": kinds["Flag"],
+    }
+    assert moved > 0 and kinds["Flag"] > 0
+    morning = next(text for text in out.splitlines() if text.startswith("· the EHR in the morning"))
+    assert "HL7 v2 messages over MLLP" in morning and "each answered AA" in morning and "FHIR connector" in morning
+    assert summary["ok"] is True, summary
 
 
 def test_ctrl_c_stops_every_process_the_demo_started(kafka_bootstrap):

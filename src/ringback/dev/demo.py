@@ -4,10 +4,11 @@ Starts (or reuses, with KAFKA_BOOTSTRAP_SERVERS) a broker; writes and publishes 
 practices file (windows scaled to the speed); runs the gateway, a stream worker, the
 sinks, a CDR poller per legacy-PBX practice, a Google Voice mailbox watcher per Google
 Voice practice (with an IMAP server, dovecot, when it is installed; else that practice's
-calls come as audit-log exports, imported during the day) and the staff console as separate
-processes, with local stand-ins so nothing leaves the machine (Twilio and Slack:
-`ringback.dev.fake_apis`; e-mail: an aiosmtpd server in this process); publishes the
-morning's EHR; plays the simulated day (`ringback.dev.simulator`) with a progress line;
+calls come as audit-log exports, imported during the day), an HL7 v2 listener per practice
+and the staff console as separate processes, with local stand-ins so nothing leaves the
+machine (Twilio and Slack: `ringback.dev.fake_apis`; e-mail: an aiosmtpd server in this
+process); sends the morning's EHR (patients and appointments over HL7 v2, flags over FHIR:
+`simulator/hl7_feed.py`); plays the simulated day (`ringback.dev.simulator`) with a progress line;
 waits for the day's cases to close; prints the KPI report (`ringback.report`) in
 practice time next to the reference practice's manual baseline, and one
 machine-readable `DEMO-SUMMARY {json}` line. Everything it started is stopped at the
@@ -53,7 +54,7 @@ from ringback.dev.local_kafka import KafkaError, LocalKafka, free_port
 from ringback.domain.practice import Practice
 
 if TYPE_CHECKING:
-    from ringback.dev.simulator import EhrFeed
+    from ringback.dev.simulator.hl7_feed import Hl7EhrFeed
     from ringback.kafka.producer import AckedProducer
 
 DEMO_USER = "demo"
@@ -252,7 +253,7 @@ class Demo:
         self._fake_apis: FakeApiServer | None = None
         self._smtp: SmtpStandIn | None = None
         self._reader: OutcomeReader | None = None
-        self.ehr: EhrFeed | None = None
+        self.ehr: Hl7EhrFeed | None = None
         self.imap: imap_server.ImapServer | None = None  # the Google Voice practices' mailbox (e-mail path)
         self._audit_producer: AckedProducer | None = None  # their audit-log imports (the other path)
         self.run_dir = options.run_dir or user_dirs.data_path("demo", user_dirs.run_name())
@@ -265,6 +266,10 @@ class Demo:
     @property
     def smtp(self) -> SmtpStandIn:
         return _started(self._smtp, "the SMTP stand-in")
+
+    @property
+    def _ehr_feed(self) -> Hl7EhrFeed:
+        return _started(self.ehr, "the EHR feed")
 
     @property
     def reader(self) -> OutcomeReader:
@@ -408,6 +413,7 @@ class Demo:
             ["the gateway", "a stream worker", "the sinks", "the staff console"]
             + [f"a CDR poller ({pid})" for pid in cdr_sites]
             + [f"a Google Voice mailbox watcher ({pid})" for pid in watchers]
+            + [f"an HL7 v2 listener per practice ({len(self.practices)})"]
         )
         self.say(f"· starting {names} …")
         self.ringback("gateway", "ingest", "--host", "127.0.0.1", "--port", str(self.gateway_port))
@@ -437,6 +443,13 @@ class Demo:
                 "`ringback gvoice import`"
             )
             self.say(f"· Google Voice at {pid}: {how}; because {self.gvoice_why}")
+        # The EHR's interface engine sends each practice's ADT and SIU messages to its own listener.
+        self.hl7_listeners: dict[str, tuple[str, int]] = {}
+        for practice in self.practices:
+            port = free_port()
+            self.hl7_listeners[practice.id] = ("127.0.0.1", port)
+            address = ["--host", "127.0.0.1", "--port", str(port)]
+            self.ringback(f"hl7-{practice.id}", "ehr", "hl7", *address, "--practice", practice.id)
 
     def _start_mailbox(self, practice_ids: list[str]) -> None:
         """dovecot with a folder per Google Voice practice, and a `gvoice watch` on each folder."""
@@ -525,12 +538,33 @@ class Demo:
         finally:
             consumer.close()
 
-    async def _morning(self) -> dict:
-        from ringback.dev.simulator import EhrFeed, Player, Targets
+    def wait_hl7_listeners(self) -> None:
+        """Each listener opens its port once ready (state loaded, answered control ids read back)."""
+        for pid in self.hl7_listeners:
+            self.wait(f"the HL7 v2 listener of {pid}", functools.partial(self._hl7_listener_ready, pid), 120)
 
-        self.ehr = EhrFeed(self.settings, self.by_id)
+    def _hl7_listener_ready(self, practice_id: str) -> bool:
+        return "hl7 listener ready" in (self.run_dir / f"hl7-{practice_id}.log").read_text(errors="replace")
+
+    async def _morning(self) -> str:
+        """The morning's EHR: patients and appointments over the HL7 v2 feed, flags over FHIR
+        (`simulator/hl7_feed.py`); what went which way, for the output line."""
+        from ringback.dev.simulator import EhrFeed, Player, Targets
+        from ringback.dev.simulator.hl7_feed import Hl7EhrFeed
+
+        self.ehr = Hl7EhrFeed(self.hl7_listeners, self.by_id, EhrFeed(self.settings, self.by_id))
         self.player = Player(self.plan, self.by_id, self.secrets, Targets(ehr=self.ehr))
-        return await self.player.preload()
+        await self.player.preload()
+        return self._ehr_counts()
+
+    def _ehr_counts(self) -> str:
+        counts = self._ehr_feed.counts
+        hl7 = {what: n for (path, what), n in sorted(counts.items()) if path == "hl7"}
+        return (
+            f"{sum(hl7.values())} HL7 v2 messages over MLLP to `ringback ehr hl7`, each answered AA "
+            f"({', '.join(f'{n} {what}' for what, n in hl7.items())}); {counts['fhir', 'Flag']} Flags through the "
+            f"FHIR connector ({counts['fhir', 'flag records']} flag records; HL7 v2 has no flag)"
+        )
 
     def wait_ready(self) -> None:
         ns = self.namespace
@@ -821,6 +855,8 @@ class Demo:
                 "escalations": total["escalations"],
             },
             "gvoice": {"practices": self.gvoice_sites, "path": self.gvoice_via, "why": self.gvoice_why},
+            # What the EHR sent which way (morning and day): HL7 v2 messages answered AA, FHIR flags.
+            "ehr": {f"{path} {what}": n for (path, what), n in sorted(self._ehr_feed.counts.items())},
             "namespace": self.namespace,
             "run_dir": str(self.run_dir),
             "timings_s": dict(self.t.marks),
@@ -836,11 +872,11 @@ class Demo:
             self.environment(bootstrap)
             self.apply_config()
             self.start_services()
-            preload = asyncio.run(self._morning())
-            self.say(
-                f"· the EHR in the morning: {sum(preload.values())} FHIR records published "
-                f"({', '.join(f'{v} {k}' for k, v in sorted(preload.items()))})"
-            )
+            self.wait_hl7_listeners()
+            began = time.monotonic()
+            sent = asyncio.run(self._morning())
+            self.say(f"· the EHR in the morning ({time.monotonic() - began:.1f} s): {sent}")
+            self.t.mark("ehr")
             self.wait_ready()
             self.t.mark("services")
             self._reader = OutcomeReader(bootstrap, f"{self.namespace}.outcomes")

@@ -22,14 +22,19 @@ from ringback.clock import ManualClock
 from ringback.config.settings import Settings
 from ringback.dev.simulator import plan as sim
 from ringback.dev.simulator import render
+from ringback.dev.simulator.hl7_feed import TO_HL7, Hl7Writer, ack_code
 from ringback.dev.simulator.practices import SECRET_NAMES
 from ringback.dev.simulator.webhooks import Webhook
+from ringback.domain.phones import normalize
 from ringback.kafka import topics
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.schemas import codec
 from ringback.sources.cdr import records as cdr_records
 from ringback.sources.ehr.fhir import appointment_facts, flag_facts, patient_facts
-from ringback.sources.ehr.publisher import EhrProjector
+from ringback.sources.ehr.hl7 import listener
+from ringback.sources.ehr.hl7.listener import Hl7Feed
+from ringback.sources.ehr.hl7.received import ReceivedLog
+from ringback.sources.ehr.publisher import EhrProjector, empty_state
 from ringback.sources.gateway import Gateway
 from ringback.sources.gvoice import audit_log
 from ringback.sources.gvoice.mailbox import Fetched, MailboxConfig
@@ -51,10 +56,14 @@ def _json(value):
 
 
 class OfflineDay:
-    """The connectors and one stream worker, in-process, on a manual clock."""
+    """The connectors and one stream worker, in-process, on a manual clock. `ehr_path`
+    "hl7": patients and appointments as the demo sends them, HL7 v2 messages handled by the
+    HL7 listener's own code (`Hl7Feed.handle`: mapping, projector, ACK), flags by the FHIR
+    mapping of a projector that only learns the flagged patients' phones (`hl7_feed.py`)."""
 
-    def __init__(self, plan: sim.Plan, secrets_dir) -> None:
+    def __init__(self, plan: sim.Plan, secrets_dir, ehr_path: str = "fhir") -> None:
         self.plan = plan
+        self.ehr_path = ehr_path
         practices = [s.practice for s in plan.sites]
         self.directory = PracticeDirectory(practices)
         for provider, (_, name) in SECRET_NAMES.items():
@@ -65,12 +74,29 @@ class OfflineDay:
             ringback_secrets_dir=secrets_dir,
             ringback_public_url=PUBLIC,
             twilio_auth_token=None,
+            ringback_state_dir=secrets_dir / "state",
         )
         self.env = env
         self.call_topic = topics.topic_name(topics.CALL_EVENTS, env)
         self.dead_topic = topics.topic_name(topics.DEAD_LETTERS, env)
         self.producer = MemoryProducer()
         self.clock = ManualClock(T0)
+        self.hl7_writer = Hl7Writer()
+        self.hl7_feeds = {
+            p.id: Hl7Feed(
+                env,
+                self.producer,
+                p,
+                "US",
+                listener.state_store(env, p.id),
+                empty_state(p.id),
+                ReceivedLog(env, self.producer, p.id),
+                self.clock,
+            )
+            for p in practices
+        }
+        self.ehr_topics = {topics.topic_name(spec, env): spec.suffix for spec in (topics.PATIENTS, topics.APPOINTMENTS)}
+        self.hl7_acks: Counter = Counter()
         self.gateway = Gateway(env, self.directory, self.producer, self.clock)
         self.loop = asyncio.new_event_loop()
         self.client = self.loop.run_until_complete(self._start())
@@ -179,7 +205,14 @@ class OfflineDay:
     def ehr(self, event: sim.SimEvent) -> None:
         projector = self.projectors[event.practice_id]
         now_ms = int(self.now * 1000)
-        for resource in render.fhir_resources(event, self.now):
+        resources = render.fhir_resources(event, self.now)
+        if self.ehr_path == "hl7":
+            self.hl7(event.practice_id, [r for r in resources if r["resourceType"] in TO_HL7])
+            resources = [r for r in resources if r["resourceType"] not in TO_HL7]
+            subjects = {flag["subject"]["reference"].split("/")[1] for flag in resources}
+            for pid in sorted(subjects):  # their phones only: the patient records are the HL7 feed's
+                projector.patient(patient_facts(self.hl7_writer.patients[(event.practice_id, pid)], "US", now_ms))
+        for resource in resources:
             kind = resource["resourceType"]
             if kind == "Patient":
                 ops = projector.patient(patient_facts(resource, "US", now_ms))
@@ -188,17 +221,30 @@ class OfflineDay:
             else:
                 ops = projector.flag(flag_facts(resource, now_ms, now_ms))
             for op in ops:
-                pid, phone = event.practice_id, op.phone
-                record = op.value
-                part = self.partition(pid, phone)
-                if op.schema == "patient":
-                    self.run(part, methodcaller("on_patient", pid, phone, record))
-                elif op.schema == "appointment":
-                    rid = op.key.decode().rsplit("|", 1)[1]
-                    self.run(part, methodcaller("on_appointment", pid, phone, rid, record))
-                else:
-                    rid = op.key.decode().rsplit("|", 1)[1]
-                    self.run(part, methodcaller("on_flag", pid, phone, rid, record))
+                self.ehr_record(event.practice_id, op.schema, op.key.decode(), op.value)
+
+    def ehr_record(self, practice_id: str, schema: str, key: str, record: dict | None) -> None:
+        _, phone, *rid = key.split("|")
+        part = self.partition(practice_id, phone)
+        if schema == "patient":
+            self.run(part, methodcaller("on_patient", practice_id, phone, record))
+        elif schema == "appointment":
+            self.run(part, methodcaller("on_appointment", practice_id, phone, rid[0], record))
+        else:
+            self.run(part, methodcaller("on_flag", practice_id, phone, rid[0], record))
+
+    def hl7(self, practice_id: str, resources: list[dict]) -> None:
+        """Each message through the listener's handler; its records to the workflow once it answered AA."""
+        for message in self.hl7_writer.messages(practice_id, "US", resources):
+            before = len(self.producer.sent)
+            reply = self.loop.run_until_complete(self.hl7_feeds[practice_id].handle(message.text.encode()))
+            assert reply is not None and ack_code(reply)[:2] == ("AA", message.control_id), reply
+            self.hl7_acks[message.kind] += 1
+            for topic, key, value in self.producer.sent[before:]:
+                if topic in self.ehr_topics:
+                    schema = {"patients": "patient", "appointments": "appointment"}[self.ehr_topics[topic]]
+                    record = codec.decode(schema, value) if value is not None else None
+                    self.ehr_record(practice_id, schema, key.decode(), record)
 
     def staff(self, event: sim.SimEvent) -> None:
         case = next(c for c in self.plan.cases if c.case == event.case)
@@ -245,22 +291,24 @@ class OfflineDay:
 
 
 @pytest.mark.parametrize(
-    "seed, speed, practices, gvoice_via",
+    "seed, speed, practices, gvoice_via, ehr_path",
     [
-        (7, 600.0, 6, sim.GV_EMAIL),
-        (11, 1200.0, 6, sim.GV_AUDIT),
-        (3, 300.0, 6, sim.GV_EMAIL),
-        (13, 600.0, 6, sim.GV_AUDIT),
-        (5, 15.0, 1, sim.GV_EMAIL),
+        (7, 600.0, 6, sim.GV_EMAIL, "fhir"),
+        (11, 1200.0, 6, sim.GV_AUDIT, "fhir"),
+        (3, 300.0, 6, sim.GV_EMAIL, "fhir"),
+        (13, 600.0, 6, sim.GV_AUDIT, "fhir"),
+        (5, 15.0, 1, sim.GV_EMAIL, "fhir"),
+        (7, 600.0, 6, sim.GV_EMAIL, "hl7"),
     ],
 )
 def test_the_real_workflow_sends_the_planned_sms_and_ends_each_case_as_planned(
-    seed, speed, practices, gvoice_via, tmp_path
+    seed, speed, practices, gvoice_via, ehr_path, tmp_path
 ):
     """Speed 15 keeps a 3 s hold: transcripts arrive within it, one caller gets through during it.
-    The Google Voice practice reads its e-mails, or its audit log in batches (the day starting at T0)."""
+    The Google Voice practice reads its e-mails, or its audit log in batches (the day starting at T0).
+    "hl7": the EHR as the demo sends it (patients and appointments over the HL7 feed)."""
     plan = day_plan(seed=seed, n=practices, speed=speed, gvoice_via=gvoice_via, start=T0)
-    day = OfflineDay(plan, tmp_path)
+    day = OfflineDay(plan, tmp_path, ehr_path)
     try:
         day.play()
     finally:
@@ -283,3 +331,17 @@ def test_the_real_workflow_sends_the_planned_sms_and_ends_each_case_as_planned(
     assert set(finals) == set(planned)  # no case the plan did not open (spam, answered calls, junk)
     scenarios = {o["case_id"]: o["scenario"] for o in day.outcomes if o["final"]}
     assert {c.case_id: c.scenario for c in plan.cases} == scenarios
+    # The patients whose EHR record prefers Spanish get their SMS in Spanish, the others in English.
+    spanish = {
+        (event.practice_id, normalize(r["telecom"][0]["value"], "US"))
+        for event in plan.preload
+        for r in event.resources
+        if r["resourceType"] == "Patient" and r.get("communication")
+    }
+    sms_languages = {
+        (a["practice_id"], a["recipient"], a["params"]["language"]) for a in day.actions if a["kind"] == "SEND_SMS"
+    }
+    assert {(practice, phone) for practice, phone, lang in sms_languages if lang == "es"} == spanish != set()
+    assert {lang for _, _, lang in sms_languages} == {"en", "es"}
+    if ehr_path == "hl7":  # every kind of message the demo sends was answered AA
+        assert set(day.hl7_acks) == {"ADT^A28", "SIU^S12", "SIU^S13"}, day.hl7_acks

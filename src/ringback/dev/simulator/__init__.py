@@ -22,7 +22,8 @@ result = await player.play()    # PlayResult: requests by status, unexpected ans
 
 Modules: `plan.py` (what happens when: the pure plan), `render.py` (an event → the
 signed webhook, the CDR line, the FHIR resources, at play time), `player.py`
-(posting at the plan's times), `practices.py` (the demo practices file, windows
+(posting at the plan's times), `hl7_feed.py` (the EHR's patients and appointments as
+HL7 v2 messages over MLLP to `ringback ehr hl7`, flags over FHIR), `practices.py` (the demo practices file, windows
 scaled to the speed), `webhooks.py` (the providers' payload builders, shared with the
 gateway tests). docs/demo.md describes the day and the assumptions behind it.
 """

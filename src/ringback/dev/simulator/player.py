@@ -5,7 +5,8 @@
   (`Targets.cdr_dirs`, one folder per CDR practice);
 * FHIR resources go through the EHR connector's own code (`EhrFeed`: the FHIR
   mapping of `ringback/sources/ehr/fhir.py` and the keyed, co-partitioned records of
-  `ringback/sources/ehr/publisher.py`);
+  `ringback/sources/ehr/publisher.py`), or patients and appointments as HL7 v2 over
+  MLLP to `ringback ehr hl7` and only the flags that way (`hl7_feed.Hl7EhrFeed`);
 * staff complete tasks through the staff console's JSON API (`Targets.console_url`),
   once the task is there;
 * a Google Voice practice's notification e-mails go into its mailbox (`Targets.gvoice_mail`);
@@ -26,10 +27,10 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
@@ -89,14 +90,30 @@ class EhrFeed:
             )
         return self._syncs[practice_id]
 
-    async def publish(self, practice_id: str, resources: list[dict]) -> dict:
-        """Map and publish; returns the connector's report (counts, rejections)."""
+    async def publish(self, practice_id: str, resources: list[dict], known_patients: Iterable[dict] = ()) -> dict:
+        """Map and publish; returns the connector's report (counts, rejections). `known_patients`:
+        Patients another path publishes (the HL7 feed, `hl7_feed.py`): only their phones are
+        learnt, to key their flags; none of their patient records is published from here."""
+        from ringback.kafka import topics
+        from ringback.sources.ehr.fhir import patient_facts
+
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a lock belongs to one event loop
             self._loop, self._locks = loop, {}
         lock = self._locks.setdefault(practice_id, asyncio.Lock())
         async with lock:
             sync = self._sync(practice_id)
+            now = sync.clock.now_ms()
+            # A phone that changed re-keys the patient's flags: those records are ours to publish.
+            rekeyed = [
+                op
+                for patient in known_patients
+                for op in sync.projector.patient(patient_facts(patient, sync.region, now))
+                if op.spec is topics.FLAGS
+            ]
+            if rekeyed:
+                sync.store.save(sync.projector.state)  # write-ahead, as EhrSync.flush
+                await sync.publisher.publish(rekeyed)
             for resource in resources:
                 await sync.apply(resource)
             await sync.flush(final=True)
@@ -111,13 +128,20 @@ class EhrFeed:
             self.producer = None  # the last reference: librdkafka shuts down now, not at exit
 
 
+class EhrTarget(Protocol):
+    """Where the plan's FHIR resources go: `EhrFeed` (the FHIR connector), or `hl7_feed.Hl7EhrFeed`
+    (patients and appointments as HL7 v2 over MLLP, flags through the FHIR connector)."""
+
+    async def publish(self, practice_id: str, resources: list[dict]) -> dict: ...
+
+
 @dataclass
 class Targets:
     """Where the player sends things; anything None is skipped."""
 
     gateway_url: str | None = None
     cdr_dirs: dict[str, Path] = field(default_factory=dict)  # practice id → folder of its Master.csv
-    ehr: EhrFeed | None = None
+    ehr: EhrTarget | None = None
     console_url: str | None = None
     console_login: tuple[str, str] | None = None  # (username, password), the same at every practice
     sms_received: Callable[[str, str], bool] | None = None  # (practice id, phone) → an SMS reached it
@@ -198,8 +222,12 @@ class Player:
         if self.targets.ehr is None:
             self.result.skipped["ehr_not_configured"] += len(self.plan.preload)
             return {}
-        for event in self.plan.preload:
-            report = await self.targets.ehr.publish(event.practice_id, render.fhir_resources(event, self.clock()))
+        ehr = self.targets.ehr
+        # One event per practice: the practices side by side (each HL7 message waits for its ACK).
+        reports = await asyncio.gather(
+            *(ehr.publish(event.practice_id, render.fhir_resources(event, self.clock())) for event in self.plan.preload)
+        )
+        for report in reports:
             for k, v in report.get("published", {}).items():
                 counts[k] += v
         return dict(counts)
