@@ -29,6 +29,8 @@ def practice(**overrides) -> Practice:
     [
         ("es", "es"),
         ("es-MX", "es"),
+        ("spa", "es"),  # ISO 639-2, as some EHRs write Patient.communication
+        ("SPA", "es"),
         ("en-US", "en"),
         ("EN_us", "en"),
         (" es ", "es"),

@@ -8,9 +8,10 @@ rest. A language with no text for a message falls back to the practice's default
 
 from __future__ import annotations
 
-import re
 import string
 from collections.abc import Mapping
+
+import langcodes
 
 NEW_PATIENT_FIRST = "new_patient_first"
 NEW_PATIENT_SECOND = "new_patient_second"
@@ -83,16 +84,23 @@ SHIPPED: dict[str, dict[str, str]] = {
 }
 TEMPLATE_NAMES = frozenset(PLACEHOLDERS)
 
-_TAG = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*$")
 LANGUAGE_PATTERN = r"^[a-z]{2,3}$"  # how the practices file writes a language: a primary tag
 
 
 def primary_tag(code: str | None) -> str | None:
-    """A language code as the EHR writes it ("es", "es-MX", "en_US", "ES") as a lower-case
-    BCP 47 primary tag ("es"); None for nothing or something that is not a language tag."""
-    if not code or not _TAG.match(code.strip()):
+    """A language code as an EHR writes it (ISO 639-1 "es", ISO 639-2 "spa"/"SPA", a BCP 47
+    tag "es-MX", "en_US") as a lower-case primary tag ("es"); None for nothing, or what is not
+    a language (a local code such as "E", "und")."""
+    if not code or not code.strip():
         return None
-    return re.split(r"[-_]", code.strip(), maxsplit=1)[0].lower()
+    try:
+        tag = langcodes.standardize_tag(code.strip())
+    except (ValueError, LookupError):  # LanguageTagError is a ValueError
+        return None
+    if not langcodes.tag_is_valid(tag):
+        return None
+    language = langcodes.Language.get(tag).language
+    return language.lower() if language and language not in ("und", "zxx", "mul", "mis") else None
 
 
 def placeholders(text: str) -> list[str]:

@@ -14,9 +14,9 @@ from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import hl7
-import langcodes
 
 from ringback.domain.phones import PhoneRejected, normalize
+from ringback.domain.templates import primary_tag
 from ringback.sources.ehr.publisher import AppointmentFacts, PatientFacts
 
 # The fields read here have the same place and meaning from v2.3 to v2.8.
@@ -187,21 +187,6 @@ def dtm_ms(text: str, zone: str) -> int | None:
     return int(moment.timestamp()) * 1000 + int((fraction or "0").ljust(4, "0")) // 10
 
 
-def language_tag(code: str) -> str | None:
-    """PID-15's code (ISO 639-1 `es`, ISO 639-2 `spa`/`SPA`, a BCP 47 tag `es-MX`) → the
-    lower-case primary tag; None for what is not a language code (local codes such as `E`)."""
-    if not code:
-        return None
-    try:
-        tag = langcodes.standardize_tag(code)
-    except (ValueError, LookupError):  # LanguageTagError is a ValueError
-        return None
-    if not langcodes.tag_is_valid(tag):
-        return None
-    language = langcodes.Language.get(tag).language
-    return language.lower() if language and language not in ("und", "zxx", "mul", "mis") else None
-
-
 def _phone_text(msg: hl7.Message, segment: hl7.Segment, field: int, rep: int) -> str:
     """One XTN: XTN-12 (unformatted), else +XTN-5 XTN-6 XTN-7 (country, area, local), else XTN-1."""
     unformatted = value(segment, field, rep, 12)
@@ -260,7 +245,7 @@ def patient_facts(msg: hl7.Message, region: str, zone: str, updated_at: int) -> 
         assigned_provider=provider,
         updated_at=updated_at,
         rejected=rejected,
-        language=language_tag(value(pid, 15, 1, 1)),
+        language=primary_tag(value(pid, 15, 1, 1)),  # ISO 639-1/-2 or BCP 47: `spa` → es
     )
 
 
