@@ -15,10 +15,10 @@ import json
 import logging
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from ringback.config.settings import Settings
-from ringback.kafka import topics
+from ringback.kafka import latest_record, topics
 from ringback.sources.cdr.files import Position
 
 log = logging.getLogger(__name__)
@@ -65,38 +65,8 @@ def line_header(poller_id: str, file_name: str, inode: int, offset: int) -> dict
 
 def load_checkpoint(env: Settings, poller_id: str, file_name: str, timeout: float = 30.0) -> dict | None:
     """The latest checkpoint of this poller and file: the compacted topic read to its end."""
-    name = topics.topic_name(topics.CDR_CHECKPOINTS, env)
-    wanted = checkpoint_key(poller_id, file_name)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": env.kafka_bootstrap_servers,
-            "group.id": f"{env.ringback_namespace}.cdr-checkpoint-reader",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(name, 0), timeout=timeout)
-        if high <= low:
-            return None
-        consumer.assign([TopicPartition(name, 0, OFFSET_BEGINNING)])
-        latest: dict | None = None
-        position = low
-        give_up = time.monotonic() + timeout
-        while position < high:
-            if time.monotonic() > give_up:
-                raise RuntimeError(f"could not read {name} to its end offset {high} within {timeout:.0f}s")
-            msg = consumer.poll(1.0)
-            offset = msg.offset() if msg is not None and msg.error() is None else None
-            if msg is None or offset is None:  # nothing yet, or an event rather than a record
-                continue
-            position = offset + 1
-            if msg.key() == wanted:
-                value = msg.value()
-                latest = json.loads(value) if value is not None else None  # None: deleted
-        return latest
-    finally:
-        consumer.close()
+    value = latest_record.read_latest(env, topics.CDR_CHECKPOINTS, checkpoint_key(poller_id, file_name), timeout)
+    return json.loads(value) if value is not None else None
 
 
 def scan_produced(

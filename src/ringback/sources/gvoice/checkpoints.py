@@ -12,13 +12,10 @@ drops the repeats).
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
 from ringback.config.settings import Settings
-from ringback.kafka import topics
+from ringback.kafka import latest_record, topics
 
 
 @dataclass(frozen=True)
@@ -52,35 +49,5 @@ def checkpoint_key(watcher_id: str, folder: str) -> bytes:
 
 def load_checkpoint(env: Settings, watcher_id: str, folder: str, timeout: float = 30.0) -> Checkpoint | None:
     """The latest checkpoint of this watcher and folder: the compacted topic read to its end."""
-    name = topics.topic_name(topics.GVOICE_CHECKPOINTS, env)
-    wanted = checkpoint_key(watcher_id, folder)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": env.kafka_bootstrap_servers,
-            "group.id": f"{env.ringback_namespace}.gvoice-checkpoint-reader",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(name, 0), timeout=timeout)
-        if high <= low:
-            return None
-        consumer.assign([TopicPartition(name, 0, OFFSET_BEGINNING)])
-        latest: Checkpoint | None = None
-        position = low
-        give_up = time.monotonic() + timeout
-        while position < high:
-            if time.monotonic() > give_up:
-                raise RuntimeError(f"could not read {name} to its end offset {high} within {timeout:.0f}s")
-            msg = consumer.poll(1.0)
-            offset = msg.offset() if msg is not None and msg.error() is None else None
-            if msg is None or offset is None:  # nothing yet, or an event rather than a record
-                continue
-            position = offset + 1
-            if msg.key() == wanted:
-                value = msg.value()
-                latest = Checkpoint.decode(value) if value is not None else None  # None: deleted
-        return latest
-    finally:
-        consumer.close()
+    value = latest_record.read_latest(env, topics.GVOICE_CHECKPOINTS, checkpoint_key(watcher_id, folder), timeout)
+    return Checkpoint.decode(value) if value is not None else None
