@@ -107,6 +107,22 @@ class PracticeDirectory:
     def wait_ready(self, timeout: float = 30.0) -> bool:
         return self._reader.wait_ready(timeout)
 
+    def followed_to_end(self, env: Settings, timeout: float = 60.0) -> PracticeDirectory:
+        """`follow`, then wait until the config topic was read to its end (RuntimeError after
+        `timeout`): what a one-practice tool does before anything else."""
+        self.follow(env)
+        if not self.wait_ready(timeout):
+            self.close()
+            raise RuntimeError(f"could not read the practice config topic within {timeout:.0f} s")
+        return self
+
+    def require(self, practice_id: str) -> Practice:
+        """The practice, or LookupError telling how to add it."""
+        practice = self.by_id(practice_id)
+        if practice is None:
+            raise LookupError(f"practice {practice_id!r} is not in the config topic (ringback config apply)")
+        return practice
+
     @property
     def ready(self) -> bool:
         return self._reader.ready.is_set()
@@ -161,3 +177,12 @@ class PracticeDirectory:
             self.put(Practice.model_validate_json(record["config_json"]))
         except Exception as exc:  # noqa: BLE001 - one bad record must not stop the directory
             log.error("skipping an unreadable practice config record (key %r): %s", key, exc)
+
+
+def configured_practice(env: Settings, practice_id: str) -> Practice:
+    """One practice as the config topic has it now (the directory is read once and closed)."""
+    directory = PracticeDirectory().followed_to_end(env)
+    try:
+        return directory.require(practice_id)
+    finally:
+        directory.close()

@@ -402,12 +402,12 @@ def run(
 
         start_http_server(metrics_port)
     admin.ensure_topics(env)
-    directory = PracticeDirectory().follow(env)
-    if not directory.wait_ready(60):
-        raise RuntimeError("could not read the practice config topic within 60 s")
-    if directory.by_id(practice_id) is None:
+    directory = PracticeDirectory().followed_to_end(env)
+    try:
+        directory.require(practice_id)
+    except LookupError:
         directory.close()
-        raise LookupError(f"practice {practice_id!r} is not in the config topic (ringback config apply)")
+        raise
     producer = AckedProducer(env.kafka_bootstrap_servers)
     poller = CdrPoller(
         env,

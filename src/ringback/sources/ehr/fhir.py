@@ -29,7 +29,7 @@ from ringback.config.settings import Settings
 from ringback.domain.phones import PhoneRejected, normalize, region_of
 from ringback.domain.templates import primary_tag
 from ringback.kafka import admin
-from ringback.kafka.practice_directory import PracticeDirectory
+from ringback.kafka.practice_directory import configured_practice
 from ringback.kafka.producer import AckedProducer
 from ringback.sources.ehr.publisher import (
     AppointmentFacts,
@@ -605,16 +605,8 @@ async def import_ndjson(sync: EhrSync, paths: Iterable[Path]) -> SyncReport:
 
 # ---------------------------------------------------------------------------------- commands
 def _practice_region(env: Settings, practice_id: str, region: str | None) -> str:
-    directory = PracticeDirectory().follow(env)
-    try:
-        if not directory.wait_ready(60):
-            raise RuntimeError("could not read the practice config topic within 60 s")
-        practice = directory.by_id(practice_id)
-        if practice is None:
-            raise LookupError(f"practice {practice_id!r} is not in the config topic (ringback config apply)")
-        return region or region_of(practice.phone_numbers[0])
-    finally:
-        directory.close()
+    practice = configured_practice(env, practice_id)
+    return region or region_of(practice.phone_numbers[0])
 
 
 def run_sync(

@@ -29,7 +29,7 @@ from ringback.config.settings import Settings
 from ringback.domain.phones import PhoneRejected, normalize, region_of
 from ringback.domain.practice import Practice
 from ringback.kafka import admin, topics
-from ringback.kafka.practice_directory import PracticeDirectory
+from ringback.kafka.practice_directory import configured_practice
 from ringback.kafka.producer import AckedProducer
 from ringback.observability.metrics import DEAD_LETTERS
 from ringback.schemas import codec
@@ -251,15 +251,7 @@ def run_import(env: Settings, path: Path, practice_id: str, time_zone: str | Non
     from ringback.clock import Clock
 
     admin.ensure_topics(env)
-    directory = PracticeDirectory().follow(env)
-    try:
-        if not directory.wait_ready(60):
-            raise RuntimeError("could not read the practice config topic within 60 s")
-        practice = directory.by_id(practice_id)
-    finally:
-        directory.close()
-    if practice is None:
-        raise LookupError(f"practice {practice_id!r} is not in the config topic (ringback config apply)")
+    practice = configured_practice(env, practice_id)
     text = path.read_bytes().decode("utf-8-sig", errors="replace")  # exports may start with a BOM
     producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=10)
     try:

@@ -346,13 +346,12 @@ def run(
 
         start_http_server(metrics_port)
     admin.ensure_topics(env)
-    directory = PracticeDirectory().follow(env)
-    if not directory.wait_ready(60):
-        raise RuntimeError("could not read the practice config topic within 60 s")
-    practice = directory.by_id(practice_id) if practice_id else None
-    if practice_id and practice is None:
+    directory = PracticeDirectory().followed_to_end(env)
+    try:
+        practice = directory.require(practice_id) if practice_id else None
+    except LookupError:
         directory.close()
-        raise LookupError(f"practice {practice_id!r} is not in the config topic (ringback config apply)")
+        raise
     config = MailboxConfig(
         host=host,
         user=user,

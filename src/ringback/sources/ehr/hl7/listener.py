@@ -29,7 +29,7 @@ from ringback.config.settings import Settings
 from ringback.domain.phones import region_of
 from ringback.domain.practice import Practice
 from ringback.kafka import admin, topics
-from ringback.kafka.practice_directory import PracticeDirectory
+from ringback.kafka.practice_directory import configured_practice
 from ringback.kafka.producer import AckedProducer, BrokerUnavailable
 from ringback.observability.metrics import DEAD_LETTERS, declare_dead_letter_sources
 from ringback.schemas import codec
@@ -198,19 +198,6 @@ def declare_series() -> None:
     declare_dead_letter_sources([DEAD_LETTER_SOURCE])
 
 
-def _practice(env: Settings, practice_id: str) -> Practice:
-    directory = PracticeDirectory().follow(env)
-    try:
-        if not directory.wait_ready(60):
-            raise RuntimeError("could not read the practice config topic within 60 s")
-        practice = directory.by_id(practice_id)
-        if practice is None:
-            raise LookupError(f"practice {practice_id!r} is not in the config topic (ringback config apply)")
-        return practice
-    finally:
-        directory.close()
-
-
 def run(
     env: Settings,
     practice_id: str,
@@ -227,7 +214,7 @@ def run(
         start_http_server(metrics_port)
     declare_series()
     admin.ensure_topics(env)
-    practice = _practice(env, practice_id)
+    practice = configured_practice(env, practice_id)
     region = region or region_of(practice.phone_numbers[0])
     clock = Clock()
     store = state_store(env, practice_id)
