@@ -88,6 +88,7 @@ STATE_TABLE = "state"
 # Inputs of one partition whose records are not all acknowledged yet: past this many the agent
 # waits for the oldest. Bounds memory and how far past the meta's offsets a takeover scans.
 MAX_PENDING = 512
+OFFSET_FIELDS = ("actions_offset", "outcomes_offset")  # in the partition meta: where a takeover scan starts
 
 
 # ------------------------------------------------------------------ metrics (no PHI in labels)
@@ -206,7 +207,7 @@ class Topology:
         # decodes a fresh object, so no deep copies): the bytes Faust's json codec wrote before.
         # A Faust table takes its store's and changelog's serializers from its value type (json
         # unless a Model says otherwise), not from the schema; set before the store is made.
-        self.state.value_serializer = "raw"
+        self.state.value_serializer = "raw"  # type: ignore[attr-defined]  # on Collection, not in TableT
         # Write-behind (module docstring): per partition the inputs not applied yet, and the
         # latest of their writes per key, which later inputs read instead of the table.
         self._pending: dict[int, deque[_Pending]] = {}
@@ -464,7 +465,7 @@ class Topology:
         offsets: dict[str, int] = {}
         for kind, record, fut in entry.sent:
             metadata = fut.result()  # a failed send raises here: nothing of it or after it is applied
-            offsets[kind] = max(offsets.get(kind, -1), metadata.offset)
+            offsets[f"{kind}_offset"] = max(offsets.get(f"{kind}_offset", -1), metadata.offset)
             if kind == "actions":
                 child(ACTIONS_EMITTED, record["kind"], re.sub(r"_\d+$", "", record["step"])).inc()
             else:
@@ -500,21 +501,24 @@ class Topology:
         (with the offsets of its records) last."""
         state = self.state
         meta_key = timers.meta_key(partition)
-        meta_write = writes.get(meta_key)
         for k, v in writes.items():
-            if k == meta_key and offsets:
-                continue  # written last, with the offsets
+            if k == meta_key:
+                continue  # written last, below
             if v is DELETE:
                 if k in state.data:
                     del state[k]
             else:
                 state[k] = v
-        if offsets:
+        meta_write = writes.get(meta_key)
+        if offsets or isinstance(meta_write, bytes):
+            # The workflow's own fields (timer cursor) as it left them; the offsets the highest
+            # so far: its value was decided before earlier inputs' offsets were written.
             current = self._read(meta_key) or {}
             meta = orjson.loads(meta_write) if isinstance(meta_write, bytes) else dict(current)
-            for kind, offset in offsets.items():
-                field_name = f"{kind}_offset"
-                meta[field_name] = max(offset, current.get(field_name, -1), meta.get(field_name, -1))
+            for name in OFFSET_FIELDS:
+                found = [o for o in (current.get(name), meta.get(name), offsets.get(name)) if o is not None]
+                if found:
+                    meta[name] = max(found)
             state[meta_key] = encode_value(meta)
 
     # -------------------------------------------------------------- metrics
