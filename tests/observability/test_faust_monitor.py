@@ -54,5 +54,5 @@ def test_the_lean_monitor_reports_what_faust_prometheus_monitor_reports():
     expected, got = samples(faust_registry), samples(lean_registry)
     latency = {k for k in expected if k[0].endswith("_sum")}  # timings differ run to run; their counts do not
     assert {k: v for k, v in got.items() if k not in latency} == {k: v for k, v in expected.items() if k not in latency}
-    assert got[("a_messages_received_per_topics_total", (("topic", "x.call-events"),))] == 3
+    assert got[("a_messages_received_per_topic_total", (("topic", "x.call-events"),))] == 3
     assert got[("a_messages_received_per_topics_partition", (("partition", "0"), ("topic", "x.call-events")))] == 2
