@@ -30,6 +30,10 @@ class CopartitioningError(RuntimeError):
     """Co-partitioned topics disagree on their partition count."""
 
 
+class TopicCreationRefused(RuntimeError):
+    """A topic is missing and this process's principal may not create it (least-privilege ACLs)."""
+
+
 def admin_client(settings: Settings) -> Any:
     from confluent_kafka.admin import AdminClient
 
@@ -46,10 +50,15 @@ def _create(admin: Any, wanted: list, timeout: float) -> None:
 
     if not wanted:
         return
-    for fut in admin.create_topics(wanted, request_timeout=timeout).values():
+    for name, fut in admin.create_topics(wanted, request_timeout=timeout).items():
         try:
             fut.result()
         except KafkaException as exc:
+            if exc.args[0].name() in ("TOPIC_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED"):
+                raise TopicCreationRefused(
+                    f"topic {name} does not exist and this process's Kafka principal may not create it: run "
+                    "`ringback config apply` as the admin principal first (docs/kafka-deployments.md)"
+                ) from None
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
 
