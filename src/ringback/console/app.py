@@ -38,6 +38,7 @@ from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
 from ringback.clock import Clock
+from ringback.config.proxies import parse_trusted, proxy_middlewares
 from ringback.console import views
 from ringback.console.service import ChangeNotifier, ConsoleError, TaskService
 from ringback.console.sessions import COOKIE, CSRF_HEADER, LoginThrottle, Session, SessionCodec, csrf_ok
@@ -92,6 +93,7 @@ class Console:
         throttle: LoginThrottle | None = None,
         client_throttle: LoginThrottle | None = None,
         ready: Callable[[], bool] | None = None,
+        trusted_proxies: list[str] | None = None,
     ) -> None:
         self.service = service
         self.users = users
@@ -99,6 +101,7 @@ class Console:
         self.directory = directory
         self.clock = clock or Clock()
         self.cookie_secure = cookie_secure
+        self.trusted_proxies = trusted_proxies or []  # config/proxies.py: scheme and client from the proxy
         # Failed sign-ins: 10 per account, and 100 per client address (a front desk's tablets
         # may share one address: one mistyped password must not lock the whole office out).
         self.throttle = throttle or LoginThrottle(limit=10)
@@ -109,7 +112,8 @@ class Console:
 
     # ------------------------------------------------------------------ application
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._middleware])
+        middlewares = [*proxy_middlewares(self.trusted_proxies), self._middleware]
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
         r = app.router
         r.add_get("/", self.page, name="page")
         r.add_static("/static/", STATIC, name="static", append_version=False)
@@ -434,6 +438,7 @@ def run(env, host: str = "0.0.0.0", port: int = 8081) -> None:
         SessionCodec(key, env.ringback_console_session_s),
         directory=directory,
         cookie_secure=env.ringback_console_cookie_secure,
+        trusted_proxies=parse_trusted(env.ringback_trusted_proxies),
         ready=lambda: board.ready() and directory.ready,
     )
     log.info("console: %d user accounts in %s; session key from %s", len(users.list()), users.path, key_source)
