@@ -116,7 +116,7 @@ class Conversations:
                 out.append(
                     {
                         "conversation_id": self.conversation_id(practice_id, caller),
-                        "caller": {"display": mask_phone(caller), "masked": True},
+                        "caller": {"display": mask_phone(caller), "dial": None, "masked": True},
                         "last_at": last["at"],
                         "last_label": last["label"],
                         "entries": len(entries),
@@ -135,7 +135,7 @@ class Conversations:
             entries = self._entries_locked(practice_id, caller)
         return {
             "conversation_id": conversation_id,
-            "caller": {"display": mask_phone(caller), "masked": True},
+            "caller": {"display": mask_phone(caller), "dial": None, "masked": True},
             "entries": [{k: v for k, v in e.items() if k not in _INTERNAL} for e in entries],
         }
 
