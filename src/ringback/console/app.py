@@ -130,14 +130,9 @@ class Console:
                 f"/api/tasks/{{task_id}}/{action}", self._signed_in(self._task_update(action), csrf=True), name=action
             )
         r.add_get("/api/events", self._signed_in(self.events), name="events")
-        if self.replies is not None:
-            r.add_get("/api/conversations", self._signed_in(self.list_conversations), name="conversations")
-            r.add_get(
-                "/api/conversations/{conversation_id}", self._signed_in(self.get_conversation), name="conversation"
-            )
-            r.add_post(
-                "/api/conversations/{conversation_id}/reply", self._signed_in(self.reply, csrf=True), name="reply"
-            )
+        r.add_get("/api/conversations", self._signed_in(self.list_conversations), name="conversations")
+        r.add_get("/api/conversations/{conversation_id}", self._signed_in(self.get_conversation), name="conversation")
+        r.add_post("/api/conversations/{conversation_id}/reply", self._signed_in(self.reply, csrf=True), name="reply")
         r.add_get("/api/openapi.yaml", self.openapi, name="openapi")
         r.add_get("/healthz", self.healthz, name="healthz")
         r.add_get("/readyz", self.readyz, name="readyz")
@@ -381,10 +376,10 @@ class Console:
         return handler
 
     # ------------------------------------------------------------------ API: conversations
+    # (A console built without a reply service, as in tests of the tasks alone, has no conversations.)
     @property
-    def _conversations(self) -> Conversations:
-        assert self.replies is not None  # the routes exist only with a reply service
-        return self.replies.conversations
+    def _conversations(self) -> Conversations | None:
+        return self.replies.conversations if self.replies else None
 
     async def list_conversations(self, request: web.Request, session: Session) -> web.Response:
         practice = session.user.practice_id
@@ -392,13 +387,16 @@ class Console:
             {
                 "practice_id": practice,
                 "server_time": self.clock.now_ms(),
-                "conversations": self._conversations.summaries(practice),
+                "conversations": self._conversations.summaries(practice) if self._conversations else [],
             }
         )
 
     def _conversation(self, request: web.Request, session: Session) -> dict:
-        found = self._conversations.conversation(session.user.practice_id, request.match_info["conversation_id"])
-        if found is None:
+        conversations = self._conversations
+        found = conversations and conversations.conversation(
+            session.user.practice_id, request.match_info["conversation_id"]
+        )
+        if not found:
             raise ConsoleError(404, "not_found", "no such conversation")
         return found
 
@@ -407,6 +405,7 @@ class Console:
         return web.json_response({**self._conversation(request, session), "reply_nonce": new_nonce()})
 
     async def reply(self, request: web.Request, session: Session) -> web.Response:
+        self._conversation(request, session)  # 404 before anything else for an id that is not the practice's
         assert self.replies is not None
         body = await self._json_body(request)
         action = await self.replies.reply(

@@ -312,7 +312,7 @@ class Conversations:
         schema, apply = handler
         try:
             record = codec.decode(schema, value)
-        except ValueError as exc:  # one bad record must not stop the console
+        except ValueError as exc:  # one bad record must not stop the console (a registry outage does: re-read)
             log.error("conversations: unreadable %s record skipped: %s", schema, exc)
             return
         apply(key, record)
