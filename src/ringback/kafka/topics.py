@@ -54,7 +54,8 @@ CALL_EVENTS = TopicSpec(
     "practice_id|caller",
     "call_event",
     writers=SOURCES,
-    readers=(WORKER, SINKS, CDR),  # the CDR poller scans it to recover its checkpoint
+    # The CDR poller scans it to recover its checkpoint; the console shows the conversations.
+    readers=(WORKER, SINKS, CDR, CONSOLE),
     personal_data="caller phone number, call times, SMS text, voicemail transcript and recording URL",
     co_partitioned=True,
 )
@@ -106,8 +107,8 @@ ACTIONS = TopicSpec(
     "actions",
     "practice_id|caller",
     "action_command",
-    writers=(WORKER,),
-    readers=(SINKS,),
+    writers=(WORKER, CONSOLE),  # the console: staff replies (SEND_SMS)
+    readers=(SINKS, CONSOLE),
     personal_data="caller phone number, SMS text, task reason",
     co_partitioned=True,
 )
@@ -157,7 +158,7 @@ MESSAGE_STATUS = TopicSpec(
     "practice_id|recipient",
     "message_status",
     writers=(GATEWAY,),
-    readers=(WORKER, SINKS),
+    readers=(WORKER, SINKS, CONSOLE),
     personal_data="recipient phone number, delivery status",
     co_partitioned=True,
 )
