@@ -17,7 +17,15 @@ def _env() -> Settings:
     return click.get_current_context().find_root().obj
 
 
-@click.group()
+class _Commands(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SettingsError as exc:  # e.g. the Kafka brokers refused a credential: one line naming the setting
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Commands)
 @click.option("--log-level", default=None, show_default="INFO", help="env RINGBACK_LOG_LEVEL")
 @click.option(
     "--log-format",
@@ -126,6 +134,7 @@ def config_apply(file: Path, dry_run: bool) -> None:
     """Validate a practices file and publish it to the config topic."""
     from ringback.clock import Clock
     from ringback.kafka import admin, topics
+    from ringback.kafka.connection import client_config
     from ringback.kafka.practice_directory import practice_record
     from ringback.kafka.producer import AckedProducer
     from ringback.schemas import codec
@@ -139,7 +148,7 @@ def config_apply(file: Path, dry_run: bool) -> None:
         return
     env = _env()
     admin.ensure_topics(env)
-    producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=10)
+    producer = AckedProducer(client_config(env), timeout_s=10)
     name = topics.topic_name(topics.PRACTICE_CONFIG, env)
     now = Clock().now_ms()
     for p in practices.practices:

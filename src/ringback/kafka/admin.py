@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ringback.config.settings import Settings
-from ringback.kafka import topics
+from ringback.kafka import connection, topics
 
 
 class CopartitioningError(RuntimeError):
@@ -33,7 +33,8 @@ class CopartitioningError(RuntimeError):
 def _admin(settings: Settings) -> Any:
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    connection.verify(settings)  # refused credentials or CA: stop here, naming the setting
+    return AdminClient(connection.client_config(settings))
 
 
 def _replication(metadata: Any) -> int:
