@@ -157,7 +157,8 @@ def _explain(env: Settings, error: Any) -> str | None:
     if error.code() == KafkaError._SSL or "certificate verify failed" in text:
         return (
             f"TLS with {brokers} failed; check KAFKA_SSL_CA_FILE (the CA that signed the brokers' certificates, "
-            f"and their names match KAFKA_BOOTSTRAP_SERVERS) and the client certificate: {text}"
+            f"and their names match KAFKA_BOOTSTRAP_SERVERS), the client certificate and that the brokers' listener "
+            f"speaks KAFKA_SECURITY_PROTOCOL={env.kafka_security_protocol}: {text}"
         )
     if "security.protocol" in text or "SASL" in text.upper() and "mechanism" in text:
         return (
@@ -178,7 +179,8 @@ def verify(env: Settings, timeout_s: float = 10.0) -> None:
     from ringback.observability import logs
 
     errors: list[Any] = []
-    config = {**client_config(env), "error_cb": errors.append, "logger": logs.librdkafka_logger()}
+    hung_up = _HangUps(logs.librdkafka_logger())
+    config = {**client_config(env), "error_cb": errors.append, "logger": hung_up}
     admin = AdminClient(config)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -191,3 +193,23 @@ def verify(env: Settings, timeout_s: float = 10.0) -> None:
             problem = _explain(env, error)
             if problem:
                 raise KafkaAccessError(problem)
+        if hung_up.count >= 3 and not _uses_tls(env):
+            raise KafkaAccessError(
+                f"the Kafka brokers at {env.kafka_bootstrap_servers} close the connection at the first request: "
+                f"they expect TLS, not KAFKA_SECURITY_PROTOCOL={env.kafka_security_protocol}"
+            )
+
+
+class _HangUps:
+    """librdkafka's log lines, passed on; counts the broker closing the connection at the first
+    request (a TLS listener reached without TLS)."""
+
+    def __init__(self, forward: Any) -> None:
+        self.forward = forward
+        self.count = 0
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        line = " ".join(str(a) for a in args)
+        if "Disconnected" in line and "in state APIVERSION_QUERY" in line:
+            self.count += 1
+        self.forward.log(level, fmt, *args)
