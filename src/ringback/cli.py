@@ -17,7 +17,15 @@ def _env() -> Settings:
     return click.get_current_context().find_root().obj
 
 
-@click.group()
+class _Commands(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SettingsError as exc:  # e.g. the Kafka brokers refused a credential: one line naming the setting
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Commands)
 @click.option("--log-level", default=None, show_default="INFO", help="env RINGBACK_LOG_LEVEL")
 @click.option(
     "--log-format",
@@ -59,13 +67,13 @@ def kafka() -> None:
     """The local single-node Kafka broker (no Docker), and the ACLs of a secured cluster."""
 
 
-def _broker(port: int | None, data_dir: str | None):
+def _broker(port: int | None, data_dir: str | None, secure: bool = False):
     from ringback.dev.local_kafka import LocalKafka
 
     if port is None:
         bootstrap = _env().kafka_bootstrap_servers
         port = int(bootstrap.split(",")[0].rsplit(":", 1)[1])
-    return LocalKafka(port=port, home=Path(data_dir) if data_dir else None)
+    return LocalKafka(port=port, home=Path(data_dir) if data_dir else None, secure=secure)
 
 
 _port_opt = click.option(
@@ -82,16 +90,27 @@ _dir_opt = click.option(
 @kafka.command("start")
 @_port_opt
 @_dir_opt
-def kafka_start(port: int | None, data_dir: str | None) -> None:
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="SASL_SSL with SCRAM, a CA made for it, the authorizer on (docs/kafka-security.md); kept by the data folder",
+)
+def kafka_start(port: int | None, data_dir: str | None, secure: bool) -> None:
     """Fetch the jars if needed, format storage once, start, wait until it serves metadata."""
     from ringback.dev.local_kafka import KafkaError
 
-    broker = _broker(port, data_dir)
+    broker = _broker(port, data_dir, secure)
     try:
         broker.start()
     except KafkaError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"kafka {broker.status()}")
+    if broker.secure:
+        settings = broker.client_env()
+        del settings["KAFKA_SASL_USERNAME"], settings["KAFKA_SASL_PASSWORD"]
+        click.echo("connect as the super user `admin` with:")
+        click.echo("".join(f"  export {k}={v}\n" for k, v in settings.items()), nl=False)
+        click.echo(f"  export RINGBACK_SECRETS_DIR={broker.secrets_dir}  # KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD")
 
 
 @kafka.command("stop")
@@ -183,6 +202,7 @@ def config_apply(file: Path, dry_run: bool) -> None:
     """Validate a practices file and publish it to the config topic."""
     from ringback.clock import Clock
     from ringback.kafka import admin, topics
+    from ringback.kafka.connection import client_config
     from ringback.kafka.practice_directory import practice_record
     from ringback.kafka.producer import AckedProducer
     from ringback.schemas import codec
@@ -196,7 +216,7 @@ def config_apply(file: Path, dry_run: bool) -> None:
         return
     env = _env()
     admin.ensure_topics(env)
-    producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=10)
+    producer = AckedProducer(client_config(env), timeout_s=10)
     name = topics.topic_name(topics.PRACTICE_CONFIG, env)
     now = Clock().now_ms()
     for p in practices.practices:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ringback.config import user_dirs
@@ -38,6 +38,24 @@ class Settings(BaseSettings):
 
     # ------------------------------------------------------------------ shared
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka brokers, host:port[,host:port...]")
+    # How every Kafka client connects (kafka/connection.py; docs/kafka-security.md). The SASL
+    # username and password, the key's password and the OAuth client secret are secrets.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = Field(
+        None, description="With SASL_*: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER"
+    )
+    kafka_ssl_ca_file: Path | None = Field(
+        None, description="CA certificates (PEM) the brokers' certificates must chain to (default: the system's)"
+    )
+    kafka_ssl_certificate_file: Path | None = Field(None, description="Client certificate (PEM), for mutual TLS")
+    kafka_ssl_key_file: Path | None = Field(None, description="Its private key (PEM), for mutual TLS")
+    kafka_sasl_oauthbearer_token_endpoint_url: str | None = Field(
+        None, description="OAUTHBEARER: the OAuth 2 token endpoint (client-credentials grant)"
+    )
+    kafka_sasl_oauthbearer_client_id: str | None = Field(None, description="OAUTHBEARER: the OAuth client id")
+    kafka_sasl_oauthbearer_scope: str | None = Field(None, description="OAUTHBEARER: scopes asked for, if any")
     ringback_namespace: str = Field(
         "ringback", description="Prefix of every topic and consumer group; test runs and environments each have one"
     )
@@ -250,6 +268,35 @@ class Settings(BaseSettings):
 
         parse_trusted(value)  # a bad address is an error at start, not a proxy silently untrusted
         return value
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper_case(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _kafka_security_complete(self) -> Settings:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and self.kafka_sasl_mechanism is None:
+            raise ValueError(
+                f"KAFKA_SASL_MECHANISM must be set with KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+            )
+        if (
+            sasl
+            and self.kafka_sasl_mechanism == "OAUTHBEARER"
+            and not (self.kafka_sasl_oauthbearer_token_endpoint_url and self.kafka_sasl_oauthbearer_client_id)
+        ):
+            raise ValueError(
+                "KAFKA_SASL_MECHANISM=OAUTHBEARER needs KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL and "
+                "KAFKA_SASL_OAUTHBEARER_CLIENT_ID"
+            )
+        if (self.kafka_ssl_certificate_file is None) != (self.kafka_ssl_key_file is None):
+            raise ValueError("KAFKA_SSL_CERTIFICATE_FILE and KAFKA_SSL_KEY_FILE go together (mutual TLS)")
+        for name in ("kafka_ssl_ca_file", "kafka_ssl_certificate_file", "kafka_ssl_key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{variable(name)}: no file {path}")
+        return self
 
     @property
     def sinks_store(self) -> str:

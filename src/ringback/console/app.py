@@ -477,13 +477,14 @@ def run(env, host: str = "0.0.0.0", port: int = 8081) -> None:
     from ringback.console.sessions import session_key
     from ringback.console.users import users_path
     from ringback.kafka import admin, topics
+    from ringback.kafka.connection import client_config
     from ringback.kafka.producer import AckedProducer
 
     admin.ensure_topics(env)
     notifier = ChangeNotifier()
     board = TaskCache(env, on_change=notifier.bump).follow()  # the tasks topic
     directory = PracticeDirectory().follow(env)
-    producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=env.ringback_console_ack_timeout_s)
+    producer = AckedProducer(client_config(env), timeout_s=env.ringback_console_ack_timeout_s)
     key, key_source = session_key(env)
     users = UserStore(users_path(env))
     service = TaskService(board, producer, topics.topic_name(topics.TASK_UPDATES, env), Clock(), notifier)

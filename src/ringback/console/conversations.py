@@ -36,6 +36,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from ringback.config.settings import Settings
 from ringback.console.views import mask_phone, role_label
 from ringback.kafka import topics
+from ringback.kafka.connection import client_config
 from ringback.kafka.topic_cache import TopicCacheReader, from_start_consumer
 from ringback.schemas import codec
 
@@ -319,7 +320,7 @@ class Conversations:
 
     def _new_consumer(self) -> Consumer:
         return from_start_consumer(
-            self.env.kafka_bootstrap_servers, f"{self.env.ringback_namespace}.conversations.{uuid.uuid4().hex[:8]}"
+            client_config(self.env), f"{self.env.ringback_namespace}.conversations.{uuid.uuid4().hex[:8]}"
         )
 
     def _read(self, consumer: Consumer) -> None:

@@ -23,21 +23,22 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ringback.config.settings import Settings
-from ringback.kafka import topics
+from ringback.kafka import connection, topics
 
 
 class CopartitioningError(RuntimeError):
     """Co-partitioned topics disagree on their partition count."""
 
 
-class TopicCreationRefused(RuntimeError):
+class TopicCreationRefused(connection.KafkaAccessError):
     """A topic is missing and this process's principal may not create it (least-privilege ACLs)."""
 
 
 def admin_client(settings: Settings) -> Any:
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    connection.verify(settings)  # refused credentials or CA: stop here, naming the setting
+    return AdminClient(connection.client_config(settings))
 
 
 def _replication(metadata: Any) -> int:

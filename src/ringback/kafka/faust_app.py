@@ -18,13 +18,14 @@ from typing import Any
 import faust
 
 from ringback.config.settings import Settings
+from ringback.kafka.connection import faust_broker
 from ringback.kafka.state_healing import HealingTableManager
 
 
 def faust_app(env: Settings, role: str, **settings: Any) -> faust.App:
     return faust.App(
         f"{env.ringback_namespace}-{role}",
-        broker=f"kafka://{env.kafka_bootstrap_servers}",
+        **faust_broker(env),  # the brokers, TLS and SASL (kafka/connection.py)
         datadir=str(env.ringback_state_dir / role),
         topic_partitions=env.ringback_partitions,
         topic_replication_factor=env.ringback_replication_factor,

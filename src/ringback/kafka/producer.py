@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from ringback.kafka.connection import Connection, librdkafka
 from ringback.observability import logs
 
 
@@ -22,11 +23,11 @@ class BrokerUnavailable(RuntimeError):
 
 
 class AckedProducer:
-    def __init__(self, bootstrap: str, timeout_s: float = 5.0, **extra: object) -> None:
+    def __init__(self, bootstrap: Connection, timeout_s: float = 5.0, **extra: object) -> None:
         self.timeout_s = timeout_s
         self._producer = Producer(
             {
-                "bootstrap.servers": bootstrap,
+                **librdkafka(bootstrap),  # the brokers, TLS and SASL (kafka/connection.py)
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 2,

@@ -27,6 +27,7 @@ from ringback.clock import Clock
 from ringback.config.proxies import parse_trusted, proxy_middlewares
 from ringback.config.settings import Settings
 from ringback.kafka import admin, topics
+from ringback.kafka.connection import client_config
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.kafka.producer import AckedProducer, BrokerUnavailable
 from ringback.observability.metrics import DEAD_LETTERS, declare_dead_letter_sources, practice_label
@@ -234,7 +235,7 @@ def _encodable(text: str) -> str:
 
 def run(env: Settings, host: str = "0.0.0.0", port: int = 8080) -> None:
     directory = PracticeDirectory().follow(env)
-    producer = AckedProducer(env.kafka_bootstrap_servers)
+    producer = AckedProducer(client_config(env))
     admin.ensure_topics(env)
     # Serve nothing before every practice is known: a webhook for a practice not read yet
     # would get a 404 and be lost, while a refused connection is retried by the provider.
