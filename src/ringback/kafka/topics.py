@@ -59,6 +59,10 @@ GVOICE_CHECKPOINTS = TopicSpec("gvoice-checkpoints", "watcher_id|folder", "-", c
 # Private to the stream workers: the TICK each worker sends to its partitions so the agent
 # that owns a partition fires its due gate timers (workflow/timers.py). Value: "-" (none).
 TICKS = TopicSpec("stream-ticks", "-", "-", co_partitioned=True, retention_ms=3_600_000)
+# Console sessions signed out (value: JSON {practice_id, expires_at, revoked_at}, private to the
+# console), read whole by every console replica. Each id is revoked once: kept 8 days, longer than
+# the longest session (RINGBACK_CONSOLE_SESSION_S), not compacted.
+CONSOLE_SESSIONS = TopicSpec("console-sessions", "session_id", "-", partitions=1, retention_ms=691_200_000)
 
 ALL = (
     CALL_EVENTS,
@@ -76,6 +80,7 @@ ALL = (
     HL7_RECEIVED,
     GVOICE_CHECKPOINTS,
     TICKS,
+    CONSOLE_SESSIONS,
 )
 
 
