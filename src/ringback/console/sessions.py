@@ -101,7 +101,7 @@ class SessionCodec:
     ) -> None:
         self.max_age_s = max_age_s
         self.clock = clock or Clock()
-        self.revocations: Revocations = revocations or NoRevocations()
+        self.revocations: Revocations = NoRevocations() if revocations is None else revocations
         now = self.clock.now
 
         class ClockSigner(TimestampSigner):
