@@ -8,6 +8,7 @@ test_console_sessions_broker.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -57,10 +58,10 @@ class Replica:
     """One console process: its own app, codec, revocation list and throttles; shared accounts and clock."""
 
     def __init__(self, users: UserStore, clock: ManualClock, topic: Topic) -> None:
-        self.revocations = SessionRevocations(ENV, topic, clock)
+        notifier = ChangeNotifier()
+        self.revocations = SessionRevocations(ENV, topic, clock, on_revoke=notifier.bump)  # as `run` wires it
         self.revocations._reader.ready.set()  # no topic to read: caught up from the start
         topic.readers.append(self.revocations)
-        notifier = ChangeNotifier()
         service = TaskService(TaskCache(ENV, notifier.bump), topic, "t.task-updates", clock, notifier)
         self.console = Console(
             service,
@@ -149,6 +150,19 @@ async def test_after_sign_out_the_old_cookie_gets_401_on_every_replica(world):
     # Signing in again is a new session, accepted everywhere.
     assert (await sign_in(browser))[0] == 200
     assert await with_cookie(await b.client(), cookie_of(browser)) == 200
+
+
+async def test_an_open_event_stream_of_a_signed_out_session_ends(world):
+    clock, topic, (a, b) = world
+    browser = await a.client()
+    _, session, _ = await sign_in(browser)
+    watcher = await b.client()  # the same session's event stream, open on the other replica
+    watcher.session.cookie_jar.update_cookies({COOKIE: cookie_of(browser)})
+    stream = await watcher.get("/api/events")
+    assert stream.status == 200 and b"event: tasks" in await stream.content.readuntil(b"\n\n")
+    assert (await call(browser, "POST", "/api/logout", {}, csrf=session["csrf_token"]))[0] == 204
+    rest = await asyncio.wait_for(stream.content.read(), 5)  # ends now, not at the next keep-alive (15 s)
+    assert b"event: tasks" not in rest
 
 
 async def test_sign_out_without_the_broker_is_503_and_changes_nothing(world):
