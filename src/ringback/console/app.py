@@ -38,6 +38,7 @@ from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
 from ringback.clock import Clock
+from ringback.config.proxies import parse_trusted, proxy_middlewares
 from ringback.console import views
 from ringback.console.revocations import SessionRevocations
 from ringback.console.service import ChangeNotifier, ConsoleError, TaskService
@@ -93,6 +94,7 @@ class Console:
         throttle: LoginThrottle | None = None,
         client_throttle: LoginThrottle | None = None,
         ready: Callable[[], bool] | None = None,
+        trusted_proxies: list[str] | None = None,
     ) -> None:
         self.service = service
         self.users = users
@@ -100,6 +102,7 @@ class Console:
         self.directory = directory
         self.clock = clock or Clock()
         self.cookie_secure = cookie_secure
+        self.trusted_proxies = trusted_proxies or []  # config/proxies.py: scheme and client from the proxy
         # Failed sign-ins slow the next try down: per account at one client address from the 3rd
         # failure, and per address over all accounts from the 20th (a front desk's tablets may share
         # one address). Delays, never a lockout; per process (docs/console.md says why).
@@ -111,7 +114,8 @@ class Console:
 
     # ------------------------------------------------------------------ application
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._middleware])
+        middlewares = [*proxy_middlewares(self.trusted_proxies), self._middleware]
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
         r = app.router
         r.add_get("/", self.page, name="page")
         r.add_static("/static/", STATIC, name="static", append_version=False)
@@ -455,6 +459,7 @@ def run(env, host: str = "0.0.0.0", port: int = 8081) -> None:
         cookie_secure=env.ringback_console_cookie_secure,
         throttle=LoginThrottle(delay_from=3, clock=clock.now, **delays),
         client_throttle=LoginThrottle(delay_from=20, clock=clock.now, **delays),
+        trusted_proxies=parse_trusted(env.ringback_trusted_proxies),
         ready=lambda: board.ready() and directory.ready and revocations.ready(),
     )
     log.info("console: %d user accounts in %s; session key from %s", len(users.list()), users.path, key_source)
