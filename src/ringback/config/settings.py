@@ -180,7 +180,15 @@ class Settings(BaseSettings):
     ringback_console_ack_timeout_s: float = Field(
         5.0, gt=0, description="How long the console waits for the broker to acknowledge a task update"
     )
-    ringback_console_session_s: int = Field(43200, ge=1, description="Lifetime of a console login session")
+    ringback_console_session_s: int = Field(
+        43200, ge=1, le=604800, description="Lifetime of a console login session (at most 7 days)"
+    )
+    ringback_console_login_delay_s: float = Field(
+        1.0, gt=0, description="Wait after the 3rd failed sign-in of an account from one address; doubles each time"
+    )
+    ringback_console_login_max_delay_s: float = Field(
+        60.0, gt=0, description="The longest wait between sign-in tries after failures"
+    )
     ringback_trusted_proxies: str | None = Field(
         None,
         description="Addresses/networks (comma-separated) of the TLS-terminating proxy in front of the gateway and "

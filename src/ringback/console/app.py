@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
+import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -45,6 +45,7 @@ from ringback.config.proxies import parse_trusted, proxy_middlewares
 from ringback.console import views
 from ringback.console.conversations import Conversations
 from ringback.console.replies import ReplyService, new_nonce
+from ringback.console.revocations import SessionRevocations
 from ringback.console.service import ChangeNotifier, ConsoleError, TaskService
 from ringback.console.sessions import COOKIE, CSRF_HEADER, LoginThrottle, Session, SessionCodec, csrf_ok
 from ringback.console.task_cache import TaskCache
@@ -109,10 +110,11 @@ class Console:
         self.clock = clock or Clock()
         self.cookie_secure = cookie_secure
         self.trusted_proxies = trusted_proxies or []  # config/proxies.py: scheme and client from the proxy
-        # Failed sign-ins: 10 per account, and 100 per client address (a front desk's tablets
-        # may share one address: one mistyped password must not lock the whole office out).
-        self.throttle = throttle or LoginThrottle(limit=10)
-        self.client_throttle = client_throttle or LoginThrottle(limit=100)
+        # Failed sign-ins slow the next try down: per account at one client address from the 3rd
+        # failure, and per address over all accounts from the 20th (a front desk's tablets may share
+        # one address). Delays, never a lockout; per process (docs/console.md says why).
+        self.throttle = throttle or LoginThrottle(delay_from=3, clock=self.clock.now)
+        self.client_throttle = client_throttle or LoginThrottle(delay_from=20, clock=self.clock.now)
         self.ready = ready or (lambda: True)
         self.notifier = service.notifier
         self._streams = 0
@@ -188,7 +190,10 @@ class Console:
             return True
         if origin == "null":
             return False
-        parts = urlsplit(origin)
+        try:
+            parts = urlsplit(origin)
+        except ValueError:  # e.g. "http://[" : not a URL, so not this origin
+            return False
         return parts.netloc == request.host and parts.scheme in ("http", "https")
 
     async def _json_body(self, request: web.Request) -> dict:
@@ -265,12 +270,16 @@ class Console:
         practice_id, username = practice_id.strip().lower(), username.strip().lower()
         if len(practice_id) > 64 or len(username) > 64 or len(password) > MAX_PASSWORD:
             return _error(401, "invalid_credentials", "wrong practice, username or password")
-        account, client = f"{practice_id}/{username}", f"ip:{request.remote}"
+        client = f"ip:{request.remote}"
+        account = f"{practice_id}/{username}|{client}"  # the account at this address: a guesser elsewhere
         wait = max(self.throttle.retry_after(account), self.client_throttle.retry_after(client))
-        if wait:
+        if wait > 0:
             LOGINS.labels("throttled").inc()
             return _error(
-                429, "too_many_attempts", "too many failed sign-ins; wait and try again", {"Retry-After": str(wait)}
+                429,
+                "too_many_attempts",
+                "too many failed sign-ins; wait and try again",
+                {"Retry-After": str(math.ceil(wait))},
             )
         # Argon2 takes tens of milliseconds: off the event loop.
         user = await asyncio.get_running_loop().run_in_executor(
@@ -287,13 +296,16 @@ class Console:
         self.throttle.succeeded(account)
         LOGINS.labels("ok").inc()
         log.info("console sign-in", extra={"practice_id": user.practice_id, "user": user.username})
-        value, csrf = self.sessions.issue(user)
-        session = Session(user, csrf, time.time())
+        value, session = self.sessions.issue(user)
         response = web.json_response(self._session_body(session))
         self._set_cookie(response, value, request.secure)
         return response
 
     async def logout(self, request: web.Request, session: Session) -> web.Response:
+        """Revoke the session for every replica; only once the broker has it is the cookie cleared
+        (else 503 and the user is still signed in, and can try again)."""
+        await self.sessions.revocations.revoke(session)
+        log.info("console sign-out", extra={"practice_id": session.user.practice_id, "user": session.user.username})
         response = web.Response(status=204)
         response.del_cookie(COOKIE, path="/")
         return response
@@ -315,7 +327,7 @@ class Console:
             "roles": list(user.roles),
             "manager": views.is_manager(user),
             "csrf_token": session.csrf,
-            "expires_at": int((session.issued_at + self.sessions.max_age_s) * 1000),
+            "expires_at": int(session.expires_at * 1000),
             "outcomes": [{"value": k, "label": v} for k, v in views.OUTCOMES.items()],
             "roles_available": [
                 {"value": r, "label": views.role_label(r)} for r in self._reassign_roles(user.practice_id)
@@ -487,17 +499,26 @@ def run(env, host: str = "0.0.0.0", port: int = 8081) -> None:
     producer = AckedProducer(client_config(env), timeout_s=env.ringback_console_ack_timeout_s)
     key, key_source = session_key(env)
     users = UserStore(users_path(env))
-    service = TaskService(board, producer, topics.topic_name(topics.TASK_UPDATES, env), Clock(), notifier)
+    clock = Clock()
+    revocations = SessionRevocations(env, producer, clock, on_revoke=notifier.bump).follow()
+    service = TaskService(board, producer, topics.topic_name(topics.TASK_UPDATES, env), clock, notifier)
     conversations = Conversations(env, key, on_change=notifier.bump).follow()  # calls, SMS, actions, outcomes
-    replies = ReplyService(conversations, producer, topics.topic_name(topics.ACTIONS, env), Clock(), notifier)
+    replies = ReplyService(conversations, producer, topics.topic_name(topics.ACTIONS, env), clock, notifier)
+    delays = {
+        "first_delay_s": env.ringback_console_login_delay_s,
+        "max_delay_s": env.ringback_console_login_max_delay_s,
+    }
     console = Console(
         service,
         users,
-        SessionCodec(key, env.ringback_console_session_s),
+        SessionCodec(key, env.ringback_console_session_s, clock=clock, revocations=revocations),
         directory=directory,
+        clock=clock,
         cookie_secure=env.ringback_console_cookie_secure,
+        throttle=LoginThrottle(delay_from=3, clock=clock.now, **delays),
+        client_throttle=LoginThrottle(delay_from=20, clock=clock.now, **delays),
         trusted_proxies=parse_trusted(env.ringback_trusted_proxies),
-        ready=lambda: board.ready() and directory.ready and conversations.ready(),
+        ready=lambda: board.ready() and directory.ready and conversations.ready() and revocations.ready(),
         replies=replies,
     )
     log.info("console: %d user accounts in %s; session key from %s", len(users.list()), users.path, key_source)
@@ -517,4 +538,5 @@ def run(env, host: str = "0.0.0.0", port: int = 8081) -> None:
         board.close()
         conversations.close()
         directory.close()
+        revocations.close()
         producer.close()

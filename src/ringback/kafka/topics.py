@@ -208,6 +208,19 @@ TICKS = TopicSpec(
     co_partitioned=True,
     retention_ms=3_600_000,
 )
+# Console sessions signed out (value: JSON {practice_id, expires_at, revoked_at}, private to the
+# console), read whole by every console replica. Each id is revoked once: kept 8 days, longer than
+# the longest session (RINGBACK_CONSOLE_SESSION_S), not compacted.
+CONSOLE_SESSIONS = TopicSpec(
+    "console-sessions",
+    "session_id",
+    "-",
+    writers=(CONSOLE,),
+    readers=(CONSOLE,),
+    personal_data="",
+    partitions=1,
+    retention_ms=8 * DAY_MS,
+)
 
 ALL = (
     CALL_EVENTS,
@@ -225,6 +238,7 @@ ALL = (
     HL7_RECEIVED,
     GVOICE_CHECKPOINTS,
     TICKS,
+    CONSOLE_SESSIONS,
 )
 
 

@@ -437,7 +437,11 @@
     });
 
     $("logout").addEventListener("click", async () => {
-      await api("POST", "/api/logout", {});
+      const r = await api("POST", "/api/logout", {});
+      if (!r.ok && r.status !== 401) {  // not stored on the server: still signed in, try again
+        notice((r.data && r.data.message) || "Sign-out did not go through. Try again.", "error");
+        return;
+      }
       state.tasks = [];
       state.threads = [];
       closeConversation();
