@@ -25,6 +25,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from functools import partial
 from urllib.parse import urlencode
 
 from ringback.dev.bench import workload
@@ -207,6 +208,9 @@ def run(
             wanted = set(load.accepted())
             wait_until(lambda: wanted <= set(standin.sms()[0]), wait_s, what, interval=0.5)
 
+        def sms_after(t0: float) -> bool:
+            return any(t > t0 for t in standin.sms()[1])
+
         wait_until(load.accepted, timeout, "the gateway accepting calls")
         settle("the first SMS (warm-up)", timeout)
         results: dict = {"rate": rate, "api_latency_s": api_latency_s, "static_membership": static}
@@ -221,9 +225,7 @@ def run(
                 procs[fault] = start(fault)
             ref = time.time() if fault == "broker" else killed_at
             try:
-                wait_until(
-                    lambda ref=ref: any(t > ref for t in standin.sms()[1]), timeout, f"an SMS after the {fault}'s kill"
-                )
+                wait_until(partial(sms_after, ref), timeout, f"an SMS after the {fault}'s kill")
                 settle(f"every call accepted by the end of the {fault}'s takeover has its SMS", SETTLE_S)
             except TimeoutError as exc:
                 results[fault] = {"error": str(exc)}
