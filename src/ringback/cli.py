@@ -413,8 +413,9 @@ def demo(practices: int, seed: int, speed: float, calls: int, keep_running: bool
 @click.option(
     "--only",
     default=None,
-    metavar="a,b,sink,c,d,scaling",
-    help="figures to run: a throughput, b latency, sink SMS/s of one sink process, c gates, d restart, scaling "
+    metavar="a,b,sink,c,d,e,scaling",
+    help="figures to run: a throughput, b latency, sink SMS/s of one sink process, c gates, d restart, "
+    "e kill -9 → next SMS, scaling "
     "(default: all)",
 )
 @click.option(

@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     )
 
     # ------------------------------------------------------------------ worker and sinks
+    ringback_instance_id: str | None = Field(
+        None,
+        description="This process's stable name in its consumer group (static membership, Kafka's "
+        "group.instance.id), unique per process: a process restarted under the same name takes its partitions "
+        "back at once instead of waiting out the dead one's session; unset: dynamic membership",
+    )
     ringback_gap_guard: bool = Field(
         True, description="Read back records Faust skips around a rebalance (off: trust Faust; for comparisons)"
     )
@@ -139,9 +145,9 @@ class Settings(BaseSettings):
         1.0, gt=0, description="Sinks commit offsets at least this often (seconds)"
     )
     ringback_sinks_session_timeout_s: float = Field(
-        30.0, gt=0, description="Sinks consumer session timeout: how soon a killed sink's partitions move on"
+        10.0, gt=0, description="Sinks consumer session timeout: how soon a killed sink's partitions move on"
     )
-    ringback_sinks_heartbeat_s: float = Field(3.0, gt=0, description="Sinks consumer heartbeat interval")
+    ringback_sinks_heartbeat_s: float = Field(2.0, gt=0, description="Sinks consumer heartbeat interval")
     ringback_sinks_standbys: int = Field(1, ge=0, description="Standby copies of every sink table partition")
     ringback_sinks_tick_s: float = Field(1.0, gt=0, description="How often the sinks check for deferred SMS due")
     ringback_sinks_persist_timeout_s: float = Field(

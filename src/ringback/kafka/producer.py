@@ -33,6 +33,10 @@ class AckedProducer:
                 "linger.ms": 2,
                 "message.timeout.ms": int(timeout_s * 1000),
                 "socket.connection.setup.timeout.ms": 3000,
+                # librdkafka backs off reconnects up to 10 s by default: after a broker restart the
+                # gateway kept answering 503 for 20-29 s. 1 s at most: back within ~1 s of the broker.
+                "reconnect.backoff.ms": 100,
+                "reconnect.backoff.max.ms": 1000,
                 # Java's and aiokafka's partitioner (murmur2), so records produced here land in
                 # the same partition as Faust's for the same key: co-partitioning depends on it.
                 "partitioner": "murmur2_random",
