@@ -33,8 +33,4 @@ def make_app(settings: Settings) -> faust.App:
         web_port=settings.ringback_worker_web_port,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
-        # Records of 5 ms per produce request: the worker sends several records per missed call
-        # (actions, outcomes, state changelog) without waiting for each; fewer, fuller requests
-        # cost less CPU per record (figure (a), BENCHMARKS.md), and 5 ms is nothing against a 45 s hold.
-        producer_linger=0.005,
     )

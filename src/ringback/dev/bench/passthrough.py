@@ -2,8 +2,8 @@
 
 Run by the benchmark as its own process (`python -m ringback.dev.bench.passthrough`),
 with the same Faust settings that matter for speed as the stream worker
-(worker/app.py: at_least_once, commit every 1,000 records or 1 s, 5 ms producer linger,
-raw bytes, the same partition count), reading the same call-event topic with its own group.
+(worker/app.py: at_least_once, commit every 1,000 records or 1 s, raw bytes, the
+same partition count), reading the same call-event topic with its own group.
 
 Environment: KAFKA_BOOTSTRAP_SERVERS, BENCH_APP_ID, BENCH_SOURCE, BENCH_SINK, BENCH_PARTITIONS.
 """
@@ -26,7 +26,6 @@ app = faust.App(
     web_enabled=False,
     broker_commit_every=1000,
     broker_commit_interval=1.0,
-    producer_linger=0.005,
     consumer_auto_offset_reset="earliest",
     key_serializer="raw",
 )
