@@ -358,7 +358,8 @@ class Topology:
         """Process one input of `partition` (the agent's body; tests call it too)."""
         input_name = self.input_names[topic]
         started = time.perf_counter()
-        sent_actions, sent_outcomes = await self._ensure_scanned(partition)
+        found = self._already_sent.get(partition)
+        sent_actions, sent_outcomes = found if found is not None else await self._ensure_scanned(partition)
         # 1. Decide (pure): what to send, what to write.
         # Every read decodes a fresh object (no copies needed).
         tx = Tx(self._reader(partition), copy_reads=False)
