@@ -56,7 +56,7 @@ def main(ctx: click.Context, log_level: str | None, log_format: str | None) -> N
 # ---------------------------------------------------------------- kafka
 @main.group()
 def kafka() -> None:
-    """The local single-node Kafka broker (no Docker)."""
+    """The local single-node Kafka broker (no Docker), and the ACLs of a secured cluster."""
 
 
 def _broker(port: int | None, data_dir: str | None):
@@ -111,6 +111,63 @@ def kafka_status(port: int | None, data_dir: str | None) -> None:
     broker = _broker(port, data_dir)
     click.echo(f"kafka {broker.status()}")
     sys.exit(0 if broker.pid() else 1)
+
+
+def _faust_internal_topics(env: Settings) -> dict[str, list[str]]:
+    """The topics the worker's and the sinks' Faust apps create themselves, from the built topologies."""
+    from ringback.clock import ManualClock
+    from ringback.kafka import topics
+    from ringback.kafka.practice_directory import PracticeDirectory
+    from ringback.sinks import app as sinks_app
+    from ringback.worker.app import make_app
+    from ringback.worker.topology import build_topology
+
+    worker = build_topology(make_app(env), env, PracticeDirectory(), ManualClock(0))
+    sinks = sinks_app.build_sinks(sinks_app.make_app(env), env, PracticeDirectory(), ManualClock(0))
+    return {
+        topics.WORKER: [t.get_topic_name() for t in worker.internal_topics],
+        topics.SINKS: [t.get_topic_name() for t in sinks.internal_topics],
+    }
+
+
+@kafka.command("acls")
+@click.option(
+    "--process",
+    "processes",
+    multiple=True,
+    help="only this kind of process (repeatable): admin, gateway, worker, sinks, console, cdr, ehr, hl7, "
+    "gvoice, report",
+)
+@click.option(
+    "--principal-format",
+    default="User:{namespace}-{process}",
+    show_default=True,
+    help="the principal of each kind of process",
+)
+@click.option("--apply", "apply_them", is_flag=True, help="create them on the cluster (needs an admin principal)")
+def kafka_acls(processes: tuple[str, ...], principal_format: str, apply_them: bool) -> None:
+    """Print the ACLs each kind of process needs (one principal per kind, least privilege), derived from the
+    topic declarations; with --apply, create them. Columns: principal, permission, operation, resource,
+    pattern, name."""
+    from ringback.kafka import acls, admin, topics
+
+    env = _env()
+    unknown = sorted(set(processes) - set(topics.PROCESSES))
+    if unknown:
+        raise click.BadParameter(
+            f"{', '.join(unknown)}: not one of {', '.join(topics.PROCESSES)}", param_hint="--process"
+        )
+    rules = acls.all_acls(env, processes or topics.PROCESSES, principal_format, _faust_internal_topics(env))
+    for rule in rules:
+        click.echo(rule.line())
+    if apply_them:
+        from confluent_kafka import KafkaException
+
+        try:
+            count = acls.apply(admin.admin_client(env), rules)
+        except KafkaException as exc:
+            raise click.ClickException(f"the cluster refused the ACLs: {exc.args[0].str()}") from None
+        click.echo(f"applied {count} ACLs", err=True)
 
 
 # ---------------------------------------------------------------- config

@@ -56,6 +56,16 @@ class Settings(BaseSettings):
     ringback_config: Path | None = Field(
         None, description="The practices file the deployment applies (`ringback config apply`)"
     )
+    ringback_phi_retention_days: int = Field(
+        14,
+        ge=1,
+        description="How long the topics with personal data keep records (call events, actions, task updates, "
+        "delivery receipts, dead letters), and the longest a deleted patient record stays in a compacted topic: "
+        "longer than the longest case window plus the time to restore a stopped worker",
+    )
+    ringback_outcome_retention_days: int = Field(
+        400, ge=1, description="How long the outcome topic (no personal data; read by BI and the report) keeps records"
+    )
     schema_registry_url: str | None = Field(
         None, description="Confluent Schema Registry; unset: Avro without a registry (schema fingerprint header)"
     )
@@ -153,6 +163,12 @@ class Settings(BaseSettings):
         5.0, gt=0, description="How long the console waits for the broker to acknowledge a task update"
     )
     ringback_console_session_s: int = Field(43200, ge=1, description="Lifetime of a console login session")
+    ringback_trusted_proxies: str | None = Field(
+        None,
+        description="Addresses/networks (comma-separated) of the TLS-terminating proxy in front of the gateway and "
+        "the console, whose X-Forwarded-Proto/-Host/-For are trusted; requests from elsewhere then get 400. Unset: "
+        "those headers are ignored",
+    )
     ringback_console_cookie_secure: bool = Field(False, description="Mark the session cookie Secure (behind HTTPS)")
 
     # -------------------------------------------------------------- sources (`cdr poll`, `ehr sync`, `gvoice watch`)
@@ -226,6 +242,14 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_case(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("ringback_trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: str | None) -> str | None:
+        from ringback.config.proxies import parse_trusted
+
+        parse_trusted(value)  # a bad address is an error at start, not a proxy silently untrusted
+        return value
 
     @property
     def sinks_store(self) -> str:

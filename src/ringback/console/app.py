@@ -12,7 +12,10 @@ processes can run beside the workers). Routes (the JSON API is described in `ope
     GET  /api/tasks[?role=]          the practice's open tasks, most urgent first
     GET  /api/tasks/{task_id}
     POST /api/tasks/{task_id}/claim | /complete | /reassign
-    GET  /api/events                 server-sent events: "tasks" whenever they change
+    GET  /api/events                 server-sent events: "tasks" whenever tasks or conversations change
+    GET  /api/conversations          the practice's conversations (console/conversations.py)
+    GET  /api/conversations/{id}     one caller's SMS both ways, missed calls, voicemails, case steps
+    POST /api/conversations/{id}/reply   a staff reply: one SEND_SMS action (console/replies.py)
     GET  /healthz  /readyz  /metrics
 
 Security: every /api route but login needs the session cookie; the practice always
@@ -38,7 +41,10 @@ from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
 from ringback.clock import Clock
+from ringback.config.proxies import parse_trusted, proxy_middlewares
 from ringback.console import views
+from ringback.console.conversations import Conversations
+from ringback.console.replies import ReplyService, new_nonce
 from ringback.console.service import ChangeNotifier, ConsoleError, TaskService
 from ringback.console.sessions import COOKIE, CSRF_HEADER, LoginThrottle, Session, SessionCodec, csrf_ok
 from ringback.console.task_cache import TaskCache
@@ -92,13 +98,17 @@ class Console:
         throttle: LoginThrottle | None = None,
         client_throttle: LoginThrottle | None = None,
         ready: Callable[[], bool] | None = None,
+        trusted_proxies: list[str] | None = None,
+        replies: ReplyService | None = None,
     ) -> None:
         self.service = service
+        self.replies = replies
         self.users = users
         self.sessions = sessions
         self.directory = directory
         self.clock = clock or Clock()
         self.cookie_secure = cookie_secure
+        self.trusted_proxies = trusted_proxies or []  # config/proxies.py: scheme and client from the proxy
         # Failed sign-ins: 10 per account, and 100 per client address (a front desk's tablets
         # may share one address: one mistyped password must not lock the whole office out).
         self.throttle = throttle or LoginThrottle(limit=10)
@@ -109,7 +119,8 @@ class Console:
 
     # ------------------------------------------------------------------ application
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._middleware])
+        middlewares = [*proxy_middlewares(self.trusted_proxies), self._middleware]
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
         r = app.router
         r.add_get("/", self.page, name="page")
         r.add_static("/static/", STATIC, name="static", append_version=False)
@@ -123,6 +134,9 @@ class Console:
                 f"/api/tasks/{{task_id}}/{action}", self._signed_in(self._task_update(action), csrf=True), name=action
             )
         r.add_get("/api/events", self._signed_in(self.events), name="events")
+        r.add_get("/api/conversations", self._signed_in(self.list_conversations), name="conversations")
+        r.add_get("/api/conversations/{conversation_id}", self._signed_in(self.get_conversation), name="conversation")
+        r.add_post("/api/conversations/{conversation_id}/reply", self._signed_in(self.reply, csrf=True), name="reply")
         r.add_get("/api/openapi.yaml", self.openapi, name="openapi")
         r.add_get("/healthz", self.healthz, name="healthz")
         r.add_get("/readyz", self.readyz, name="readyz")
@@ -365,6 +379,51 @@ class Console:
 
         return handler
 
+    # ------------------------------------------------------------------ API: conversations
+    # (A console built without a reply service, as in tests of the tasks alone, has no conversations.)
+    @property
+    def _conversations(self) -> Conversations | None:
+        return self.replies.conversations if self.replies else None
+
+    async def list_conversations(self, request: web.Request, session: Session) -> web.Response:
+        practice = session.user.practice_id
+        return web.json_response(
+            {
+                "practice_id": practice,
+                "server_time": self.clock.now_ms(),
+                "conversations": self._conversations.summaries(practice) if self._conversations else [],
+            }
+        )
+
+    def _conversation(self, request: web.Request, session: Session) -> dict:
+        conversations = self._conversations
+        found = conversations and conversations.conversation(
+            session.user.practice_id, request.match_info["conversation_id"]
+        )
+        if not found:
+            raise ConsoleError(404, "not_found", "no such conversation")
+        return found
+
+    async def get_conversation(self, request: web.Request, session: Session) -> web.Response:
+        # The nonce goes into the page's reply form: the reply it sends has one action id.
+        return web.json_response({**self._conversation(request, session), "reply_nonce": new_nonce()})
+
+    async def reply(self, request: web.Request, session: Session) -> web.Response:
+        self._conversation(request, session)  # 404 before anything else for an id that is not the practice's
+        assert self.replies is not None
+        body = await self._json_body(request)
+        action = await self.replies.reply(
+            session.user, request.match_info["conversation_id"], body.get("body"), body.get("nonce")
+        )
+        return web.json_response(
+            {
+                "reply_id": action["action_id"],
+                "conversation": self._conversation(request, session),
+                "reply_nonce": new_nonce(),
+                "server_time": self.clock.now_ms(),
+            }
+        )
+
     async def events(self, request: web.Request, session: Session) -> web.StreamResponse:
         """Server-sent events: `tasks` with the practice's version, at once and on every change."""
         if self._streams >= SSE_MAX_CLIENTS:
@@ -428,13 +487,17 @@ def run(env, host: str = "0.0.0.0", port: int = 8081) -> None:
     key, key_source = session_key(env)
     users = UserStore(users_path(env))
     service = TaskService(board, producer, topics.topic_name(topics.TASK_UPDATES, env), Clock(), notifier)
+    conversations = Conversations(env, key, on_change=notifier.bump).follow()  # calls, SMS, actions, outcomes
+    replies = ReplyService(conversations, producer, topics.topic_name(topics.ACTIONS, env), Clock(), notifier)
     console = Console(
         service,
         users,
         SessionCodec(key, env.ringback_console_session_s),
         directory=directory,
         cookie_secure=env.ringback_console_cookie_secure,
-        ready=lambda: board.ready() and directory.ready,
+        trusted_proxies=parse_trusted(env.ringback_trusted_proxies),
+        ready=lambda: board.ready() and directory.ready and conversations.ready(),
+        replies=replies,
     )
     log.info("console: %d user accounts in %s; session key from %s", len(users.list()), users.path, key_source)
     if not users.list():
@@ -451,5 +514,6 @@ def run(env, host: str = "0.0.0.0", port: int = 8081) -> None:
         )
     finally:
         board.close()
+        conversations.close()
         directory.close()
         producer.close()

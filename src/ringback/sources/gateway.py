@@ -24,6 +24,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from ringback.clock import Clock
+from ringback.config.proxies import parse_trusted, proxy_middlewares
 from ringback.config.settings import Settings
 from ringback.kafka import admin, topics
 from ringback.kafka.practice_directory import PracticeDirectory
@@ -116,7 +117,11 @@ class Gateway:
     def app(self) -> web.Application:
         # aiohttp's own decompression off: Webhook.body decodes, so a broken stream is a 400 with the
         # bytes as received at hand (aiohttp would raise past the handlers and cut a truncated gzip short).
-        app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args={"auto_decompress": False})
+        app = web.Application(
+            client_max_size=MAX_BODY_BYTES,
+            handler_args={"auto_decompress": False},
+            middlewares=proxy_middlewares(parse_trusted(self.env.ringback_trusted_proxies)),
+        )
         for path, adapter in WEBHOOKS.items():
             app.router.add_post(path, self._endpoint(adapter))
         declare_dead_letter_sources(adapter.endpoint for adapter in WEBHOOKS.values())
