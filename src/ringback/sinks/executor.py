@@ -43,7 +43,7 @@ from ringback.observability.metrics import DEAD_LETTERS as ALL_DEAD_LETTERS
 from ringback.observability.metrics import FIRST_RESPONSE_BUCKETS, child, practice_label
 from ringback.sinks import records as rec
 from ringback.sinks.channels.twilio_sms import TwilioSms, body_digest, status_callback_url
-from ringback.sinks.retry import OptedOut, Permanent, RetryPolicy, Transient
+from ringback.sinks.retry import OptedOut, Permanent, PracticeThrottle, RateLimited, RetryPolicy, Transient
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,14 @@ SCENARIO_ROLE = {
 SETTLE_MARGIN_S = 2.0
 
 
+Write = tuple[str, str, dict | list | None]  # table, key, value (None: delete)
+
+
 class Effects(Protocol):
     async def persist(self, table: str, key: str, value: dict | list | None) -> None: ...
+    async def persist_all(self, writes: list[Write]) -> None:
+        """Several writes at once, returning when the broker acknowledged all of them."""
+
     async def outcome(self, key: bytes, record: dict) -> None: ...
     async def dead_letter(self, key: bytes, record: dict) -> None: ...
 
@@ -152,6 +158,8 @@ class ActionExecutor:
         self.mailer = mailer
         self.sleep = sleep
         self.wall = wall
+        # Twilio calls in flight per practice, and a practice's pause after a 429.
+        self.throttle = PracticeThrottle(env.ringback_sink_practice_concurrency, sleep, wall)
         self._inflight: set[str] = set()
         # Partitions whose deferred entries were checked against the by-number index since
         # this process started (entries written before the index existed get indexed once).
@@ -445,7 +453,8 @@ class ActionExecutor:
 
         async def attempt() -> str:
             if state["look_first"]:
-                found = await sms.find_sent(practice, to, body, int(state["first_wall"] * 1000))
+                async with self.throttle.slot(practice.id):
+                    found = await sms.find_sent(practice, to, body, int(state["first_wall"] * 1000))
                 child(LOOKUPS, "found" if found else "not_found").inc()
                 log.info(
                     "action %s: earlier attempt %s at Twilio",
@@ -475,8 +484,11 @@ class ActionExecutor:
             started = time.perf_counter()
             log.debug("action %s: Twilio attempt %d", aid, state["sends"])
             try:
-                return await sms.send(practice, to, body, callback)
+                async with self.throttle.slot(practice.id):
+                    return await sms.send(practice, to, body, callback)
             except Transient as exc:
+                if isinstance(exc, RateLimited):  # the practice waits as a whole, this lane retries
+                    self.throttle.pause(practice.id, exc.retry_after or self.policy.base_s)
                 state["last"] = str(exc)
                 state["look_first"] = exc.ambiguous
                 if not exc.ambiguous:
@@ -505,7 +517,8 @@ class ActionExecutor:
         except Transient as exc:
             if exc.ambiguous or state["look_first"]:
                 try:  # a last look: the final attempt may have gone out after all
-                    sid = await sms.find_sent(practice, to, body, int((state["first_wall"] or 0) * 1000))
+                    async with self.throttle.slot(practice.id):
+                        sid = await sms.find_sent(practice, to, body, int((state["first_wall"] or 0) * 1000))
                 except Transient:
                     sid = None
                 if sid:
@@ -530,13 +543,15 @@ class ActionExecutor:
     async def _sent_sms(self, action: dict, practice: Practice, sid: str, base: dict) -> str:
         aid, to = action["action_id"], action["recipient"]
         now = self.clock.now_ms()
-        await self.fx.persist("sent_log", aid, {**base, "state": rec.SENT, "sid": sid, "at": now})
         hkey = f"{practice.id}|{to}"
         history = rules.prune_sent(list(self.t.sms_history.get(hkey) or []), now)
-        await self.fx.persist("sms_history", hkey, history + [now])
+        # One broker round trip for all of them: written together, acknowledged together.
+        writes: list[Write] = [("sent_log", aid, {**base, "state": rec.SENT, "sid": sid, "at": now})]
+        writes.append(("sms_history", hkey, history + [now]))
         if (action.get("params") or {}).get("consent_confirmation") == "1":
             state = self.t.consent.get(hkey) or {"state": "IN", "at": 0, "source": None}
-            await self.fx.persist("consent", hkey, {**state, "confirmed_at": now})
+            writes.append(("consent", hkey, {**state, "confirmed_at": now}))
+        await self.fx.persist_all(writes)
         await self._outcome(action, rec.SENT)
         log.debug("action %s sent (partition key hash %s)", aid, body_digest(hkey)[:8])
         return rec.SENT
