@@ -253,9 +253,9 @@ class Sinks:
             tp, offset, partition = message.tp, message.offset, message.partition
             generation = guard.generation
             if guard.begin(tp, offset):
-                # The records Faust skipped come after every record already in a lane and
-                # before this one: let the lanes finish, then handle them in order.
-                await lanes.idle()
+                # The records Faust skipped come after every record of this partition already
+                # in a lane and before this one: let those finish, then handle them in order.
+                await lanes.idle(tp)
                 await guard.resolve(
                     tp,
                     offset,

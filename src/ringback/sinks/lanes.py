@@ -66,13 +66,13 @@ class Lanes:
         self.rebalancing = rebalancing
         self._room = asyncio.Semaphore(limit)
         self._tails: dict[Hashable, asyncio.Task] = {}  # key -> its last accepted record's task
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: dict[Hashable, set[asyncio.Task]] = {}  # tp -> its records' tasks
         self._pending: dict[Hashable, deque[_Slot]] = {}  # tp -> accepted, not yet acknowledged, in order
         self._held: dict[Hashable, int] = {}  # tp -> lowest abandoned offset since the assignment
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        return sum(len(tasks) for tasks in self._tasks.values())
 
     async def submit(
         self, key: Hashable, tp: Hashable, offset: int, run: Callable[[], Awaitable[Any]], finish: Callable[[], None]
@@ -88,7 +88,7 @@ class Lanes:
         pending.append(slot)
         task = asyncio.create_task(self._run(key, tp, self._tails.get(key), run, slot, pending))
         self._tails[key] = task
-        self._tasks.add(task)
+        self._tasks.setdefault(tp, set()).add(task)
         IN_FLIGHT.inc()
 
     async def _run(
@@ -119,7 +119,7 @@ class Lanes:
             while pending and (pending[0].done or pending[0].abandoned):
                 pending.popleft().finish()
         finally:
-            self._tasks.discard(me)
+            self._tasks[tp].discard(me)
             if self._tails.get(key) is me:
                 del self._tails[key]
             self._room.release()
@@ -163,7 +163,7 @@ class Lanes:
         consumer._commit = _commit
         consumer._ringback_lanes = self
 
-    async def idle(self) -> None:
-        """Until every accepted record has finished."""
-        while self._tasks:
-            await asyncio.wait(list(self._tasks))
+    async def idle(self, tp: Hashable | None = None) -> None:
+        """Until every accepted record (of partition `tp`, or of all) has finished."""
+        while tasks := [t for p, ts in self._tasks.items() if tp is None or p == tp for t in ts]:
+            await asyncio.wait(tasks)
