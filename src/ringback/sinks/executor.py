@@ -200,29 +200,47 @@ class ActionExecutor:
             for aid, d in list(self.t.deferred.items())
             if d and not is_index_key(aid) and d.get("partition") == partition and d["due_at"] <= now
         ]
+        # The 08:00 burst: one number's SMS in order, different numbers at once (bounded like
+        # the lanes). The tasks inherit the TICK as current event: writes go to `partition`.
+        by_number: dict[str, list[tuple[str, dict]]] = {}
         for aid, d in sorted(due, key=lambda x: x[1]["due_at"]):
-            if aid in self._inflight:
-                continue
-            entry = self.t.sent_log.get(aid)
-            if entry and entry["state"] in rec.FINAL:
-                del self.t.deferred[aid]
-                await self._unindex(d.get("action"), aid)
-                continue
-            self._inflight.add(aid)
-            try:
-                action = d["action"]
-                practice = self.directory.by_id(action["practice_id"])
-                if practice is None:
-                    result = await self._dead(action, "unknown practice (not in the config topic)", entry)
-                else:
-                    resume = entry if entry and entry["state"] in (rec.ATTEMPTING, rec.RETRY) else None
-                    result = await self._sms(action, practice, d.get("caller"), partition, resume, fired=True)
-                if result != rec.DEFERRED:
-                    del self.t.deferred[aid]
-                    await self._unindex(action, aid)
-            finally:
-                self._inflight.discard(aid)
+            a = d.get("action") or {}
+            by_number.setdefault(f"{a.get('practice_id')}|{a.get('recipient')}", []).append((aid, d))
+        room = asyncio.Semaphore(self.env.ringback_sink_concurrency)
+
+        async def fire_number(entries: list[tuple[str, dict]]) -> None:
+            async with room:
+                for aid, d in entries:
+                    await self._fire_one(aid, d, partition)
+
+        results = await asyncio.gather(*(fire_number(e) for e in by_number.values()), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         return len(due)
+
+    async def _fire_one(self, aid: str, d: dict, partition: int) -> None:
+        if aid in self._inflight:
+            return
+        entry = self.t.sent_log.get(aid)
+        if entry and entry["state"] in rec.FINAL:
+            del self.t.deferred[aid]
+            await self._unindex(d.get("action"), aid)
+            return
+        self._inflight.add(aid)
+        try:
+            action = d["action"]
+            practice = self.directory.by_id(action["practice_id"])
+            if practice is None:
+                result = await self._dead(action, "unknown practice (not in the config topic)", entry)
+            else:
+                resume = entry if entry and entry["state"] in (rec.ATTEMPTING, rec.RETRY) else None
+                result = await self._sms(action, practice, d.get("caller"), partition, resume, fired=True)
+            if result != rec.DEFERRED:
+                del self.t.deferred[aid]
+                await self._unindex(action, aid)
+        finally:
+            self._inflight.discard(aid)
 
     async def on_call_event(self, key: bytes | None, event: dict, partition: int | None = None) -> str | None:
         """Inbound SMS from patients: opt-out / opt-in words and sentences. An answered

@@ -122,8 +122,10 @@ class PracticeThrottle:
         if slots is None:
             slots = self._slots[practice_id] = asyncio.Semaphore(self.limit)
         async with slots:
-            while (wait := self._paused_until.get(practice_id, 0.0) - self.wall()) > 0:
+            while (wait := (until := self._paused_until.get(practice_id, 0.0)) - self.wall()) > 0:
                 await self.sleep(wait)
+                if self._paused_until.get(practice_id, 0.0) == until:
+                    break  # not extended meanwhile by another 429
             yield
 
     def pause(self, practice_id: str, seconds: float) -> None:
