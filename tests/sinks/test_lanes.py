@@ -1,5 +1,5 @@
 """Lanes (sinks/lanes.py): one key's records in order, different keys at once, acknowledgements
-in offset order per partition, commits never past an unfinished record, abandon on rebalance."""
+in offset order per partition, commits never past an unfinished record."""
 
 from __future__ import annotations
 
@@ -77,24 +77,6 @@ async def test_at_most_limit_records_accepted():
     r.gates[2].set()
     await lanes.idle()
     assert r.acked == [0, 1, 2]
-
-
-async def test_records_not_started_when_a_rebalance_begins_are_abandoned_and_hold_the_commit():
-    rebalancing = False
-    lanes, r = Lanes(limit=10, rebalancing=lambda: rebalancing), Recorder()
-    await lanes.submit("a", TP, 10, r.job(10), r.finish(10))
-    await lanes.submit("a", TP, 11, r.job(11), r.finish(11))  # waits behind 10
-    await lanes.submit("b", TP, 12, r.job(12), r.finish(12))
-    await settle()
-    rebalancing = True
-    r.gates[10].set()  # started before the rebalance: finishes
-    r.gates[12].set()
-    await lanes.idle()
-    assert r.started == [10, 12]  # 11 never ran
-    assert r.acked == [10, 11, 12]  # all acknowledged: Faust's wait for the streams ends
-    assert lanes.cap({TP: 13}) == {TP: 11}  # but the commit stays below 11: the next owner reads it
-    lanes.reset()
-    assert lanes.cap({TP: 13}) == {TP: 13}
 
 
 async def test_the_commit_wrapper_caps_what_faust_asks():

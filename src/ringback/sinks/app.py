@@ -181,7 +181,7 @@ class Sinks:
         )
         self.gap_guard: gap_guard_module.GapGuard | None = None  # build_sinks attaches it
         # Actions: many in flight, one caller's in order (sinks/lanes.py).
-        self.lanes = Lanes(settings.ringback_sink_concurrency, rebalancing=lambda: bool(app.rebalancing))
+        self.lanes = Lanes(settings.ringback_sink_concurrency)
 
     def _table(self, name: str) -> DurableTable:
         changelog = task_channel.changelog_topic(self.app, self.settings) if name == "tasks" else None

@@ -18,11 +18,15 @@ commits past anything. So:
     acknowledges by itself (the ones it skips during a rebalance).
 
 Rebalances. Faust waits for every record it handed out to be acknowledged before it
-gives partitions away (`Consumer.wait_empty`). A record already started finishes (its
-ATTEMPTING entry is written before the request leaves, so even a kill is safe). A record
-still waiting in its lane when a rebalance starts is *abandoned*: acknowledged so that
-Faust can go on, but the commit stays below it (`floor`), so the next owner reads it
-again. The bookkeeping starts afresh at every assignment.
+gives partitions away (`Consumer.wait_empty`): the records in the lanes (at most `limit`)
+finish first, as a single record in flight did before. A kill needs nothing: ATTEMPTING
+is written before a request leaves, and nothing unfinished is committed. The bookkeeping
+starts afresh at every assignment.
+
+Records are not abandoned at a rebalance (acknowledged unfinished, commit held below
+them): Faust records the offsets it *asked* to commit as committed, ignores later
+acknowledgements below that, and refreshes it from the broker only for partitions that
+have a committed offset, so a held commit could stay behind until the next record.
 """
 
 from __future__ import annotations
@@ -39,10 +43,6 @@ from prometheus_client import Counter, Gauge
 log = logging.getLogger(__name__)
 
 IN_FLIGHT = Gauge("ringback_sink_records_in_flight", "Action records accepted by the lanes and not finished yet")
-ABANDONED = Counter(
-    "ringback_sink_records_abandoned_total",
-    "Action records not started when a rebalance began: left for the partition's next owner",
-)
 COMMITS_CAPPED = Counter(
     "ringback_sink_commits_capped_total", "Offset commits held below an action record still in flight"
 )
@@ -53,7 +53,6 @@ class _Slot:
     offset: int
     finish: Callable[[], None]
     done: bool = False
-    abandoned: bool = False
 
 
 class Lanes:
@@ -61,14 +60,12 @@ class Lanes:
     room); `floor` says how far a partition may be committed; `install` wraps the consumer's
     commit with it; `reset` at every assignment; `idle` waits until nothing is in flight."""
 
-    def __init__(self, limit: int, rebalancing: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.rebalancing = rebalancing
         self._room = asyncio.Semaphore(limit)
         self._tails: dict[Hashable, asyncio.Task] = {}  # key -> its last accepted record's task
         self._tasks: dict[Hashable, set[asyncio.Task]] = {}  # tp -> its records' tasks
         self._pending: dict[Hashable, deque[_Slot]] = {}  # tp -> accepted, not yet acknowledged, in order
-        self._held: dict[Hashable, int] = {}  # tp -> lowest abandoned offset since the assignment
 
     @property
     def in_flight(self) -> int:
@@ -79,7 +76,7 @@ class Lanes:
     ) -> None:
         """Accept the record at `offset` of `tp`: `run` starts once the key's earlier records
         are done; `finish` (acknowledge) is called once it and every earlier record of `tp`
-        are done or abandoned. Returns once accepted (waits while `limit` are in flight).
+        are done. Returns once accepted (waits while `limit` are in flight).
         The task is created here, so it inherits the caller's context (Faust's current
         event: table writes go to this record's partition)."""
         await self._room.acquire()
@@ -105,18 +102,12 @@ class Lanes:
         try:
             if before is not None:
                 await asyncio.wait([before])  # its outcome is its own business
-            if self.rebalancing():
-                slot.abandoned = True
-                ABANDONED.inc()
-                if pending is self._pending.get(tp):
-                    self._held[tp] = min(self._held.get(tp, slot.offset), slot.offset)
-            else:
-                try:
-                    await run()
-                except Exception:  # the handler dead-letters what it cannot do; this is a bug
-                    log.exception("an action record failed outside its handler")
+            try:
+                await run()
+            except Exception:  # the handler dead-letters what it cannot do; this is a bug
+                log.exception("an action record failed outside its handler")
             slot.done = True
-            while pending and (pending[0].done or pending[0].abandoned):
+            while pending and pending[0].done:
                 pending.popleft().finish()
         finally:
             self._tasks[tp].discard(me)
@@ -127,7 +118,7 @@ class Lanes:
 
     def floor(self, tp: Hashable) -> int | None:
         """The lowest offset of `tp` that may not be committed past (None: no limit)."""
-        low = self._held.get(tp)
+        low = None
         for slot in self._pending.get(tp, ()):
             if not slot.done and (low is None or slot.offset < low):
                 low = slot.offset
@@ -140,6 +131,7 @@ class Lanes:
             low = self.floor(tp)
             if low is not None and offset > low:
                 COMMITS_CAPPED.inc()
+                log.warning("%s: Faust asked to commit offset %d, the record at %d is in flight: held back", tp, offset, low)
                 offset = low
             allowed[tp] = offset
         return allowed
@@ -148,7 +140,6 @@ class Lanes:
         """A new assignment: Faust reads every partition again from its committed offset.
         Records of the old assignment still finishing keep their own queues."""
         self._pending = {}
-        self._held = {}
 
     def install(self, consumer: Any) -> None:
         """Cap the Faust consumer's offset commits (`_commit`, faust-streaming 0.15: the call
