@@ -131,7 +131,7 @@ class Lanes:
             low = self.floor(tp)
             if low is not None and offset > low:
                 COMMITS_CAPPED.inc()
-                log.warning("%s: Faust asked to commit offset %d, the record at %d is in flight: held back", tp, offset, low)
+                log.warning("%s: Faust asked to commit offset %d, record %d is in flight: held back", tp, offset, low)
                 offset = low
             allowed[tp] = offset
         return allowed
