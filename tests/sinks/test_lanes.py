@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from ringback.sinks.lanes import Lanes
-from ringback.sinks.retry import PracticeThrottle
+from ringback.sinks.retry import PracticeThrottle, RateLimited
 
 TP = ("actions", 0)
 
@@ -115,3 +115,9 @@ async def test_a_429_pauses_the_whole_practice():
     async with throttle.slot("maple"):
         pass
     assert slept == [3.0] and throttle.paused_for("maple") == 0
+    try:  # a 429 inside the slot (a send or a look-up) pauses the practice
+        async with throttle.slot("maple"):
+            raise RateLimited("429", retry_after=4)
+    except RateLimited:
+        pass
+    assert throttle.paused_for("maple") == 4.0

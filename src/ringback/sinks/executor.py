@@ -43,7 +43,7 @@ from ringback.observability.metrics import DEAD_LETTERS as ALL_DEAD_LETTERS
 from ringback.observability.metrics import FIRST_RESPONSE_BUCKETS, child, practice_label
 from ringback.sinks import records as rec
 from ringback.sinks.channels.twilio_sms import TwilioSms, body_digest, status_callback_url
-from ringback.sinks.retry import OptedOut, Permanent, PracticeThrottle, RateLimited, RetryPolicy, Transient
+from ringback.sinks.retry import OptedOut, Permanent, PracticeThrottle, RetryPolicy, Transient
 
 log = logging.getLogger(__name__)
 
@@ -504,9 +504,7 @@ class ActionExecutor:
             try:
                 async with self.throttle.slot(practice.id):
                     return await sms.send(practice, to, body, callback)
-            except Transient as exc:
-                if isinstance(exc, RateLimited):  # the practice waits as a whole, this lane retries
-                    self.throttle.pause(practice.id, exc.retry_after or self.policy.base_s)
+            except Transient as exc:  # RateLimited: the throttle paused the practice; this lane retries
                 state["last"] = str(exc)
                 state["look_first"] = exc.ambiguous
                 if not exc.ambiguous:

@@ -100,7 +100,7 @@ def parse_retry_after(value: str | None, default: float = 1.0) -> float:
 
 class PracticeThrottle:
     """At most `limit` API calls in flight per practice; and a practice told to slow down
-    (429, with Retry-After or the first backoff) waits as a whole: none of its calls leaves
+    (a `RateLimited` raised inside `slot`: its Retry-After, else 1 s) waits as a whole: none of its calls leaves
     before the pause is over. The action that got the 429 retries itself, in its lane, so
     one caller's order is kept."""
 
@@ -126,7 +126,11 @@ class PracticeThrottle:
                 await self.sleep(wait)
                 if self._paused_until.get(practice_id, 0.0) == until:
                     break  # not extended meanwhile by another 429
-            yield
+            try:
+                yield
+            except RateLimited as exc:  # a send or a look-up: the whole practice waits
+                self.pause(practice_id, exc.retry_after if exc.retry_after is not None else 1.0)
+                raise
 
     def pause(self, practice_id: str, seconds: float) -> None:
         until = self.wall() + max(0.0, seconds)
