@@ -40,6 +40,10 @@ class FakeEffects:
             t[key] = value
         self.log.append(("persist", table, key, (value or {}).get("state") if isinstance(value, dict) else None))
 
+    async def persist_all(self, writes):
+        for table, key, value in writes:
+            await self.persist(table, key, value)
+
     async def outcome(self, key, record):
         self.outcomes.append(record)
         self.log.append(("outcome", record["action_result"]))

@@ -21,7 +21,7 @@ from ringback.sinks import records as rec
 from ringback.sinks.channels.email import SmtpMailer, message_id
 from ringback.sinks.channels.slack import SlackWebhook
 from ringback.sinks.channels.twilio_sms import SmsRejected, TwilioSms, classify_rest_error, status_callback_url
-from ringback.sinks.retry import OptedOut, Permanent, RetryPolicy, Transient
+from ringback.sinks.retry import OptedOut, Permanent, RateLimited, RetryPolicy, Transient
 from tests.conftest import REPO, free_port
 from tests.support.prism import PrismMock
 
@@ -95,16 +95,19 @@ async def test_form_fields_and_lookup_against_the_capture_server(practices):
 
 
 async def test_twilio_failures_are_classified(practices):
-    server = FakeApiServer(script=[500, 429, ("hang", 2)])
+    server = FakeApiServer(script=[500, (429, {"Retry-After": "7"}), 429, ("hang", 2)])
     try:
         sms = TwilioSms(twilio_env(server.url), timeout_s=0.5)
         with pytest.raises(Transient) as e500:
             await sms.send(practices[0], CALLER, "x")
-        with pytest.raises(Transient) as e429:
+        with pytest.raises(RateLimited) as e429:
+            await sms.send(practices[0], CALLER, "x")
+        with pytest.raises(RateLimited) as bare429:
             await sms.send(practices[0], CALLER, "x")
         with pytest.raises(Transient) as slow:
             await sms.send(practices[0], CALLER, "x")
         assert (e500.value.ambiguous, e429.value.ambiguous, slow.value.ambiguous) == (True, False, True)
+        assert (e429.value.retry_after, bare429.value.retry_after) == (7.0, 1.0)  # Retry-After, else 1 s
         await sms.close()
     finally:
         server.close()

@@ -12,7 +12,7 @@ import pytest
 
 from ringback.sinks import records as rec
 from ringback.sinks.executor import caller_of, resolve_target
-from ringback.sinks.retry import OptedOut, Permanent, Transient
+from ringback.sinks.retry import OptedOut, Permanent, RateLimited, Transient
 from tests.sinks.harness import (
     CALLER,
     CHICAGO,
@@ -342,3 +342,13 @@ async def test_answered_call_cancels_the_sms_waiting_for_morning(practices):
     ex.clock.set(datetime(2026, 11, 25, 8, 0, tzinfo=CHICAGO).timestamp())
     await ex.fire_due(1)
     assert [s["to"] for s in ex.sms.sent] == ["+14155550999"]
+
+
+async def test_429_pauses_the_practice_and_the_same_action_is_sent_after_the_pause(practices):
+    ex = make(practices, sms_script=[RateLimited("Twilio answered 429", retry_after=5)])
+    a = action()
+    assert await ex.handle_action(None, a, 0) == rec.SENT
+    assert len(ex.sms.sent) == 2 and len(ex.sms.created) == 1
+    assert ex.throttle.paused_for("maple-family") == 5.0  # every call of the practice waits it out
+    assert ex.throttle.paused_for("other-practice") == 0
+    assert 5.0 in ex.sleeps
