@@ -241,11 +241,11 @@ async def test_slack_retries_429_then_5xx_and_email_goes_to_the_routed_address(p
         assert await ex.handle_action(key(), a, 0) == rec.SENT
         assert len(ex.slack.calls) == 3 and ex.sleeps[0] == 2.0
         url, text = ex.slack.calls[-1]
-        assert url == "https://hooks.example.org/services/x" and CALLER not in text and "0123" in text
+        assert url == "https://hooks.example.org/services/x" and "0123" not in text  # no number in Slack
         n = action("NOTIFY_STAFF", recipient="scheduling_coordinator")  # routed: email
         assert await ex.handle_action(key(), n, 0) == rec.SENT
         to, subject, body = ex.mailer.calls[0]
-        assert to == "frontdesk@maple.example.org" and CALLER in body and "Maple Family Practice" in subject
+        assert to == "frontdesk@maple.example.org" and "0123" not in body and "Maple Family Practice" in subject
         assert ex.fx.outcomes[-1]["channel"] == "email"
     finally:
         del os.environ["MAPLE_SLACK_WEBHOOK"]

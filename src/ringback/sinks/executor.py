@@ -548,20 +548,20 @@ class ActionExecutor:
         if target is None:
             return await self._fail(action, "recipient is neither slack:<secret>, email:<address> nor a routed role")
         channel, address = target
-        subject, text = rec.staff_message(action, practice.name, practice.time_zone, caller)
+        message = rec.staff_message(action, practice.name, practice.time_zone, self.env.ringback_console_url)
         if channel == "slack":
             url = read_secret(address, self.env)
             if not url or self.slack is None:
                 return await self._fail(action, f"Slack webhook secret {address} is not set", channel)
 
             async def call() -> None:
-                await self.slack.post(url, text)
+                await self.slack.post(url, message.text, urgent=message.urgent)
         else:
             if self.mailer is None:
                 return await self._fail(action, "e-mail action but SMTP_URL is not set", channel)
 
             async def call() -> None:
-                await self.mailer.send(aid, address, subject, text)
+                await self.mailer.send(aid, address, message.subject, message.text, urgent=message.urgent)
 
         base = rec.entry_base(action)
         # No look-up exists for Slack or e-mail: an attempt cut short by a crash is made
