@@ -193,4 +193,3 @@ def test_the_protect_alert_names_its_task():
     assert alert["body"] == staff_texts.reschedule_escalation("Wed 25 Nov 09:00 CST", 48)
     assert [n["step"] for n in h.notices()] == ["protect_task_notice"]
     assert h.notices()[0]["priority"] == "HIGH"
-    h.at(DAY)
