@@ -23,6 +23,8 @@ from ringback.sinks.channels.slack import URGENT_MENTION, SlackWebhook
 from ringback.sinks.channels.twilio_sms import SmsRejected, TwilioSms, classify_rest_error, status_callback_url
 from ringback.sinks.retry import OptedOut, Permanent, RetryPolicy, Transient
 from tests.conftest import REPO, free_port
+from tests.sinks.harness import NOON, key, make
+from tests.sinks.harness import action as harness_action
 from tests.support.prism import PrismMock
 
 ACCOUNT_SID = "AC" + "0" * 31 + "1"
@@ -304,3 +306,23 @@ def test_package_json_pins_prism_and_the_lock_file_exists():
     lock = json.loads((REPO / "package-lock.json").read_text())
     assert "node_modules/@stoplight/prism-cli" in lock["packages"]
     assert Path(REPO / "node_modules" / ".bin" / "prism").exists()
+
+
+async def test_the_task_the_sink_puts_in_place_of_a_blocked_sms_is_notified_to_its_role(practices):
+    ex = make(practices)
+    stop = {
+        "event_type": "SMS",
+        "direction": "INBOUND",
+        "practice_id": "maple-family",
+        "caller": CALLER,
+        "sms_body": "STOP",
+        "occurred_at": int(NOON * 1000),
+    }
+    await ex.on_call_event(key(), stop)
+    sms = harness_action()
+    assert await ex.handle_action(key(), sms, 0) == rec.SUPPRESSED
+    [(to, subject, text)] = ex.mailer.calls
+    assert to == "frontdesk@maple.example.org" and subject.endswith("New task for the scheduling coordinator (NORMAL)")
+    assert f"Task: task {sms['action_id']}:callback in the staff console" in text and CALLER[-4:] not in text
+    assert ex.t.sent_log[sms["case_id"] + ":first_sms_callback_notice"]["state"] == rec.SENT
+    assert await ex.handle_action(key(), sms, 0) == "DUPLICATE" and len(ex.mailer.calls) == 1

@@ -36,7 +36,7 @@ from ringback.config.secrets import read_secret
 from ringback.config.settings import Settings
 from ringback.domain import consent as rules
 from ringback.domain.practice import Practice
-from ringback.domain.recipes import ACK_SMS, FIRST_SMS, RESCHEDULE_SMS
+from ringback.domain.recipes import ACK_SMS, FIRST_SMS, RESCHEDULE_SMS, task_notice
 from ringback.domain.tasks import PENDING, apply_update, hold_update, new_task
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.observability.metrics import DEAD_LETTERS as ALL_DEAD_LETTERS
@@ -678,6 +678,9 @@ class ActionExecutor:
                 role=role,
                 reason=f"patient SMS not sent ({why}): call back instead",
             )
+            notice = task_notice(practice, action, task_action)  # the role is told, as for the worker's tasks
+            if notice is not None and notice["action_id"] not in self.t.sent_log:
+                await self._notify(notice, practice, caller, None)
         return rec.SUPPRESSED
 
     async def _fail(self, action: dict, why: str, channel: str | None = None) -> str:
