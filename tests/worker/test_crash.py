@@ -97,7 +97,9 @@ def test_pending_gates_fire_once_on_the_survivor_of_a_sigkill(processes, service
     processes.kill(victim)  # SIGKILL, no goodbye
 
     expected = {
-        f"{cases[p]}:{s}" for p in callers for s in ("first_sms", "notify_coordinator", "second_sms", "callback_task")
+        f"{cases[p]}:{s}"
+        for p in callers
+        for s in ("first_sms", "notify_coordinator", "second_sms", "callback_task", "callback_task_notice")
     }
 
     def finals() -> list[dict]:
@@ -183,7 +185,9 @@ def test_a_crash_between_sending_and_writing_the_state_emits_nothing_twice(
     )
 
     expected = {
-        f"{cases[p]}:{s}" for p in callers for s in ("first_sms", "notify_coordinator", "second_sms", "callback_task")
+        f"{cases[p]}:{s}"
+        for p in callers
+        for s in ("first_sms", "notify_coordinator", "second_sms", "callback_task", "callback_task_notice")
     }
     wait_for(
         lambda: (

@@ -403,6 +403,8 @@ def test_a_scaled_down_practice_day(processes, service_env, kafka_bootstrap, out
     }
     confirmation = recipes.case_id(PRACTICE, np_optout, optout_sms["event_id"]) + ":optout_confirmation"
     expected_actions = {aid(n, s) for n, steps in expected_steps.items() for s in steps} | {confirmation}
+    # Every task goes with its notice to the role (recipes.task_notice).
+    expected_actions |= {a + recipes.NOTICE for a in expected_actions if a.rpartition(":")[2] in recipes.CALLBACK_STEPS}
     expected_finals = {
         "np_reply": ("CONVERTED", "sms_reply"),
         "np_booked": ("CONVERTED", "booking"),

@@ -21,9 +21,10 @@ PATIENT_DATA = ("Ann Example", "Nurse line", NEW_CALLER, KNOWN)
 
 
 def assert_no_patient_data(action: dict) -> None:
-    text = " ".join(str(v) for v in (action["body"], *action["params"].values()))
+    """The text says nothing about the patient; of the params, only `caller` (never rendered)."""
+    text = " ".join(str(v) for k, v in (("body", action["body"]), *action["params"].items()) if k != "caller")
     assert not [d for d in PATIENT_DATA if d in text], text
-    assert set(action["params"]) <= {"role", "task_id"}
+    assert set(action["params"]) == {"role", "task_id", "caller"}
 
 
 def test_an_urgent_task_notifies_the_provider_at_once_flagged_urgent_without_patient_data():
@@ -35,7 +36,7 @@ def test_an_urgent_task_notifies_the_provider_at_once_flagged_urgent_without_pat
     assert notice["kind"] == "NOTIFY_STAFF" and notice["step"] == "clinical_task_notice"
     assert notice["recipient"] == "email:dr.lee@maple.example.org"  # the task's own target
     assert notice["priority"] == "URGENT" and notice["due_at"] == task["due_at"] == T0 + 30 * MIN
-    assert notice["params"] == {"role": "assigned_provider", "task_id": task["action_id"]}
+    assert notice["params"] == {"role": "assigned_provider", "task_id": task["action_id"], "caller": KNOWN}
     assert notice["body"] == "URGENT: a new urgent clinical callback task for the assigned provider. Open it now."
     assert notice["created_at"] == task["created_at"]  # told at once
     assert_no_patient_data(notice)

@@ -232,7 +232,8 @@ def action(
 def task_notice(practice: Practice, case: Mapping, task: Mapping) -> dict | None:
     """The NOTIFY_STAFF that tells a task's role at once that the task exists: the role,
     the priority (URGENT flagged), the due time and the task's id for the console link;
-    nothing about the patient. None when the practice routes the role nowhere."""
+    nothing about the patient in its text (`caller` is a param for keys and readers of the
+    actions topic, never rendered). None when the practice routes the role nowhere."""
     role = (task.get("params") or {}).get("role") or task["recipient"]
     target = notice_target(practice, role, task["recipient"])
     if target is None:
@@ -248,7 +249,7 @@ def task_notice(practice: Practice, case: Mapping, task: Mapping) -> dict | None
         task["created_at"],
         priority=priority,
         due_at=task.get("due_at"),
-        params={"role": role, "task_id": task["action_id"]},
+        params={"role": role, "task_id": task["action_id"], "caller": case["caller"]},
     )
 
 
