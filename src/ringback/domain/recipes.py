@@ -207,7 +207,7 @@ def action(
     now_ms: int,
     priority: str = "NORMAL",
     due_at: int | None = None,
-    params: Mapping[str, str] | None = None,
+    params: Mapping[str, str | None] | None = None,  # None values are left out
 ) -> dict:
     """One action command of a case step (schemas/action_command.avsc)."""
     return {
@@ -249,7 +249,7 @@ def task_notice(practice: Practice, case: Mapping, task: Mapping) -> dict | None
         task["created_at"],
         priority=priority,
         due_at=task.get("due_at"),
-        params={"role": role, "task_id": task["action_id"], "caller": case["caller"]},
+        params={"role": role, "task_id": task["action_id"], "caller": case.get("caller")},
     )
 
 
