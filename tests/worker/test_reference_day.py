@@ -492,7 +492,7 @@ def test_a_scaled_down_practice_day(processes, service_env, kafka_bootstrap, out
     expected_outcomes = {
         f"{cid[n]}:{state}" for n in cid for state in ["OPEN", *middle.get(n, ["RESPONDED"]), expected_finals[n][0]]
     }
-    assert len(expected_actions) == 38 and len(expected_outcomes) == 53
+    assert len(expected_actions) == 38 + 11 and len(expected_outcomes) == 53  # 11 tasks, 11 notices
     assert {o["outcome_id"] for o in outcomes} == expected_outcomes
     for name in cid:
         if name != "np_answered":
