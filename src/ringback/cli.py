@@ -17,7 +17,15 @@ def _env() -> Settings:
     return click.get_current_context().find_root().obj
 
 
-@click.group()
+class _Commands(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SettingsError as exc:  # e.g. the Kafka brokers refused a credential: one line naming the setting
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Commands)
 @click.option("--log-level", default=None, show_default="INFO", help="env RINGBACK_LOG_LEVEL")
 @click.option(
     "--log-format",
@@ -56,16 +64,16 @@ def main(ctx: click.Context, log_level: str | None, log_format: str | None) -> N
 # ---------------------------------------------------------------- kafka
 @main.group()
 def kafka() -> None:
-    """The local single-node Kafka broker (no Docker)."""
+    """The local single-node Kafka broker (no Docker), and the ACLs of a secured cluster."""
 
 
-def _broker(port: int | None, data_dir: str | None):
+def _broker(port: int | None, data_dir: str | None, secure: bool = False):
     from ringback.dev.local_kafka import LocalKafka
 
     if port is None:
         bootstrap = _env().kafka_bootstrap_servers
         port = int(bootstrap.split(",")[0].rsplit(":", 1)[1])
-    return LocalKafka(port=port, home=Path(data_dir) if data_dir else None)
+    return LocalKafka(port=port, home=Path(data_dir) if data_dir else None, secure=secure)
 
 
 _port_opt = click.option(
@@ -82,16 +90,27 @@ _dir_opt = click.option(
 @kafka.command("start")
 @_port_opt
 @_dir_opt
-def kafka_start(port: int | None, data_dir: str | None) -> None:
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="SASL_SSL with SCRAM, a CA made for it, the authorizer on (docs/kafka-security.md); kept by the data folder",
+)
+def kafka_start(port: int | None, data_dir: str | None, secure: bool) -> None:
     """Fetch the jars if needed, format storage once, start, wait until it serves metadata."""
     from ringback.dev.local_kafka import KafkaError
 
-    broker = _broker(port, data_dir)
+    broker = _broker(port, data_dir, secure)
     try:
         broker.start()
     except KafkaError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"kafka {broker.status()}")
+    if broker.secure:
+        settings = broker.client_env()
+        del settings["KAFKA_SASL_USERNAME"], settings["KAFKA_SASL_PASSWORD"]
+        click.echo("connect as the super user `admin` with:")
+        click.echo("".join(f"  export {k}={v}\n" for k, v in settings.items()), nl=False)
+        click.echo(f"  export RINGBACK_SECRETS_DIR={broker.secrets_dir}  # KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD")
 
 
 @kafka.command("stop")
@@ -113,6 +132,63 @@ def kafka_status(port: int | None, data_dir: str | None) -> None:
     sys.exit(0 if broker.pid() else 1)
 
 
+def _faust_internal_topics(env: Settings) -> dict[str, list[str]]:
+    """The topics the worker's and the sinks' Faust apps create themselves, from the built topologies."""
+    from ringback.clock import ManualClock
+    from ringback.kafka import topics
+    from ringback.kafka.practice_directory import PracticeDirectory
+    from ringback.sinks import app as sinks_app
+    from ringback.worker.app import make_app
+    from ringback.worker.topology import build_topology
+
+    worker = build_topology(make_app(env), env, PracticeDirectory(), ManualClock(0))
+    sinks = sinks_app.build_sinks(sinks_app.make_app(env), env, PracticeDirectory(), ManualClock(0))
+    return {
+        topics.WORKER: [t.get_topic_name() for t in worker.internal_topics],
+        topics.SINKS: [t.get_topic_name() for t in sinks.internal_topics],
+    }
+
+
+@kafka.command("acls")
+@click.option(
+    "--process",
+    "processes",
+    multiple=True,
+    help="only this kind of process (repeatable): admin, gateway, worker, sinks, console, cdr, ehr, hl7, "
+    "gvoice, report",
+)
+@click.option(
+    "--principal-format",
+    default="User:{namespace}-{process}",
+    show_default=True,
+    help="the principal of each kind of process",
+)
+@click.option("--apply", "apply_them", is_flag=True, help="create them on the cluster (needs an admin principal)")
+def kafka_acls(processes: tuple[str, ...], principal_format: str, apply_them: bool) -> None:
+    """Print the ACLs each kind of process needs (one principal per kind, least privilege), derived from the
+    topic declarations; with --apply, create them. Columns: principal, permission, operation, resource,
+    pattern, name."""
+    from ringback.kafka import acls, admin, topics
+
+    env = _env()
+    unknown = sorted(set(processes) - set(topics.PROCESSES))
+    if unknown:
+        raise click.BadParameter(
+            f"{', '.join(unknown)}: not one of {', '.join(topics.PROCESSES)}", param_hint="--process"
+        )
+    rules = acls.all_acls(env, processes or topics.PROCESSES, principal_format, _faust_internal_topics(env))
+    for rule in rules:
+        click.echo(rule.line())
+    if apply_them:
+        from confluent_kafka import KafkaException
+
+        try:
+            count = acls.apply(admin.admin_client(env), rules)
+        except KafkaException as exc:
+            raise click.ClickException(f"the cluster refused the ACLs: {exc.args[0].str()}") from None
+        click.echo(f"applied {count} ACLs", err=True)
+
+
 # ---------------------------------------------------------------- config
 @main.group()
 def config() -> None:
@@ -126,6 +202,7 @@ def config_apply(file: Path, dry_run: bool) -> None:
     """Validate a practices file and publish it to the config topic."""
     from ringback.clock import Clock
     from ringback.kafka import admin, topics
+    from ringback.kafka.connection import client_config
     from ringback.kafka.practice_directory import practice_record
     from ringback.kafka.producer import AckedProducer
     from ringback.schemas import codec
@@ -139,7 +216,7 @@ def config_apply(file: Path, dry_run: bool) -> None:
         return
     env = _env()
     admin.ensure_topics(env)
-    producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=10)
+    producer = AckedProducer(client_config(env), timeout_s=10)
     name = topics.topic_name(topics.PRACTICE_CONFIG, env)
     now = Clock().now_ms()
     for p in practices.practices:
@@ -336,8 +413,9 @@ def demo(practices: int, seed: int, speed: float, calls: int, keep_running: bool
 @click.option(
     "--only",
     default=None,
-    metavar="a,b,sink,c,d,scaling",
-    help="figures to run: a throughput, b latency, sink SMS/s of one sink process, c gates, d restart, scaling "
+    metavar="a,b,sink,c,d,e,scaling",
+    help="figures to run: a throughput, b latency, sink SMS/s of one sink process, c gates, d restart, "
+    "e kill -9 → next SMS, scaling "
     "(default: all)",
 )
 @click.option(

@@ -18,7 +18,7 @@ PACKAGE = REPO / "src" / "ringback"
 DOC = REPO / "docs" / "configuration.md"
 ROW = re.compile(r"^\| `([A-Z][A-Z0-9_]+)` \| ([^|]+) \|", re.MULTILINE)
 # Secrets read by name (config/secrets.py), documented on the same page.
-SECRETS = {secrets.CONSOLE_SECRET, secrets.LOG_HASH_KEY, secrets.EHR_SMART_KEY} | {
+SECRETS = {secrets.CONSOLE_SECRET, secrets.LOG_HASH_KEY, secrets.EHR_SMART_KEY, *secrets.KAFKA_SECRETS} | {
     name for _, name in secrets.PROVIDER_SECRETS.values()
 }
 

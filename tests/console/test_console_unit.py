@@ -97,7 +97,7 @@ class Harness:
             self.users,
             SessionCodec(b"k" * 32),
             clock=self.clock,
-            throttle=LoginThrottle(limit=3, window_s=60),
+            throttle=LoginThrottle(delay_from=3, window_s=60),
         )
 
     def put(self, task: dict) -> dict:
@@ -279,7 +279,8 @@ def test_user_store_hashes_with_argon2_and_ends_sessions_on_change(tmp_path):
     assert store.verify("lakeside-peds", "ana", PASSWORD) is None
     assert store.verify("maple-family", "nobody", PASSWORD) is None
     codec_ = SessionCodec(b"s" * 32)
-    cookie, csrf = codec_.issue(user)
+    cookie, issued = codec_.issue(user)
+    csrf = issued.csrf
     assert codec_.read(cookie, store).user == user and codec_.read(cookie, store).csrf == csrf
     assert codec_.read(cookie[:-2] + "xx", store) is None  # tampered
     assert SessionCodec(b"t" * 32).read(cookie, store) is None  # another key
@@ -302,7 +303,7 @@ def test_user_store_hashes_with_argon2_and_ends_sessions_on_change(tmp_path):
 
 def test_login_throttle_counts_failures_per_key_in_a_window():
     now = [0.0]
-    throttle = LoginThrottle(limit=2, window_s=60, clock=lambda: now[0])
+    throttle = LoginThrottle(delay_from=2, window_s=60, clock=lambda: now[0])
     throttle.failed("acct", "ip")
     assert throttle.retry_after("acct", "ip") == 0
     throttle.failed("acct", "ip")

@@ -40,7 +40,15 @@ REQUIRED_USER_VARS = {
 }
 # Environment entries without a value: handed to the container only when set
 # on the host (compose semantics for `VAR:` / `- VAR`).
-OPTIONAL_PASSTHROUGH_VARS = {"TWILIO_API_BASE_URL", "SCHEMA_REGISTRY_URL", "RINGBACK_PUBLIC_URL"}
+OPTIONAL_PASSTHROUGH_VARS = {
+    "TWILIO_API_BASE_URL",
+    "SCHEMA_REGISTRY_URL",
+    "RINGBACK_PUBLIC_URL",
+    "KAFKA_SECURITY_PROTOCOL",
+    "KAFKA_SASL_MECHANISM",
+    "KAFKA_SASL_USERNAME",
+    "KAFKA_SASL_PASSWORD",
+}
 
 EXPECTED_SERVICES = {
     "kafka",

@@ -41,8 +41,8 @@ def listed(bootstrap: str, names: list[str]) -> dict:
     return wait_for(all_there, 30, message=f"the broker listing {names}")  # type: ignore[return-value]  # wait_for returns what the probe returned, typed as object
 
 
-def described(bootstrap: str, names: list[str]) -> dict[str, tuple[int, str, str]]:
-    """{name: (partitions, cleanup.policy, retention.ms)}"""
+def described(bootstrap: str, names: list[str]) -> dict[str, tuple[int, str, str, str]]:
+    """{name: (partitions, cleanup.policy, retention.ms, max.compaction.lag.ms)}"""
     metadata = listed(bootstrap, names)
     client = AdminClient({"bootstrap.servers": bootstrap})  # alive until the answers are in
     configs = client.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, n) for n in names])
@@ -53,6 +53,7 @@ def described(bootstrap: str, names: list[str]) -> dict[str, tuple[int, str, str
             len(metadata[resource.name].partitions),
             config["cleanup.policy"].value,
             config["retention.ms"].value,
+            config["max.compaction.lag.ms"].value,
         )
     return out
 
@@ -62,10 +63,16 @@ def test_every_declared_topic_is_created_once_with_its_count_and_policy(env, kaf
     admin.ensure_topics(env)  # idempotent
     got = described(kafka_bootstrap, [topics.topic_name(spec, env) for spec in topics.ALL])
     for spec in topics.ALL:
-        partitions, policy, _ = got[topics.topic_name(spec, env)]
+        partitions, policy, _, max_lag = got[topics.topic_name(spec, env)]
         assert partitions == topics.partition_count(spec, env)
         assert policy == ("compact" if spec.compacted else "delete")
+        if not spec.compacted:  # retention always explicit, never the broker's default
+            assert got[topics.topic_name(spec, env)][2] == str(topics.retention_ms(spec, env))
+        else:  # a deleted key (a patient gone from the EHR) is compacted away within the PHI retention
+            assert max_lag == str(env.ringback_phi_retention_days * 86_400_000)
     assert got[topics.topic_name(topics.TICKS, env)][2] == "3600000"
+    assert got[topics.topic_name(topics.CALL_EVENTS, env)][2] == str(env.ringback_phi_retention_days * 86_400_000)
+    assert got[topics.topic_name(topics.OUTCOMES, env)][2] == str(env.ringback_outcome_retention_days * 86_400_000)
 
 
 def test_the_apps_internal_topics_are_created_as_faust_would_declare_them(env, kafka_bootstrap):
@@ -76,7 +83,7 @@ def test_the_apps_internal_topics_are_created_as_faust_would_declare_them(env, k
     admin.ensure_internal_topics(env, internal)  # idempotent
     ns = env.ringback_namespace
     got = described(kafka_bootstrap, [t.get_topic_name() for t in internal])
-    assert {name: (p, policy) for name, (p, policy, _) in got.items()} == {
+    assert {name: (p, policy) for name, (p, policy, _, _) in got.items()} == {
         f"{ns}-streams-state-changelog": (4, "compact"),
         f"{ns}-sinks-sent-log-changelog": (4, "compact"),
         f"{ns}-sinks-consent-changelog": (4, "compact"),
@@ -86,6 +93,7 @@ def test_the_apps_internal_topics_are_created_as_faust_would_declare_them(env, k
         f"{ns}.sinks-ticks": (4, "delete"),
     }
     assert got[f"{ns}.sinks-ticks"][2] == "3600000"
+    assert got[f"{ns}-sinks-consent-changelog"][3] == str(env.ringback_phi_retention_days * 86_400_000)
 
 
 def test_a_co_partitioned_topic_with_another_count_is_refused(env, kafka_bootstrap):

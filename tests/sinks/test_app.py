@@ -25,7 +25,7 @@ def test_the_sinks_app_takes_its_settings():
     env = settings(ringback_sinks_store="memory://", ringback_store="rocksdb://", ringback_sinks_commit_every=10)
     app = sinks_app.make_app(env)
     assert app.conf.id == "x-sinks" and str(app.conf.store) == "memory:"
-    assert app.conf.broker_commit_every == 10 and app.conf.broker_session_timeout == 30
+    assert app.conf.broker_commit_every == 10 and app.conf.broker_session_timeout == 10
     assert app.conf.table_standby_replicas == 1 and app.conf.web_port == 9102
     assert not app.agents and not app.tables
 

@@ -69,7 +69,9 @@ def practices(urgent_escalation_s: int) -> dict:
 
 
 class ConsoleStack:
-    def __init__(self, bootstrap: str, name: str, urgent_escalation_s: int, tmp: Path) -> None:
+    def __init__(
+        self, bootstrap: str, name: str, urgent_escalation_s: int, tmp: Path, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.bootstrap = bootstrap
         self.ns = f"t{uuid.uuid4().hex[:10]}"
         self.urgent_escalation_s = urgent_escalation_s
@@ -96,6 +98,7 @@ class ConsoleStack:
                 "RINGBACK_CONSOLE_SECRET": "console-test-session-key-0123456789",
                 "CONSOLE_TEST_SLACK": self.twilio.url + "/slack/console-test",
                 "PYTHONUNBUFFERED": "1",
+                **(extra_env or {}),  # e.g. TWILIO_API_BASE_URL of a Prism mock
             }
         )
         self.env = env

@@ -8,6 +8,7 @@ import uuid
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from ringback.kafka.connection import Connection, librdkafka
 from ringback.schemas import codec
 
 _LEADERSHIP_MOVING = {
@@ -17,12 +18,12 @@ _LEADERSHIP_MOVING = {
 }
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+def end_offsets(bootstrap: Connection, topic: str) -> dict[int, int]:
+    admin = AdminClient(librdkafka(bootstrap))
     md = admin.list_topics(topic, timeout=10).topics.get(topic)
     if md is None or md.error is not None:
         return {}
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"probe-{uuid.uuid4().hex}"})
+    consumer = Consumer({**librdkafka(bootstrap), "group.id": f"probe-{uuid.uuid4().hex}"})
     try:
         return {p: _high_watermark(consumer, topic, p) for p in md.partitions}
     finally:
@@ -41,34 +42,34 @@ def _high_watermark(consumer: Consumer, topic: str, partition: int, timeout: flo
             time.sleep(0.2)
 
 
-def total_records(bootstrap: str, topic: str) -> int:
+def total_records(bootstrap: Connection, topic: str) -> int:
     return sum(end_offsets(bootstrap, topic).values())
 
 
-def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+def committed_offsets(bootstrap: Connection, group: str, topic: str) -> dict[int, int]:
     parts = [TopicPartition(topic, p) for p in end_offsets(bootstrap, topic)]
     if not parts:
         return {}
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    consumer = Consumer({**librdkafka(bootstrap), "group.id": group})
     try:
         return {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=10)}
     finally:
         consumer.close()
 
 
-def caught_up(bootstrap: str, group: str, topic: str) -> bool:
+def caught_up(bootstrap: Connection, group: str, topic: str) -> bool:
     """True once the group has committed everything in the topic (and it is not empty)."""
     ends = end_offsets(bootstrap, topic)
     committed = committed_offsets(bootstrap, group, topic)
     return bool(ends) and sum(ends.values()) > 0 and all(ends[p] == 0 or committed.get(p, -1) >= ends[p] for p in ends)
 
 
-def read_all(bootstrap: str, topic: str, schema: str | None = None) -> list[tuple[bytes | None, object]]:
+def read_all(bootstrap: Connection, topic: str, schema: str | None = None) -> list[tuple[bytes | None, object]]:
     """Every record in the topic now (up to the end offsets seen at the start)."""
     ends = end_offsets(bootstrap, topic)
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **librdkafka(bootstrap),
             "group.id": f"probe-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

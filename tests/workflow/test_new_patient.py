@@ -42,16 +42,31 @@ def test_new_patient_first_sms_waits_the_hold_then_goes_with_a_coordinator_notif
     assert h.fired == [("first_response", 0)]
 
 
-def test_a_reply_stops_the_two_hour_follow_up():
+def test_a_reply_stops_the_two_hour_follow_up_and_is_a_response_not_a_conversion():
     h = Harness()
     h.missed()
     h.at(HOUR)
     h.sms(NEW_CALLER, "Yes please, can I come Thursday?")
     h.at(5 * HOUR)
-    assert h.steps() == ["first_sms", "notify_coordinator"]
+    assert h.steps() == ["first_sms", "notify_coordinator", "patient_replied"]
+    assert not [o for o in h.outcomes if o["final"]]
+    h.at(DAY)
     final = h.final()
-    assert final["state"] == "CONVERTED" and final["converted"] is True
-    assert final["conversion_channel"] == "sms_reply" and final["converted_at"] == T0 + HOUR - 1000
+    assert final["state"] == "EXPIRED" and final["converted"] is False and final["conversion_channel"] is None
+    assert final["responded"] is True and final["responded_at"] == T0 + HOUR - 1000
+    assert final["response_channel"] == "sms_reply"
+
+
+def test_a_reply_then_the_booking_staff_make_converts_the_case():
+    h = Harness()
+    h.missed()
+    h.at(HOUR)
+    h.sms(NEW_CALLER, "Yes please, can I come Thursday?")
+    h.at(HOUR + 20 * MIN)
+    h.appointment(NEW_CALLER, "a1", start=h.now + 2 * DAY, updated_at=h.now)
+    final = h.final()
+    assert final["state"] == "CONVERTED" and final["conversion_channel"] == "booking"
+    assert final["converted_at"] == T0 + HOUR + 20 * MIN and final["responded_at"] == T0 + HOUR - 1000
 
 
 def test_no_reply_within_two_hours_second_sms_and_callback_task_due_in_four_hours():

@@ -129,15 +129,13 @@ def test_after_an_opt_out_the_note_names_the_task_with_its_priority_and_no_if_th
 
 
 def test_a_frequency_cap_note_says_the_limit_reached():
-    h = Harness(sms_caps={"per_day": 1, "per_week": 3})
+    h = Harness(sms_caps={"per_day": 1, "per_week": 1})
     h.missed()
-    h.at(hold())
-    h.sms(NEW_CALLER, "thanks")
-    h.at(HOUR)
+    h.at(DAY + HOUR)  # the first case expired; its SMS is this week's one
     h.missed()
-    h.at(HOUR + hold())
+    h.at(DAY + HOUR + hold())
     notes = [a for a in h.actions if a["step"] == "notify_coordinator"]
-    assert notes[1]["body"] == staff_texts.NEW_PATIENT_CAPPED.format(limit="1 SMS in 24 h")
+    assert notes[1]["body"] == staff_texts.NEW_PATIENT_CAPPED.format(limit="1 SMS in 7 days")
     assert notes[1]["priority"] == "HIGH"
 
 

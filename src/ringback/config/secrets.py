@@ -27,6 +27,12 @@ def read_secret(name: str, env: Settings) -> str | None:
 CONSOLE_SECRET = "RINGBACK_CONSOLE_SECRET"  # signs the console's session cookies
 LOG_HASH_KEY = "RINGBACK_LOG_HASH_KEY"  # keys the phone-number hashes in logs
 EHR_SMART_KEY = "RINGBACK_EHR_SMART_KEY"  # private key(s) signing SMART Backend Services assertions
+# The Kafka clients' credentials (kafka/connection.py), as KAFKA_SECURITY_PROTOCOL and KAFKA_SASL_MECHANISM ask.
+KAFKA_SASL_USERNAME = "KAFKA_SASL_USERNAME"
+KAFKA_SASL_PASSWORD = "KAFKA_SASL_PASSWORD"
+KAFKA_SSL_KEY_PASSWORD = "KAFKA_SSL_KEY_PASSWORD"
+KAFKA_OAUTHBEARER_CLIENT_SECRET = "KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET"
+KAFKA_SECRETS = (KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD, KAFKA_SSL_KEY_PASSWORD, KAFKA_OAUTHBEARER_CLIENT_SECRET)
 
 # Webhook secrets of the phone providers: the key a practice's `secrets` map uses, and the
 # name of the account-wide secret (env var or secrets-dir file) used for practices whose map

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ringback.config import user_dirs
@@ -38,6 +38,24 @@ class Settings(BaseSettings):
 
     # ------------------------------------------------------------------ shared
     kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka brokers, host:port[,host:port...]")
+    # How every Kafka client connects (kafka/connection.py; docs/kafka-security.md). The SASL
+    # username and password, the key's password and the OAuth client secret are secrets.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = Field(
+        None, description="With SASL_*: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER"
+    )
+    kafka_ssl_ca_file: Path | None = Field(
+        None, description="CA certificates (PEM) the brokers' certificates must chain to (default: the system's)"
+    )
+    kafka_ssl_certificate_file: Path | None = Field(None, description="Client certificate (PEM), for mutual TLS")
+    kafka_ssl_key_file: Path | None = Field(None, description="Its private key (PEM), for mutual TLS")
+    kafka_sasl_oauthbearer_token_endpoint_url: str | None = Field(
+        None, description="OAUTHBEARER: the OAuth 2 token endpoint (client-credentials grant)"
+    )
+    kafka_sasl_oauthbearer_client_id: str | None = Field(None, description="OAUTHBEARER: the OAuth client id")
+    kafka_sasl_oauthbearer_scope: str | None = Field(None, description="OAUTHBEARER: scopes asked for, if any")
     ringback_namespace: str = Field(
         "ringback", description="Prefix of every topic and consumer group; test runs and environments each have one"
     )
@@ -55,6 +73,16 @@ class Settings(BaseSettings):
     )
     ringback_config: Path | None = Field(
         None, description="The practices file the deployment applies (`ringback config apply`)"
+    )
+    ringback_phi_retention_days: int = Field(
+        14,
+        ge=1,
+        description="How long the topics with personal data keep records (call events, actions, task updates, "
+        "delivery receipts, dead letters), and the longest a deleted patient record stays in a compacted topic: "
+        "longer than the longest case window plus the time to restore a stopped worker",
+    )
+    ringback_outcome_retention_days: int = Field(
+        400, ge=1, description="How long the outcome topic (no personal data; read by BI and the report) keeps records"
     )
     schema_registry_url: str | None = Field(
         None, description="Confluent Schema Registry; unset: Avro without a registry (schema fingerprint header)"
@@ -95,6 +123,12 @@ class Settings(BaseSettings):
     )
 
     # ------------------------------------------------------------------ worker and sinks
+    ringback_instance_id: str | None = Field(
+        None,
+        description="This process's stable name in its consumer group (static membership, Kafka's "
+        "group.instance.id), unique per process: a process restarted under the same name takes its partitions "
+        "back at once instead of waiting out the dead one's session; unset: dynamic membership",
+    )
     ringback_gap_guard: bool = Field(
         True, description="Read back records Faust skips around a rebalance (off: trust Faust; for comparisons)"
     )
@@ -111,9 +145,9 @@ class Settings(BaseSettings):
         1.0, gt=0, description="Sinks commit offsets at least this often (seconds)"
     )
     ringback_sinks_session_timeout_s: float = Field(
-        30.0, gt=0, description="Sinks consumer session timeout: how soon a killed sink's partitions move on"
+        10.0, gt=0, description="Sinks consumer session timeout: how soon a killed sink's partitions move on"
     )
-    ringback_sinks_heartbeat_s: float = Field(3.0, gt=0, description="Sinks consumer heartbeat interval")
+    ringback_sinks_heartbeat_s: float = Field(2.0, gt=0, description="Sinks consumer heartbeat interval")
     ringback_sinks_standbys: int = Field(1, ge=0, description="Standby copies of every sink table partition")
     ringback_sinks_tick_s: float = Field(1.0, gt=0, description="How often the sinks check for deferred SMS due")
     ringback_sinks_persist_timeout_s: float = Field(
@@ -157,7 +191,21 @@ class Settings(BaseSettings):
     ringback_console_ack_timeout_s: float = Field(
         5.0, gt=0, description="How long the console waits for the broker to acknowledge a task update"
     )
-    ringback_console_session_s: int = Field(43200, ge=1, description="Lifetime of a console login session")
+    ringback_console_session_s: int = Field(
+        43200, ge=1, le=604800, description="Lifetime of a console login session (at most 7 days)"
+    )
+    ringback_console_login_delay_s: float = Field(
+        1.0, gt=0, description="Wait after the 3rd failed sign-in of an account from one address; doubles each time"
+    )
+    ringback_console_login_max_delay_s: float = Field(
+        60.0, gt=0, description="The longest wait between sign-in tries after failures"
+    )
+    ringback_trusted_proxies: str | None = Field(
+        None,
+        description="Addresses/networks (comma-separated) of the TLS-terminating proxy in front of the gateway and "
+        "the console, whose X-Forwarded-Proto/-Host/-For are trusted; requests from elsewhere then get 400. Unset: "
+        "those headers are ignored",
+    )
     ringback_console_cookie_secure: bool = Field(False, description="Mark the session cookie Secure (behind HTTPS)")
 
     # -------------------------------------------------------------- sources (`cdr poll`, `ehr sync`, `gvoice watch`)
@@ -231,6 +279,43 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_case(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("ringback_trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: str | None) -> str | None:
+        from ringback.config.proxies import parse_trusted
+
+        parse_trusted(value)  # a bad address is an error at start, not a proxy silently untrusted
+        return value
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper_case(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _kafka_security_complete(self) -> Settings:
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and self.kafka_sasl_mechanism is None:
+            raise ValueError(
+                f"KAFKA_SASL_MECHANISM must be set with KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+            )
+        if (
+            sasl
+            and self.kafka_sasl_mechanism == "OAUTHBEARER"
+            and not (self.kafka_sasl_oauthbearer_token_endpoint_url and self.kafka_sasl_oauthbearer_client_id)
+        ):
+            raise ValueError(
+                "KAFKA_SASL_MECHANISM=OAUTHBEARER needs KAFKA_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL and "
+                "KAFKA_SASL_OAUTHBEARER_CLIENT_ID"
+            )
+        if (self.kafka_ssl_certificate_file is None) != (self.kafka_ssl_key_file is None):
+            raise ValueError("KAFKA_SSL_CERTIFICATE_FILE and KAFKA_SSL_KEY_FILE go together (mutual TLS)")
+        for name in ("kafka_ssl_ca_file", "kafka_ssl_certificate_file", "kafka_ssl_key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{variable(name)}: no file {path}")
+        return self
 
     @property
     def sinks_store(self) -> str:

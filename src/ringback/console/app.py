@@ -12,7 +12,10 @@ processes can run beside the workers). Routes (the JSON API is described in `ope
     GET  /api/tasks[?role=]          the practice's open tasks, most urgent first
     GET  /api/tasks/{task_id}
     POST /api/tasks/{task_id}/claim | /complete | /reassign
-    GET  /api/events                 server-sent events: "tasks" whenever they change
+    GET  /api/events                 server-sent events: "tasks" whenever tasks or conversations change
+    GET  /api/conversations          the practice's conversations (console/conversations.py)
+    GET  /api/conversations/{id}     one caller's SMS both ways, missed calls, voicemails, case steps
+    POST /api/conversations/{id}/reply   a staff reply: one SEND_SMS action (console/replies.py)
     GET  /healthz  /readyz  /metrics
 
 Security: every /api route but login needs the session cookie; the practice always
@@ -28,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
+import math
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -38,7 +41,11 @@ from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
 from ringback.clock import Clock
+from ringback.config.proxies import parse_trusted, proxy_middlewares
 from ringback.console import views
+from ringback.console.conversations import Conversations
+from ringback.console.replies import ReplyService, new_nonce
+from ringback.console.revocations import SessionRevocations
 from ringback.console.service import ChangeNotifier, ConsoleError, TaskService
 from ringback.console.sessions import COOKIE, CSRF_HEADER, LoginThrottle, Session, SessionCodec, csrf_ok
 from ringback.console.task_cache import TaskCache
@@ -92,24 +99,30 @@ class Console:
         throttle: LoginThrottle | None = None,
         client_throttle: LoginThrottle | None = None,
         ready: Callable[[], bool] | None = None,
+        trusted_proxies: list[str] | None = None,
+        replies: ReplyService | None = None,
     ) -> None:
         self.service = service
+        self.replies = replies
         self.users = users
         self.sessions = sessions
         self.directory = directory
         self.clock = clock or Clock()
         self.cookie_secure = cookie_secure
-        # Failed sign-ins: 10 per account, and 100 per client address (a front desk's tablets
-        # may share one address: one mistyped password must not lock the whole office out).
-        self.throttle = throttle or LoginThrottle(limit=10)
-        self.client_throttle = client_throttle or LoginThrottle(limit=100)
+        self.trusted_proxies = trusted_proxies or []  # config/proxies.py: scheme and client from the proxy
+        # Failed sign-ins slow the next try down: per account at one client address from the 3rd
+        # failure, and per address over all accounts from the 20th (a front desk's tablets may share
+        # one address). Delays, never a lockout; per process (docs/console.md says why).
+        self.throttle = throttle or LoginThrottle(delay_from=3, clock=self.clock.now)
+        self.client_throttle = client_throttle or LoginThrottle(delay_from=20, clock=self.clock.now)
         self.ready = ready or (lambda: True)
         self.notifier = service.notifier
         self._streams = 0
 
     # ------------------------------------------------------------------ application
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._middleware])
+        middlewares = [*proxy_middlewares(self.trusted_proxies), self._middleware]
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=middlewares)
         r = app.router
         r.add_get("/", self.page, name="page")
         r.add_static("/static/", STATIC, name="static", append_version=False)
@@ -123,6 +136,9 @@ class Console:
                 f"/api/tasks/{{task_id}}/{action}", self._signed_in(self._task_update(action), csrf=True), name=action
             )
         r.add_get("/api/events", self._signed_in(self.events), name="events")
+        r.add_get("/api/conversations", self._signed_in(self.list_conversations), name="conversations")
+        r.add_get("/api/conversations/{conversation_id}", self._signed_in(self.get_conversation), name="conversation")
+        r.add_post("/api/conversations/{conversation_id}/reply", self._signed_in(self.reply, csrf=True), name="reply")
         r.add_get("/api/openapi.yaml", self.openapi, name="openapi")
         r.add_get("/healthz", self.healthz, name="healthz")
         r.add_get("/readyz", self.readyz, name="readyz")
@@ -174,7 +190,10 @@ class Console:
             return True
         if origin == "null":
             return False
-        parts = urlsplit(origin)
+        try:
+            parts = urlsplit(origin)
+        except ValueError:  # e.g. "http://[" : not a URL, so not this origin
+            return False
         return parts.netloc == request.host and parts.scheme in ("http", "https")
 
     async def _json_body(self, request: web.Request) -> dict:
@@ -251,12 +270,16 @@ class Console:
         practice_id, username = practice_id.strip().lower(), username.strip().lower()
         if len(practice_id) > 64 or len(username) > 64 or len(password) > MAX_PASSWORD:
             return _error(401, "invalid_credentials", "wrong practice, username or password")
-        account, client = f"{practice_id}/{username}", f"ip:{request.remote}"
+        client = f"ip:{request.remote}"
+        account = f"{practice_id}/{username}|{client}"  # the account at this address: a guesser elsewhere
         wait = max(self.throttle.retry_after(account), self.client_throttle.retry_after(client))
-        if wait:
+        if wait > 0:
             LOGINS.labels("throttled").inc()
             return _error(
-                429, "too_many_attempts", "too many failed sign-ins; wait and try again", {"Retry-After": str(wait)}
+                429,
+                "too_many_attempts",
+                "too many failed sign-ins; wait and try again",
+                {"Retry-After": str(math.ceil(wait))},
             )
         # Argon2 takes tens of milliseconds: off the event loop.
         user = await asyncio.get_running_loop().run_in_executor(
@@ -273,13 +296,16 @@ class Console:
         self.throttle.succeeded(account)
         LOGINS.labels("ok").inc()
         log.info("console sign-in", extra={"practice_id": user.practice_id, "user": user.username})
-        value, csrf = self.sessions.issue(user)
-        session = Session(user, csrf, time.time())
+        value, session = self.sessions.issue(user)
         response = web.json_response(self._session_body(session))
         self._set_cookie(response, value, request.secure)
         return response
 
     async def logout(self, request: web.Request, session: Session) -> web.Response:
+        """Revoke the session for every replica; only once the broker has it is the cookie cleared
+        (else 503 and the user is still signed in, and can try again)."""
+        await self.sessions.revocations.revoke(session)
+        log.info("console sign-out", extra={"practice_id": session.user.practice_id, "user": session.user.username})
         response = web.Response(status=204)
         response.del_cookie(COOKIE, path="/")
         return response
@@ -301,7 +327,7 @@ class Console:
             "roles": list(user.roles),
             "manager": views.is_manager(user),
             "csrf_token": session.csrf,
-            "expires_at": int((session.issued_at + self.sessions.max_age_s) * 1000),
+            "expires_at": int(session.expires_at * 1000),
             "outcomes": [{"value": k, "label": v} for k, v in views.OUTCOMES.items()],
             "roles_available": [
                 {"value": r, "label": views.role_label(r)} for r in self._reassign_roles(user.practice_id)
@@ -365,6 +391,51 @@ class Console:
 
         return handler
 
+    # ------------------------------------------------------------------ API: conversations
+    # (A console built without a reply service, as in tests of the tasks alone, has no conversations.)
+    @property
+    def _conversations(self) -> Conversations | None:
+        return self.replies.conversations if self.replies else None
+
+    async def list_conversations(self, request: web.Request, session: Session) -> web.Response:
+        practice = session.user.practice_id
+        return web.json_response(
+            {
+                "practice_id": practice,
+                "server_time": self.clock.now_ms(),
+                "conversations": self._conversations.summaries(practice) if self._conversations else [],
+            }
+        )
+
+    def _conversation(self, request: web.Request, session: Session) -> dict:
+        conversations = self._conversations
+        found = conversations and conversations.conversation(
+            session.user.practice_id, request.match_info["conversation_id"]
+        )
+        if not found:
+            raise ConsoleError(404, "not_found", "no such conversation")
+        return found
+
+    async def get_conversation(self, request: web.Request, session: Session) -> web.Response:
+        # The nonce goes into the page's reply form: the reply it sends has one action id.
+        return web.json_response({**self._conversation(request, session), "reply_nonce": new_nonce()})
+
+    async def reply(self, request: web.Request, session: Session) -> web.Response:
+        self._conversation(request, session)  # 404 before anything else for an id that is not the practice's
+        assert self.replies is not None
+        body = await self._json_body(request)
+        action = await self.replies.reply(
+            session.user, request.match_info["conversation_id"], body.get("body"), body.get("nonce")
+        )
+        return web.json_response(
+            {
+                "reply_id": action["action_id"],
+                "conversation": self._conversation(request, session),
+                "reply_nonce": new_nonce(),
+                "server_time": self.clock.now_ms(),
+            }
+        )
+
     async def events(self, request: web.Request, session: Session) -> web.StreamResponse:
         """Server-sent events: `tasks` with the practice's version, at once and on every change."""
         if self._streams >= SSE_MAX_CLIENTS:
@@ -418,23 +489,37 @@ def run(env, host: str = "0.0.0.0", port: int = 8081) -> None:
     from ringback.console.sessions import session_key
     from ringback.console.users import users_path
     from ringback.kafka import admin, topics
+    from ringback.kafka.connection import client_config
     from ringback.kafka.producer import AckedProducer
 
     admin.ensure_topics(env)
     notifier = ChangeNotifier()
     board = TaskCache(env, on_change=notifier.bump).follow()  # the tasks topic
     directory = PracticeDirectory().follow(env)
-    producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=env.ringback_console_ack_timeout_s)
+    producer = AckedProducer(client_config(env), timeout_s=env.ringback_console_ack_timeout_s)
     key, key_source = session_key(env)
     users = UserStore(users_path(env))
-    service = TaskService(board, producer, topics.topic_name(topics.TASK_UPDATES, env), Clock(), notifier)
+    clock = Clock()
+    revocations = SessionRevocations(env, producer, clock, on_revoke=notifier.bump).follow()
+    service = TaskService(board, producer, topics.topic_name(topics.TASK_UPDATES, env), clock, notifier)
+    conversations = Conversations(env, key, on_change=notifier.bump).follow()  # calls, SMS, actions, outcomes
+    replies = ReplyService(conversations, producer, topics.topic_name(topics.ACTIONS, env), clock, notifier)
+    delays = {
+        "first_delay_s": env.ringback_console_login_delay_s,
+        "max_delay_s": env.ringback_console_login_max_delay_s,
+    }
     console = Console(
         service,
         users,
-        SessionCodec(key, env.ringback_console_session_s),
+        SessionCodec(key, env.ringback_console_session_s, clock=clock, revocations=revocations),
         directory=directory,
+        clock=clock,
         cookie_secure=env.ringback_console_cookie_secure,
-        ready=lambda: board.ready() and directory.ready,
+        throttle=LoginThrottle(delay_from=3, clock=clock.now, **delays),
+        client_throttle=LoginThrottle(delay_from=20, clock=clock.now, **delays),
+        trusted_proxies=parse_trusted(env.ringback_trusted_proxies),
+        ready=lambda: board.ready() and directory.ready and conversations.ready() and revocations.ready(),
+        replies=replies,
     )
     log.info("console: %d user accounts in %s; session key from %s", len(users.list()), users.path, key_source)
     if not users.list():
@@ -451,5 +536,7 @@ def run(env, host: str = "0.0.0.0", port: int = 8081) -> None:
         )
     finally:
         board.close()
+        conversations.close()
         directory.close()
+        revocations.close()
         producer.close()

@@ -24,6 +24,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from ringback.config.settings import Settings
 from ringback.domain.tasks import PENDING, open_tasks, urgency_key
 from ringback.kafka import topics
+from ringback.kafka.connection import client_config
 from ringback.kafka.topic_cache import TopicCacheReader, from_start_consumer
 from ringback.schemas import codec
 
@@ -100,7 +101,7 @@ class TaskCache:
 
     def _new_consumer(self) -> Consumer:
         return from_start_consumer(
-            self.env.kafka_bootstrap_servers, f"{self.env.ringback_namespace}.task-cache.{uuid.uuid4().hex[:8]}"
+            client_config(self.env), f"{self.env.ringback_namespace}.task-cache.{uuid.uuid4().hex[:8]}"
         )
 
     def _read(self, consumer: Consumer) -> None:

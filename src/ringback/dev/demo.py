@@ -126,6 +126,8 @@ class OutcomeReader:
     def __init__(self, bootstrap: str, topic: str) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
+        from ringback.kafka.connection import librdkafka
+
         self.records: list[dict] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -134,7 +136,7 @@ class OutcomeReader:
         self._converted: set[str] = set()
         self._tasks: set[str] = set()
         self._consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": f"demo-reader-{uuid.uuid4().hex}", "enable.auto.commit": False}
+            {**librdkafka(bootstrap), "group.id": f"demo-reader-{uuid.uuid4().hex}", "enable.auto.commit": False}
         )
         self._consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
         self._thread = threading.Thread(target=self._run, name="outcome-reader", daemon=True)
@@ -432,9 +434,10 @@ class Demo:
         if watchers:
             self._start_mailbox(watchers)
         elif self.gvoice_sites:
+            from ringback.kafka.connection import client_config
             from ringback.kafka.producer import AckedProducer
 
-            self._audit_producer = AckedProducer(self.settings.kafka_bootstrap_servers, timeout_s=10)
+            self._audit_producer = AckedProducer(client_config(self.settings), timeout_s=10)
         for pid in self.gvoice_sites:
             how = (
                 "its notification e-mails, read over IMAP by `ringback gvoice watch`"
@@ -522,9 +525,9 @@ class Demo:
         """Has the group committed offsets on every partition (at the end of each, if `at_end`)?"""
         from confluent_kafka import Consumer, TopicPartition
 
-        consumer = Consumer(
-            {"bootstrap.servers": self.settings.kafka_bootstrap_servers, "group.id": group, "enable.auto.commit": False}
-        )
+        from ringback.kafka.connection import client_config
+
+        consumer = Consumer({**client_config(self.settings), "group.id": group, "enable.auto.commit": False})
         try:
             parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
             committed = {tp.partition: tp.offset for tp in consumer.committed(parts, timeout=5)}

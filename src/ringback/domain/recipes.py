@@ -234,7 +234,10 @@ def task_notice(practice: Practice, case: Mapping, task: Mapping) -> dict | None
     the priority (URGENT flagged), the due time and the task's id for the console link;
     nothing about the patient in its text (`caller` is a param for keys and readers of the
     actions topic, never rendered). None when the practice routes the role nowhere."""
-    role = (task.get("params") or {}).get("role") or task["recipient"]
+    params = task.get("params") or {}
+    if params.get("task_id"):
+        return None  # adds to an open task (a further reply): its role was told when it was created
+    role = params.get("role") or task["recipient"]
     target = notice_target(practice, role, task["recipient"])
     if target is None:
         return None

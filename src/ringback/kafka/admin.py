@@ -23,17 +23,22 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ringback.config.settings import Settings
-from ringback.kafka import topics
+from ringback.kafka import connection, topics
 
 
 class CopartitioningError(RuntimeError):
     """Co-partitioned topics disagree on their partition count."""
 
 
-def _admin(settings: Settings) -> Any:
+class TopicCreationRefused(connection.KafkaAccessError):
+    """A topic is missing and this process's principal may not create it (least-privilege ACLs)."""
+
+
+def admin_client(settings: Settings) -> Any:
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    connection.verify(settings)  # refused credentials or CA: stop here, naming the setting
+    return AdminClient(connection.client_config(settings))
 
 
 def _replication(metadata: Any) -> int:
@@ -46,10 +51,15 @@ def _create(admin: Any, wanted: list, timeout: float) -> None:
 
     if not wanted:
         return
-    for fut in admin.create_topics(wanted, request_timeout=timeout).values():
+    for name, fut in admin.create_topics(wanted, request_timeout=timeout).items():
         try:
             fut.result()
         except KafkaException as exc:
+            if exc.args[0].name() in ("TOPIC_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED"):
+                raise TopicCreationRefused(
+                    f"topic {name} does not exist and this process's Kafka principal may not create it: run "
+                    "`ringback config apply` as the admin principal first (docs/kafka-deployments.md)"
+                ) from None
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
 
@@ -59,7 +69,7 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
     and refuse to go on if an existing co-partitioned topic has another count."""
     from confluent_kafka.admin import NewTopic
 
-    admin = _admin(settings)
+    admin = admin_client(settings)
     metadata = admin.list_topics(timeout=timeout)
     wanted = []
     for spec in topics.ALL:
@@ -73,11 +83,29 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
                     f"{count} (RINGBACK_PARTITIONS): joins would read the wrong partition"
                 )
             continue
-        config = {"cleanup.policy": "compact"} if spec.compacted else {}
-        if spec.retention_ms is not None:
-            config["retention.ms"] = str(spec.retention_ms)
-        wanted.append(NewTopic(name, num_partitions=count, replication_factor=_replication(metadata), config=config))
+        wanted.append(
+            NewTopic(
+                name,
+                num_partitions=count,
+                replication_factor=_replication(metadata),
+                config=topic_config(spec, settings),
+            )
+        )
     _create(admin, wanted, timeout)
+
+
+def topic_config(spec: topics.TopicSpec, settings: Settings) -> dict[str, str]:
+    """The cleanup policy and retention a topic is created with, always explicit (docs/phi-inventory.md).
+    A compacted topic drops a tombstoned key (a patient deleted in the EHR) within
+    RINGBACK_PHI_RETENTION_DAYS and the tombstone itself a day later."""
+    retention = topics.retention_ms(spec, settings)
+    if retention is not None:
+        return {"cleanup.policy": "delete", "retention.ms": str(retention)}
+    return {
+        "cleanup.policy": "compact",
+        "max.compaction.lag.ms": str(settings.ringback_phi_retention_days * topics.DAY_MS),
+        "delete.retention.ms": str(topics.DAY_MS),
+    }
 
 
 def ensure_internal_topics(settings: Settings, faust_topics: Iterable[Any], timeout: float = 30.0) -> None:
@@ -88,7 +116,7 @@ def ensure_internal_topics(settings: Settings, faust_topics: Iterable[Any], time
     from confluent_kafka.admin import NewTopic
     from mode.utils.times import want_seconds
 
-    admin = _admin(settings)
+    admin = admin_client(settings)
     metadata = admin.list_topics(timeout=timeout)
     wanted = []
     for topic in faust_topics:
@@ -101,6 +129,9 @@ def ensure_internal_topics(settings: Settings, faust_topics: Iterable[Any], time
             config["cleanup.policy"] = policy
         if topic.retention:
             config["retention.ms"] = str(int(want_seconds(topic.retention) * 1000))
+        if topic.compacting and not topic.deleting:  # a deleted key goes as in the declared topics
+            config.setdefault("max.compaction.lag.ms", str(settings.ringback_phi_retention_days * topics.DAY_MS))
+            config.setdefault("delete.retention.ms", str(topics.DAY_MS))
         partitions = topic.partitions or settings.ringback_partitions
         wanted.append(
             NewTopic(name, num_partitions=partitions, replication_factor=_replication(metadata), config=config)
@@ -121,7 +152,7 @@ def mismatches(counts: Mapping[str, int], wanted: int, names: list[str]) -> list
 def check_copartitioning(settings: Settings, changelogs: Iterable[str], timeout: float = 30.0) -> None:
     """Raise CopartitioningError naming every co-partitioned topic (those of `topics.py`
     and the given changelogs) with another partition count than RINGBACK_PARTITIONS."""
-    metadata = _admin(settings).list_topics(timeout=timeout).topics
+    metadata = admin_client(settings).list_topics(timeout=timeout).topics
     counts = {name: len(md.partitions) for name, md in metadata.items() if md.error is None}
     bad = mismatches(counts, settings.ringback_partitions, copartitioned_topics(settings, changelogs))
     if bad:

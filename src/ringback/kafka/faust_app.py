@@ -9,6 +9,14 @@ three or more), the web server on every interface, raw keys, and new consumer gr
 reading from the earliest offset, and table recovery that wipes and restores a local
 store partition out of step with its changelog (kafka/state_healing.py). The caller adds
 what differs (store, guarantee, timeouts, ports, commit cadence, standbys).
+
+With `RINGBACK_INSTANCE_ID` set the process is a static member of its group (Kafka's
+`group.instance.id`, which aiokafka sends in JoinGroup): restarted under the same name after
+a kill -9, it gets its partitions back at once, where a dynamic member waits until the
+broker expires the dead member's session (at least the broker's
+group.min.session.timeout.ms, 6 s by default). A static member sends no LeaveGroup on
+SIGTERM either (aiokafka skips it), so a rolling restart moves no partition; a process
+stopped for good hands its partitions on after the session timeout (docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -18,13 +26,21 @@ from typing import Any
 import faust
 
 from ringback.config.settings import Settings
+from ringback.kafka.connection import faust_broker
 from ringback.kafka.state_healing import HealingTableManager
 
 
 def faust_app(env: Settings, role: str, **settings: Any) -> faust.App:
+    instance = env.ringback_instance_id
+    if instance:
+        # Faust's assignor checks the URL in the assignment the broker hands back against its
+        # own canonical URL (by default host:web port). A static member restarted on another
+        # port gets its old assignment back and fails that check at every restart: name the
+        # member by its instance id (unique in the group, stable across restarts) instead.
+        settings.setdefault("canonical_url", f"http://{instance}")
     return faust.App(
         f"{env.ringback_namespace}-{role}",
-        broker=f"kafka://{env.kafka_bootstrap_servers}",
+        **faust_broker(env),  # the brokers, TLS and SASL (kafka/connection.py)
         datadir=str(env.ringback_state_dir / role),
         topic_partitions=env.ringback_partitions,
         topic_replication_factor=env.ringback_replication_factor,
@@ -34,5 +50,6 @@ def faust_app(env: Settings, role: str, **settings: Any) -> faust.App:
         key_serializer="raw",
         # A store ahead of a changelog created anew is wiped and restored, not a crash loop.
         TableManager=HealingTableManager,
+        consumer_group_instance_id=instance,
         **settings,
     )

@@ -61,6 +61,7 @@ from typing import Any, NamedTuple, Protocol
 from prometheus_client import Counter
 
 from ringback.config.settings import Settings
+from ringback.kafka.connection import Connection, client_config, librdkafka
 from ringback.observability import logs
 
 log = logging.getLogger(__name__)
@@ -467,7 +468,7 @@ class KafkaGapReader:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: Connection,
         group_id: str,
         *,
         auto_offset_reset: str = "earliest",
@@ -475,7 +476,7 @@ class KafkaGapReader:
         timeout_s: float = 30.0,
     ) -> None:
         self.config: dict[str, Any] = {
-            "bootstrap.servers": bootstrap,
+            **librdkafka(bootstrap),  # the brokers, TLS and SASL (kafka/connection.py)
             "group.id": group_id,
             "logger": logs.librdkafka_logger(),  # quiet during a broker outage (observability/client_errors.py)
             "enable.auto.commit": False,
@@ -589,10 +590,12 @@ def for_app(
     rebalance signals connected, the watch timer started (RINGBACK_GAP_GUARD,
     RINGBACK_GAP_WATCH_S)."""
     conf = app.conf
-    bootstrap = ",".join(f"{u.host}:{u.port or 9092}" for u in conf.broker)
     isolation = "read_committed" if "exactly_once" in str(conf.processing_guarantee) else "read_uncommitted"
     reader = KafkaGapReader(
-        bootstrap, conf.id, auto_offset_reset=conf.consumer_auto_offset_reset or "earliest", isolation_level=isolation
+        client_config(settings),
+        conf.id,
+        auto_offset_reset=conf.consumer_auto_offset_reset or "earliest",
+        isolation_level=isolation,
     )
     guard = GapGuard(app_name, topics, reader, enabled=settings.ringback_gap_guard, compacted=compacted)
     guard.rewind_from_start = (conf.consumer_auto_offset_reset or "earliest") == "earliest"

@@ -12,6 +12,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from ringback.config.settings import Settings
 from ringback.kafka import topics
+from ringback.kafka.connection import client_config
 from ringback.observability import logs
 
 
@@ -20,7 +21,7 @@ def read_latest(env: Settings, spec: topics.TopicSpec, key: bytes, timeout: floa
     name = topics.topic_name(spec, env)
     consumer = Consumer(
         {
-            "bootstrap.servers": env.kafka_bootstrap_servers,
+            **client_config(env),  # the brokers, TLS and SASL
             "group.id": f"{env.ringback_namespace}.{spec.suffix}-reader",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",

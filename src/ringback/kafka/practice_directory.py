@@ -18,6 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from ringback.config.settings import Settings
 from ringback.domain.practice import Practice
 from ringback.kafka import topics
+from ringback.kafka.connection import client_config
 from ringback.kafka.topic_cache import TopicCacheReader, from_start_consumer
 from ringback.schemas import codec
 
@@ -100,7 +101,7 @@ class PracticeDirectory:
         the beginning after an error, serving the last directory meanwhile)."""
         self._name = topics.topic_name(topics.PRACTICE_CONFIG, env)
         self._reader.start(
-            lambda: from_start_consumer(env.kafka_bootstrap_servers, f"{env.ringback_namespace}.practice-directory")
+            lambda: from_start_consumer(client_config(env), f"{env.ringback_namespace}.practice-directory")
         )  # never committed
         return self
 

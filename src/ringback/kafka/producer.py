@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from ringback.kafka.connection import Connection, librdkafka
 from ringback.observability import logs
 
 
@@ -22,16 +23,20 @@ class BrokerUnavailable(RuntimeError):
 
 
 class AckedProducer:
-    def __init__(self, bootstrap: str, timeout_s: float = 5.0, **extra: object) -> None:
+    def __init__(self, bootstrap: Connection, timeout_s: float = 5.0, **extra: object) -> None:
         self.timeout_s = timeout_s
         self._producer = Producer(
             {
-                "bootstrap.servers": bootstrap,
+                **librdkafka(bootstrap),  # the brokers, TLS and SASL (kafka/connection.py)
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 2,
                 "message.timeout.ms": int(timeout_s * 1000),
                 "socket.connection.setup.timeout.ms": 3000,
+                # librdkafka backs off reconnects up to 10 s by default: after a broker restart the
+                # gateway kept answering 503 for 20-29 s. 1 s at most: back within ~1 s of the broker.
+                "reconnect.backoff.ms": 100,
+                "reconnect.backoff.max.ms": 1000,
                 # Java's and aiokafka's partitioner (murmur2), so records produced here land in
                 # the same partition as Faust's for the same key: co-partitioning depends on it.
                 "partitioner": "murmur2_random",

@@ -26,16 +26,17 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
+from ringback.kafka.connection import Connection, librdkafka
 from ringback.observability import logs
 
 log = logging.getLogger(__name__)
 
 
-def from_start_consumer(bootstrap_servers: str, group_id: str) -> Consumer:
+def from_start_consumer(bootstrap_servers: Connection, group_id: str) -> Consumer:
     """A consumer for reading partitions from the start: never commits, reports each
     partition's end (`_PARTITION_EOF`)."""
     config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap_servers,
+        **librdkafka(bootstrap_servers),  # the brokers, TLS and SASL (kafka/connection.py)
         "group.id": group_id,
         "logger": logs.librdkafka_logger(),  # quiet during a broker outage (observability/client_errors.py)
         "enable.auto.commit": False,

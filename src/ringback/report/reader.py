@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ringback.kafka.connection import Connection, bootstrap_servers, client_config, librdkafka, verify
 from ringback.report.kpis import ReportBuilder, ReportError, parse_time
 from ringback.report.text import render_text
 
@@ -47,7 +48,7 @@ class ReadStats:
 
 
 def read_outcomes(
-    bootstrap: str,
+    bootstrap: Connection,
     topic: str,
     *,
     since_ms: int | None,
@@ -64,7 +65,7 @@ def read_outcomes(
 
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **librdkafka(bootstrap),  # the brokers, TLS and SASL (kafka/connection.py)
             # Never used to commit (assign(), enable.auto.commit off); librdkafka wants one.
             "group.id": f"{group_prefix}-report-{uuid.uuid4().hex[:12]}",
             "enable.auto.commit": False,
@@ -80,7 +81,7 @@ def read_outcomes(
         try:
             metadata = consumer.list_topics(topic, timeout=min(timeout_s, 15))
         except KafkaException as exc:
-            raise ReportError(f"cannot reach the Kafka broker at {bootstrap}: {exc}") from None
+            raise ReportError(f"cannot reach the Kafka broker at {bootstrap_servers(bootstrap)}: {exc}") from None
         info = metadata.topics.get(topic)
         if info is None or info.error is not None or not info.partitions:
             stats.missing_topic = True
@@ -171,8 +172,9 @@ def run(
     builder = ReportBuilder(since_ms=since_ms, until_ms=until_ms, as_of_ms=as_of_ms, practice_id=practice_id)
     topic = topics.topic_name(topics.OUTCOMES, env)
     stats = ReadStats(topic=topic, start="timestamp" if since_ms is not None else "beginning")
+    verify(env)  # refused credentials or CA: stop here, naming the setting
     for record in read_outcomes(
-        env.kafka_bootstrap_servers,
+        client_config(env),
         topic,
         since_ms=since_ms,
         stats=stats,

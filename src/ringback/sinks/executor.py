@@ -37,7 +37,7 @@ from ringback.config.settings import Settings
 from ringback.domain import consent as rules
 from ringback.domain.practice import Practice
 from ringback.domain.recipes import ACK_SMS, FIRST_SMS, RESCHEDULE_SMS, task_notice
-from ringback.domain.tasks import PENDING, apply_update, hold_update, new_task
+from ringback.domain.tasks import PENDING, add_reply, apply_update, hold_update, new_task
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.observability.metrics import DEAD_LETTERS as ALL_DEAD_LETTERS
 from ringback.observability.metrics import FIRST_RESPONSE_BUCKETS, child, practice_label
@@ -605,7 +605,11 @@ class ActionExecutor:
     ) -> str:
         aid = action["action_id"]
         existing = self.t.tasks.get(aid)
-        if existing and existing.get("state") != PENDING:
+        adds, target = add_reply(action, self.t.tasks.get)  # a patient's further reply: to their open task
+        if adds:
+            if target is not None:
+                await self.fx.persist("tasks", target["task_id"], target)
+        elif existing and existing.get("state") != PENDING:
             child(DUPLICATES, action["kind"]).inc()
         else:
             params = action.get("params") or {}

@@ -24,8 +24,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from ringback.clock import Clock
+from ringback.config.proxies import parse_trusted, proxy_middlewares
 from ringback.config.settings import Settings
 from ringback.kafka import admin, topics
+from ringback.kafka.connection import client_config
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.kafka.producer import AckedProducer, BrokerUnavailable
 from ringback.observability.metrics import DEAD_LETTERS, declare_dead_letter_sources, practice_label
@@ -116,7 +118,11 @@ class Gateway:
     def app(self) -> web.Application:
         # aiohttp's own decompression off: Webhook.body decodes, so a broken stream is a 400 with the
         # bytes as received at hand (aiohttp would raise past the handlers and cut a truncated gzip short).
-        app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args={"auto_decompress": False})
+        app = web.Application(
+            client_max_size=MAX_BODY_BYTES,
+            handler_args={"auto_decompress": False},
+            middlewares=proxy_middlewares(parse_trusted(self.env.ringback_trusted_proxies)),
+        )
         for path, adapter in WEBHOOKS.items():
             app.router.add_post(path, self._endpoint(adapter))
         declare_dead_letter_sources(adapter.endpoint for adapter in WEBHOOKS.values())
@@ -229,7 +235,7 @@ def _encodable(text: str) -> str:
 
 def run(env: Settings, host: str = "0.0.0.0", port: int = 8080) -> None:
     directory = PracticeDirectory().follow(env)
-    producer = AckedProducer(env.kafka_bootstrap_servers)
+    producer = AckedProducer(client_config(env))
     admin.ensure_topics(env)
     # Serve nothing before every practice is known: a webhook for a practice not read yet
     # would get a 404 and be lost, while a refused connection is retried by the provider.

@@ -42,6 +42,7 @@ from ringback.clock import Clock
 from ringback.config.settings import Settings
 from ringback.kafka import gap_guard as gap_guard_module
 from ringback.kafka import topics
+from ringback.kafka.connection import client_config
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.observability import logs
 from ringback.observability import metrics as shared_metrics
@@ -228,7 +229,7 @@ class Topology:
         if self._scan_consumer is None:
             self._scan_consumer = Consumer(
                 {
-                    "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                    **client_config(self.settings),  # the brokers, TLS and SASL
                     "group.id": f"{self.settings.ringback_namespace}.streams-scan",
                     "logger": logs.librdkafka_logger(),  # quiet during a broker outage (observability/client_errors.py)
                     "enable.auto.commit": False,

@@ -17,6 +17,9 @@
     fetchTimer: null,
     busy: new Set(),    // task ids with a request in flight
     pendingTask: null,  // the task a dialog is open for
+    threads: [],        // the practice's conversations
+    open: null,         // the id of the conversation shown
+    conversation: null,
   };
 
   // ------------------------------------------------------------------ API
@@ -207,6 +210,124 @@
     if (text) notice.timer = setTimeout(() => { n.hidden = true; }, 8000);
   }
 
+  // ------------------------------------------------------------------ conversations
+  const STATUS_LABELS = {
+    QUEUED: "Queued", DEFERRED: "Held until the quiet hours end", SENT: "Sent", DELIVERED: "Delivered",
+    UNDELIVERED: "Not delivered", FAILED: "Failed", SUPPRESSED: "Not sent", DEAD_LETTERED: "Not sent (error)",
+  };
+
+  const when = (ms) => new Date(ms).toLocaleString([], { dateStyle: "short", timeStyle: "short" });
+
+  function renderThreads() {
+    const tpl = $("thread-template");
+    $("threads").replaceChildren(...state.threads.map((c) => {
+      const li = tpl.content.firstElementChild.cloneNode(true);
+      li.dataset.conversationId = c.conversation_id;
+      li.classList.toggle("selected", c.conversation_id === state.open);
+      li.querySelector(".thread-caller").textContent = c.caller.display;
+      li.querySelector(".thread-label").textContent = c.last_label;
+      li.querySelector(".thread-when").textContent = `${duration(now() - c.last_at)} ago`;
+      li.querySelector(".awaiting").hidden = !c.awaiting_reply;
+      li.querySelector(".open-thread").addEventListener("click", () => openConversation(c.conversation_id));
+      return li;
+    }));
+    $("thread-count").textContent = String(state.threads.length);
+    $("threads-empty").hidden = state.threads.length > 0;
+  }
+
+  function renderConversation() {
+    const c = state.conversation;
+    if (!c) return;
+    $("conversation-title").textContent = `Conversation with ${c.caller.display}`;
+    const tpl = $("entry-template");
+    $("entries").replaceChildren(...c.entries.map((e) => {
+      const li = tpl.content.firstElementChild.cloneNode(true);
+      li.dataset.entryId = e.entry_id;
+      li.classList.add(`kind-${e.kind}`);
+      li.querySelector(".entry-label").textContent = e.label;
+      li.querySelector(".entry-when").textContent = when(e.at);
+      li.querySelector(".entry-text").textContent = e.text || "";
+      if (e.kind === "sms_out") {
+        const status = STATUS_LABELS[e.status] || e.status;
+        const by = e.sent_by ? `by ${e.sent_by}` : "automatic";
+        li.querySelector(".entry-meta").textContent =
+          `${status}${e.status_reason ? `: ${e.status_reason}` : ""} · ${by}`;
+        li.dataset.status = e.status;
+      }
+      return li;
+    }));
+  }
+
+  async function loadConversation(id, fresh) {
+    const r = await api("GET", `/api/conversations/${encodeURIComponent(id)}`);
+    if (state.open !== id) return;  // closed or switched meanwhile
+    if (!r.ok) {
+      if (r.status === 404) closeConversation();
+      return;
+    }
+    state.conversation = r.data;
+    // The form keeps its nonce until a reply went out: sending it again is the same reply.
+    if (fresh || !$("reply-nonce").value) $("reply-nonce").value = r.data.reply_nonce;
+    renderConversation();
+  }
+
+  function openConversation(id) {
+    state.open = id;
+    state.conversation = null;
+    $("entries").replaceChildren();
+    $("reply-nonce").value = "";
+    $("reply-body").value = "";
+    $("reply-error").textContent = "";
+    $("conversation").hidden = false;
+    renderThreads();
+    loadConversation(id, true);
+  }
+
+  function closeConversation() {
+    state.open = null;
+    state.conversation = null;
+    $("conversation").hidden = true;
+    renderThreads();
+  }
+
+  async function refreshConversations() {
+    const r = await api("GET", "/api/conversations");
+    if (!r.ok) return;
+    state.threads = r.data.conversations;
+    renderThreads();
+    if (state.open) await loadConversation(state.open, false);
+  }
+
+  async function sendReply(ev) {
+    ev.preventDefault();
+    const id = state.open;
+    const text = $("reply-body").value;
+    if (!id) return;
+    if (!text.trim()) {
+      $("reply-error").textContent = "Write a message.";
+      return;
+    }
+    const send = $("reply-send");
+    send.disabled = true;
+    const body = { body: text, nonce: $("reply-nonce").value };
+    const r = await api("POST", `/api/conversations/${encodeURIComponent(id)}/reply`, body);
+    send.disabled = false;
+    if (r.ok) {
+      $("reply-body").value = "";
+      $("reply-error").textContent = "";
+      $("reply-nonce").value = r.data.reply_nonce;
+      if (state.open === id) {
+        state.conversation = r.data.conversation;
+        renderConversation();
+      }
+      notice("Reply sent to the practice's SMS queue.", "ok");
+      scheduleRefresh();
+    } else if (r.status !== 401) {
+      // The nonce stays: trying again cannot send the message twice.
+      $("reply-error").textContent = (r.data && r.data.message) || "The reply was not sent. Try again.";
+    }
+  }
+
   // ------------------------------------------------------------------ data
   async function refresh() {
     const r = await api("GET", "/api/tasks");
@@ -217,6 +338,7 @@
     state.offset = r.data.server_time - Date.now();
     state.tasks = r.data.tasks;
     render();
+    await refreshConversations();
   }
 
   function scheduleRefresh() {
@@ -315,11 +437,19 @@
     });
 
     $("logout").addEventListener("click", async () => {
-      await api("POST", "/api/logout", {});
+      const r = await api("POST", "/api/logout", {});
+      if (!r.ok && r.status !== 401) {  // not stored on the server: still signed in, try again
+        notice((r.data && r.data.message) || "Sign-out did not go through. Try again.", "error");
+        return;
+      }
       state.tasks = [];
+      state.threads = [];
+      closeConversation();
       showLogin("You are signed out.");
     });
 
+    $("reply-form").addEventListener("submit", sendReply);
+    $("conversation-close").addEventListener("click", closeConversation);
     $("filter").addEventListener("change", (ev) => { state.filter = ev.target.value; render(); });
 
     $("complete-dialog").addEventListener("close", () => {

@@ -12,6 +12,7 @@ TARGETS = {
     "latency_rate": 1000.0,
     "gate_p99_s": 1.0,
     "restart_s": 60.0,
+    "takeover_s": 5.0,  # kill -9 → next SMS (for the broker: from it being ready again)
 }
 
 
@@ -165,6 +166,28 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                     ok if target else None,
                 )
             )
+    e = results.get("e")
+    if e:
+        for fault, label in (("worker", "the worker"), ("sinks", "the sinks"), ("broker", "the broker")):
+            r = e.get(fault) or {}
+            took = r.get("next_sms_s")
+            since = " (from the broker ready again)" if fault == "broker" else ""
+            out.append(
+                (
+                    f"(e) kill -9 of {label}, restarted at once → next SMS{since}",
+                    _num(took, "{:.1f} s") if took is not None else r.get("error", "–"),
+                    f"< {TARGETS['takeover_s']:.0f} s",
+                    None if took is None else took < TARGETS["takeover_s"],
+                )
+            )
+        out.append(
+            (
+                "(e) calls accepted through the three kills: without an SMS / texted twice",
+                f"{e.get('lost', '–')} / {e.get('twice', '–')} of {e.get('accepted', '–')}",
+                "0 / 0",
+                None if e.get("lost") is None else e["lost"] == 0 and e["twice"] == 0,
+            )
+        )
     mem = memory(results)
     if mem.get("peak_rss_kb"):
         out.append(("peak RSS of one worker (largest over the figures)", _mib(mem["peak_rss_kb"]), "reported", None))

@@ -24,7 +24,7 @@ from ringback.dev.bench import report
 from ringback.dev.bench.harness import Broker, Namespace, close_probes, log, new_namespace
 from ringback.dev.fake_apis import LATENCY_S
 
-FIGURES = ("a", "b", "sink", "c", "d", "scaling")
+FIGURES = ("a", "b", "sink", "c", "d", "e", "scaling")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,10 @@ class Profile:
     c_background_rate: float
     # (d)
     d_entries: int
+    # (e): kill -9 → next SMS under a steady flow of new callers; each makes an SMS and a Slack post, and
+    # one sink process carries ~4 requests/s at 250 ms (BENCHMARKS.md): 1 caller/s leaves it half idle
+    e_rate: float
+    e_steady_s: float
     # scaling
     s_partitions: int
     s_workers: tuple[int, ...]
@@ -83,6 +87,8 @@ FULL = Profile(
     c_followup_s=30,
     c_background_rate=200,
     d_entries=1_000_000,
+    e_rate=1,
+    e_steady_s=10,
     s_partitions=12,
     s_workers=(1, 2, 3),
     s_events=15_000,
@@ -111,6 +117,8 @@ QUICK = Profile(
     c_followup_s=7,
     c_background_rate=40,
     d_entries=50_000,
+    e_rate=1,
+    e_steady_s=3,
     s_partitions=12,
     s_workers=(1, 2),
     s_events=3_000,
@@ -275,7 +283,7 @@ def _fmt(x: float | None) -> str:
 
 
 def _figure(figure: str, p: Profile, ns, profile_worker: bool = False, api_latency_s: float = LATENCY_S) -> dict:
-    from ringback.dev.bench import gates, latency, restart, scaling, sink_rate, throughput
+    from ringback.dev.bench import gates, latency, restart, scaling, sink_rate, takeover, throughput
 
     if figure == "a":
         n = ns("a")
@@ -328,6 +336,15 @@ def _figure(figure: str, p: Profile, ns, profile_worker: bool = False, api_laten
             return restart.run(n, entries=p.d_entries, practices=100, timeout=p.timeout_s)
         finally:
             n.stop_all()
+    if figure == "e":  # on a broker of its own: it kills it
+        return takeover.run(
+            ns("e"),
+            rate=p.e_rate,
+            practices=20,
+            steady_s=p.e_steady_s,
+            timeout=p.timeout_s,
+            api_latency_s=api_latency_s,
+        )
     if figure == "scaling":
         return scaling.run(
             lambda k: ns(f"s{k}", p.s_partitions),

@@ -65,11 +65,12 @@ class EhrFeed:
     mapping and publisher (`EhrSync`), with one state file per practice as `ringback ehr` keeps."""
 
     def __init__(self, env: Settings, practices: dict[str, Practice], timeout_s: float = 10.0) -> None:
+        from ringback.kafka.connection import client_config
         from ringback.kafka.producer import AckedProducer
 
         self.env = env
         self.practices = practices
-        self.producer: AckedProducer | None = AckedProducer(env.kafka_bootstrap_servers, timeout_s=timeout_s)
+        self.producer: AckedProducer | None = AckedProducer(client_config(env), timeout_s=timeout_s)
         self._syncs: dict[str, EhrSync] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._loop: asyncio.AbstractEventLoop | None = None

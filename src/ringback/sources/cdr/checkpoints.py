@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 
 from ringback.config.settings import Settings
 from ringback.kafka import latest_record, topics
+from ringback.kafka.connection import client_config
 from ringback.sources.cdr.files import Position
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def scan_produced(
     prefix = f"{poller_id}|{file_name}|"
     consumer = Consumer(
         {
-            "bootstrap.servers": env.kafka_bootstrap_servers,
+            **client_config(env),  # the brokers, TLS and SASL
             "group.id": f"{env.ringback_namespace}.cdr-recovery-scan",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",

@@ -24,6 +24,7 @@ from ringback.clock import Clock
 from ringback.config.settings import Settings
 from ringback.domain.practice import Practice
 from ringback.kafka import admin, topics
+from ringback.kafka.connection import client_config
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.kafka.producer import AckedProducer, BrokerUnavailable
 from ringback.observability.metrics import DEAD_LETTERS, declare_dead_letter_sources
@@ -408,7 +409,7 @@ def run(
     except LookupError:
         directory.close()
         raise
-    producer = AckedProducer(env.kafka_bootstrap_servers)
+    producer = AckedProducer(client_config(env))
     poller = CdrPoller(
         env,
         directory,

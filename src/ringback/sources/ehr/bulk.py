@@ -39,6 +39,7 @@ from prometheus_client import Counter, Gauge
 
 from ringback.config.settings import Settings
 from ringback.kafka import admin
+from ringback.kafka.connection import client_config
 from ringback.kafka.producer import AckedProducer
 from ringback.sources.ehr.fhir import RESOURCE_TYPES, EhrSync, SyncReport, _practice_region, import_ndjson
 
@@ -363,7 +364,7 @@ def run_export(
     """`ringback ehr export`: one export run on the real broker."""
     admin.ensure_topics(env)
     region = _practice_region(env, practice_id, region)
-    producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=10)
+    producer = AckedProducer(client_config(env), timeout_s=10)
 
     async def main() -> ExportReport:
         client = BulkExportClient(

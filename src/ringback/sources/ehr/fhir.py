@@ -29,6 +29,7 @@ from ringback.config.settings import Settings
 from ringback.domain.phones import PhoneRejected, normalize, region_of
 from ringback.domain.templates import primary_tag
 from ringback.kafka import admin
+from ringback.kafka.connection import client_config
 from ringback.kafka.practice_directory import configured_practice
 from ringback.kafka.producer import AckedProducer
 from ringback.sources.ehr.publisher import (
@@ -624,7 +625,7 @@ def run_sync(
 ) -> SyncReport:
     admin.ensure_topics(env)
     region = _practice_region(env, practice_id, region)
-    producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=10)
+    producer = AckedProducer(client_config(env), timeout_s=10)
 
     async def main() -> SyncReport:
         client = FhirClient(base_url, token=token, page_size=page_size, auth=auth)
@@ -646,7 +647,7 @@ def run_sync(
 def run_import(env: Settings, paths: list[Path], practice_id: str, region: str | None = None) -> SyncReport:
     admin.ensure_topics(env)
     region = _practice_region(env, practice_id, region)
-    producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=10)
+    producer = AckedProducer(client_config(env), timeout_s=10)
 
     async def main() -> SyncReport:
         sync = EhrSync.open(env, producer, practice_id, region)

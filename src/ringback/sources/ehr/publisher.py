@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ringback.config.settings import Settings
 from ringback.kafka import topics
+from ringback.kafka.connection import client_config
 from ringback.kafka.producer import AckedProducer
 from ringback.observability.metrics import DEAD_LETTERS
 from ringback.schemas import codec
@@ -182,7 +183,7 @@ def rebuild_state(env: Settings, practice_id: str, timeout: float = 120.0) -> di
     prefix = f"{practice_id}|".encode()
     consumer = Consumer(
         {
-            "bootstrap.servers": env.kafka_bootstrap_servers,
+            **client_config(env),  # the brokers, TLS and SASL
             "group.id": f"{env.ringback_namespace}.ehr-state-rebuild",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",

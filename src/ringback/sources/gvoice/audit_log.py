@@ -29,6 +29,7 @@ from ringback.config.settings import Settings
 from ringback.domain.phones import PhoneRejected, normalize, region_of
 from ringback.domain.practice import Practice
 from ringback.kafka import admin, topics
+from ringback.kafka.connection import client_config
 from ringback.kafka.practice_directory import configured_practice
 from ringback.kafka.producer import AckedProducer
 from ringback.observability.metrics import DEAD_LETTERS
@@ -253,7 +254,7 @@ def run_import(env: Settings, path: Path, practice_id: str, time_zone: str | Non
     admin.ensure_topics(env)
     practice = configured_practice(env, practice_id)
     text = path.read_bytes().decode("utf-8-sig", errors="replace")  # exports may start with a BOM
-    producer = AckedProducer(env.kafka_bootstrap_servers, timeout_s=10)
+    producer = AckedProducer(client_config(env), timeout_s=10)
     try:
         return asyncio.run(publish(producer, env, text, path.name, Practiced.of(practice, time_zone), Clock().now_ms()))
     finally:

@@ -29,6 +29,7 @@ from ringback.config.settings import Settings
 from ringback.domain.phones import region_of
 from ringback.domain.practice import Practice
 from ringback.kafka import admin, topics
+from ringback.kafka.connection import client_config
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.kafka.producer import AckedProducer, BrokerUnavailable
 from ringback.observability.metrics import DEAD_LETTERS, declare_dead_letter_sources
@@ -361,7 +362,7 @@ def run(
         ca_file=Path(ca_file) if ca_file else None,
         folder=folder,
     )
-    producer = AckedProducer(env.kafka_bootstrap_servers)
+    producer = AckedProducer(client_config(env))
     watcher = GVoiceWatcher(
         env,
         directory,

@@ -29,6 +29,7 @@ from ringback.config.settings import Settings
 from ringback.domain.phones import region_of
 from ringback.domain.practice import Practice
 from ringback.kafka import admin, topics
+from ringback.kafka.connection import client_config
 from ringback.kafka.practice_directory import configured_practice
 from ringback.kafka.producer import AckedProducer, BrokerUnavailable
 from ringback.observability.metrics import DEAD_LETTERS, declare_dead_letter_sources
@@ -219,7 +220,7 @@ def run(
     clock = Clock()
     store = state_store(env, practice_id)
     store.lock()
-    producer = AckedProducer(env.kafka_bootstrap_servers)
+    producer = AckedProducer(client_config(env))
     try:
         state = store.load() or empty_state(practice_id)
         received = ReceivedLog(env, producer, practice_id)

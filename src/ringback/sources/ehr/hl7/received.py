@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from ringback.config.settings import Settings
 from ringback.kafka import topics
+from ringback.kafka.connection import client_config
 from ringback.kafka.producer import AckedProducer
 from ringback.sources.ehr.hl7.messages import Header
 
@@ -39,7 +40,7 @@ class ReceivedLog:
         prefix = f"{self.practice_id}|".encode()
         consumer = Consumer(
             {
-                "bootstrap.servers": self.env.kafka_bootstrap_servers,
+                **client_config(self.env),  # the brokers, TLS and SASL
                 "group.id": f"{self.env.ringback_namespace}.hl7-received-reader",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
