@@ -89,12 +89,12 @@ class FakeHook:
         self.script = list(script)
         self.calls: list = []
 
-    async def post(self, url, text):
+    async def post(self, url, text, urgent=False):
         self.calls.append((url, text))
         if self.script:
             raise self.script.pop(0)
 
-    async def send(self, action_id, to, subject, text):
+    async def send(self, action_id, to, subject, text, urgent=False):
         self.calls.append((to, subject, text))
         if self.script:
             raise self.script.pop(0)

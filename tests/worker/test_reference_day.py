@@ -403,6 +403,9 @@ def test_a_scaled_down_practice_day(processes, service_env, kafka_bootstrap, out
     }
     confirmation = recipes.case_id(PRACTICE, np_optout, optout_sms["event_id"]) + ":optout_confirmation"
     expected_actions = {aid(n, s) for n, steps in expected_steps.items() for s in steps} | {confirmation}
+    # Every task goes with its notice to the role (recipes.task_notice).
+    tasks = recipes.CALLBACK_STEPS | {"patient_replied"}
+    expected_actions |= {a + recipes.NOTICE for a in expected_actions if a.rpartition(":")[2] in tasks}
     expected_finals = {
         "np_reply": ("EXPIRED", None),  # a reply is read by a person (a task); a response, not a conversion
         "np_booked": ("CONVERTED", "booking"),
@@ -490,7 +493,7 @@ def test_a_scaled_down_practice_day(processes, service_env, kafka_bootstrap, out
     expected_outcomes = {
         f"{cid[n]}:{state}" for n in cid for state in ["OPEN", *middle.get(n, ["RESPONDED"]), expected_finals[n][0]]
     }
-    assert len(expected_actions) == 39 and len(expected_outcomes) == 53
+    assert len(expected_actions) == 39 + 12 and len(expected_outcomes) == 53  # 12 tasks, 12 notices
     assert {o["outcome_id"] for o in outcomes} == expected_outcomes
     for name in cid:
         if name != "np_answered":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ringback.domain import staff_texts
 from tests.workflow.harness import DAY, HOUR, MIN, NEW_CALLER, PRACTICE_ID, T0, Harness
 
 
@@ -29,7 +30,8 @@ def test_new_patient_first_sms_waits_the_hold_then_goes_with_a_coordinator_notif
     }
     note = h.action("notify_coordinator")
     assert note["kind"] == "NOTIFY_STAFF" and note["recipient"] == "email:desk@maple.example.org"
-    assert "already sent" in note["body"]
+    assert note["body"] == staff_texts.NEW_PATIENT_SMS_SENT and note["priority"] == "NORMAL"
+    assert "task_id" not in note["params"] and h.notices() == []  # no task, nothing more to tell
     assert note["params"]["caller"] == NEW_CALLER and note["params"]["role"] == "scheduling_coordinator"
     assert h.keys[0] == f"{PRACTICE_ID}|{NEW_CALLER}".encode()
     responded = h.outcomes[-1]

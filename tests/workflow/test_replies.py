@@ -20,7 +20,7 @@ TEXT = "Yes please - can I come Tuesday after 3?"
 
 
 def replies(h: Harness) -> list[dict]:
-    return [a for a in h.actions if a["step"].startswith("patient_replied")]
+    return [a for a in h.actions if a["step"].startswith("patient_replied") and a["kind"] == "CREATE_TASK"]
 
 
 def test_a_reply_makes_a_task_for_the_coordinator_with_the_text_for_the_console_only():

@@ -180,6 +180,11 @@ class Settings(BaseSettings):
     )
     ringback_smtp_from: str = Field("ringback@localhost", description="Sender address of staff e-mails")
     ringback_smtp_timeout_s: float = Field(15.0, gt=0, description="Timeout of one SMTP delivery")
+    ringback_console_url: str | None = Field(
+        None,
+        description="The staff console's base URL as staff open it; staff notifications link to their task "
+        "there; unset: they name the task id instead",
+    )
 
     # ------------------------------------------------------------------ gateway (`ringback ingest`)
     ringback_gateway_port: int = Field(8080, ge=0, description="Port of the webhook gateway (--port wins)")

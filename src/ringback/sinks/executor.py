@@ -36,7 +36,7 @@ from ringback.config.secrets import read_secret
 from ringback.config.settings import Settings
 from ringback.domain import consent as rules
 from ringback.domain.practice import Practice
-from ringback.domain.recipes import ACK_SMS, FIRST_SMS, RESCHEDULE_SMS
+from ringback.domain.recipes import ACK_SMS, FIRST_SMS, RESCHEDULE_SMS, task_notice
 from ringback.domain.tasks import PENDING, add_reply, apply_update, hold_update, new_task
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.observability.metrics import DEAD_LETTERS as ALL_DEAD_LETTERS
@@ -579,20 +579,20 @@ class ActionExecutor:
         if target is None:
             return await self._fail(action, "recipient is neither slack:<secret>, email:<address> nor a routed role")
         channel, address = target
-        subject, text = rec.staff_message(action, practice.name, practice.time_zone, caller)
+        message = rec.staff_message(action, practice.name, practice.time_zone, self.env.ringback_console_url)
         if channel == "slack":
             url = read_secret(address, self.env)
             if not url or self.slack is None:
                 return await self._fail(action, f"Slack webhook secret {address} is not set", channel)
 
             async def call() -> None:
-                await self.slack.post(url, text)
+                await self.slack.post(url, message.text, urgent=message.urgent)
         else:
             if self.mailer is None:
                 return await self._fail(action, "e-mail action but SMTP_URL is not set", channel)
 
             async def call() -> None:
-                await self.mailer.send(aid, address, subject, text)
+                await self.mailer.send(aid, address, message.subject, message.text, urgent=message.urgent)
 
         base = rec.entry_base(action)
         # No look-up exists for Slack or e-mail: an attempt cut short by a crash is made
@@ -713,6 +713,9 @@ class ActionExecutor:
                 role=role,
                 reason=f"patient SMS not sent ({why}): call back instead",
             )
+            notice = task_notice(practice, action, task_action)  # the role is told, as for the worker's tasks
+            if notice is not None and notice["action_id"] not in self.t.sent_log:
+                await self._notify(notice, practice, caller, None)
         return rec.SUPPRESSED
 
     async def _fail(self, action: dict, why: str, channel: str | None = None) -> str:

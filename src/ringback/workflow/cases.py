@@ -164,13 +164,18 @@ def expire(run: Run, practice: Practice, state: CallerState, case: Case) -> None
 
 # ------------------------------------------------------------------ changes of a case
 def emit(run: Run, case: Case, command: dict) -> None:
-    """Emit the action of a step: one action per case and step, ever."""
+    """Emit the action of a step: one action per case and step, ever. A task goes with
+    its notice to the role (recipes.task_notice): staff are told at once."""
     steps = case["steps"]
     if command["step"] in steps:
         return
     steps[command["step"]] = run.now
     _flush_open(run, case)
     run.tx.actions.append((action_key(case["practice_id"], case["caller"]), command))
+    practice = run.practices.by_id(case["practice_id"]) if command["kind"] == "CREATE_TASK" else None
+    notice = recipes.task_notice(practice, case, command) if practice is not None else None
+    if notice is not None:
+        emit(run, case, notice)
 
 
 def act(

@@ -140,7 +140,8 @@ def reply(run: Run, practice: Practice, state: CallerState, event: Mapping) -> N
     open_task = state.get("reply_task")
     if case is not None:
         cases.caller_responded(run, case, at, cases.SMS_REPLY)
-        n = sum(1 for step in case["steps"] if step.startswith(PATIENT_REPLIED)) + 1
+        replied = [s for s in case["steps"] if s.startswith(PATIENT_REPLIED) and not s.endswith(recipes.NOTICE)]
+        n = len(replied) + 1
         step = PATIENT_REPLIED if n == 1 else f"{PATIENT_REPLIED}_{n}"
         scenario = case["scenario"]
         role, recipient = _owner(run, practice, state, scenario)
@@ -176,6 +177,9 @@ def reply(run: Run, practice: Practice, state: CallerState, event: Mapping) -> N
         cases.emit(run, case, command)
     else:
         run.tx.actions.append((cases.action_key(practice.id, state["caller"]), command))
+        notice = recipes.task_notice(practice, {**where, "caller": state["caller"]}, command)
+        if notice is not None:  # the role is told, as cases.emit does for a case's tasks
+            run.tx.actions.append((cases.action_key(practice.id, state["caller"]), notice))
     if open_task is None:
         state["reply_task"] = {"task_id": command["action_id"], "replies": 1}
     else:
