@@ -109,7 +109,7 @@ ACTIONS = TopicSpec(
     "action_command",
     writers=(WORKER, CONSOLE),  # the console: staff replies (SEND_SMS)
     readers=(SINKS, CONSOLE),
-    personal_data="caller phone number, SMS text, task reason",
+    personal_data="caller phone number, SMS text (ours and, on reply tasks, the patient's), task reason",
     co_partitioned=True,
 )
 TASK_UPDATES = TopicSpec(
@@ -130,7 +130,8 @@ TASKS = TopicSpec(
     "task",
     writers=(SINKS,),
     readers=(SINKS, CONSOLE),
-    personal_data="caller phone number, reason, details, staff user names",
+    personal_data="caller phone number, reason, details (patient name, urgency reason, the patient's SMS replies), "
+    "staff user names",
     compacted=True,
     co_partitioned=True,
 )
