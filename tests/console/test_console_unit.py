@@ -753,3 +753,12 @@ async def test_own_updates_overlay_the_cache_until_applied_or_expired(h):
     await asyncio.sleep(0)
     assert h.service.get("maple-family", t["task_id"]) is None
     assert h.notifier.version("maple-family") == before + 1
+
+
+async def test_a_body_whose_content_encoding_does_not_decode_is_a_400_not_a_500(h):
+    resp = await h.client.post(
+        "/api/login",
+        data=b"\x1f\x8b not gzip at all",
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert resp.status == 400 and (await resp.json())["error"] == "bad_encoding"

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
 from ringback.clock import Clock
@@ -203,6 +204,8 @@ class Console:
             body = json.loads(await request.read() or b"{}")
         except web.HTTPRequestEntityTooLarge:
             raise ConsoleError(413, "too_large", f"body over {MAX_BODY_BYTES} bytes") from None
+        except RequestPayloadError:  # e.g. a Content-Encoding: gzip body that does not inflate
+            raise ConsoleError(400, "bad_encoding", "the body could not be decoded") from None
         except (ValueError, UnicodeDecodeError):
             raise ConsoleError(400, "bad_json", "the body is not JSON") from None
         if not isinstance(body, dict):

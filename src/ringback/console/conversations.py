@@ -37,7 +37,7 @@ from ringback.config.settings import Settings
 from ringback.console.views import mask_phone, role_label
 from ringback.kafka import topics
 from ringback.kafka.connection import client_config
-from ringback.kafka.topic_cache import TopicCacheReader, from_start_consumer
+from ringback.kafka.topic_cache import FollowedTopic, TopicCacheReader, from_start_consumer
 from ringback.schemas import codec
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class _Conversation:
     scenario: str | None = None  # of the latest case
 
 
-class Conversations:
+class Conversations(FollowedTopic):
     """Every caller's conversation, kept current from four topics."""
 
     def __init__(self, env: Settings, key: bytes, on_change: Callable[[str], None] = lambda practice_id: None) -> None:
@@ -292,19 +292,6 @@ class Conversations:
             self.on_change(owner)
 
     # ------------------------------------------------------------------ following the topics
-    def follow(self) -> Conversations:
-        self._reader.start(self._new_consumer)
-        return self
-
-    def wait_ready(self, timeout: float = 30.0) -> bool:
-        return self._reader.wait_ready(timeout)
-
-    def ready(self) -> bool:
-        return self._reader.ready.is_set()
-
-    def close(self) -> None:
-        self._reader.close()
-
     def apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         """One record of one of the four topics (by its name in this namespace)."""
         handler = self._handlers.get(topic)

@@ -31,14 +31,14 @@ from ringback.console.sessions import Session
 from ringback.kafka import topics
 from ringback.kafka.connection import client_config
 from ringback.kafka.producer import AckedProducer
-from ringback.kafka.topic_cache import TopicCacheReader, from_start_consumer
+from ringback.kafka.topic_cache import FollowedTopic, TopicCacheReader, from_start_consumer
 
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 1000  # revocations applied between two sweeps of the expired ones
 
 
-class SessionRevocations:
+class SessionRevocations(FollowedTopic):
     """The session ids signed out and not expired yet, kept current from the topic."""
 
     def __init__(
@@ -59,9 +59,6 @@ class SessionRevocations:
         self._reader = TopicCacheReader("session revocations", "the console-sessions topic", self._read, "revocations")
 
     # -- the codec's questions
-    def ready(self) -> bool:
-        return self._reader.ready.is_set()
-
     def revoked(self, session_id: str) -> bool:
         with self._lock:
             return session_id in self._expires
@@ -107,16 +104,6 @@ class SessionRevocations:
         self.on_revoke(practice_id)
 
     # -- following the topic
-    def follow(self) -> SessionRevocations:
-        self._reader.start(self._new_consumer)
-        return self
-
-    def wait_ready(self, timeout: float = 30.0) -> bool:
-        return self._reader.wait_ready(timeout)
-
-    def close(self) -> None:
-        self._reader.close()
-
     def _new_consumer(self) -> Consumer:
         return from_start_consumer(
             client_config(self.env), f"{self.env.ringback_namespace}.console-sessions.{uuid.uuid4().hex[:8]}"

@@ -25,13 +25,13 @@ from ringback.config.settings import Settings
 from ringback.domain.tasks import PENDING, open_tasks, urgency_key
 from ringback.kafka import topics
 from ringback.kafka.connection import client_config
-from ringback.kafka.topic_cache import TopicCacheReader, from_start_consumer
+from ringback.kafka.topic_cache import FollowedTopic, TopicCacheReader, from_start_consumer
 from ringback.schemas import codec
 
 log = logging.getLogger(__name__)
 
 
-class TaskCache:
+class TaskCache(FollowedTopic):
     """Every task by id, kept current from the tasks topic."""
 
     def __init__(self, env: Settings, on_change: Callable[[str], None] = lambda practice_id: None) -> None:
@@ -65,19 +65,6 @@ class TaskCache:
         return open_tasks(tasks, practice_id, role)
 
     # -- following the topic
-    def follow(self) -> TaskCache:
-        self._reader.start(self._new_consumer)
-        return self
-
-    def wait_ready(self, timeout: float = 30.0) -> bool:
-        return self._reader.wait_ready(timeout)
-
-    def ready(self) -> bool:
-        return self._reader.ready.is_set()
-
-    def close(self) -> None:
-        self._reader.close()
-
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         """One record of the tasks topic: the task's latest state, or a tombstone."""
         if key is None:

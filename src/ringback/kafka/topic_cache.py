@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 from confluent_kafka import Consumer
 
@@ -87,3 +87,26 @@ class TopicCacheReader:
             log.exception("%s stopped following %s", self.name, self.what)
         finally:
             consumer.close()
+
+
+class FollowedTopic:
+    """A cache kept by a TopicCacheReader (`self._reader`), each read with a new consumer
+    from `_new_consumer()`: the console's task cache, conversations and session revocations."""
+
+    _reader: TopicCacheReader
+
+    def _new_consumer(self) -> Consumer:
+        raise NotImplementedError
+
+    def follow(self) -> Self:
+        self._reader.start(self._new_consumer)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        return self._reader.wait_ready(timeout)
+
+    def ready(self) -> bool:
+        return self._reader.ready.is_set()
+
+    def close(self) -> None:
+        self._reader.close()
