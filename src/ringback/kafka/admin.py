@@ -57,8 +57,10 @@ def _create(admin: Any, wanted: list, timeout: float) -> None:
         except KafkaException as exc:
             if exc.args[0].name() in ("TOPIC_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED"):
                 raise TopicCreationRefused(
-                    f"topic {name} does not exist and this process's Kafka principal may not create it: run "
-                    "`ringback config apply` as the admin principal first (docs/kafka-deployments.md)"
+                    # Without DESCRIBE a principal cannot tell a topic that exists from a missing one.
+                    f"topic {name} is missing (or this process's Kafka principal may not DESCRIBE it) and the "
+                    "principal may not create it: run `ringback config apply` as the admin principal first, and "
+                    "grant each kind of process its ACLs: `ringback kafka acls --apply` (docs/kafka-deployments.md)"
                 ) from None
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
