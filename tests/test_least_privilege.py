@@ -309,3 +309,14 @@ def test_a_worker_run_with_a_principal_lacking_its_acls_stops_at_start_naming_a_
     assert done.returncode != 0
     assert f"topic {service.ns}-streams-" in done.stderr and "may not create it" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_console_run_with_the_gateways_principal_stops_at_start_naming_what_it_may_not_read(service):
+    """The topics exist and the principal sees them, but may not read them: a start-up check,
+    not a task cache retrying for ever behind a console that answers /readyz 503."""
+    env = {**service.env, **service.principals.env("gateway")}
+    done = run_cli(env, "console", "--host", "127.0.0.1", "--port", str(free_port()), timeout=60)
+    assert done.returncode != 0
+    assert f"may not READ {service.ns}.call-events" in done.stderr, done.stderr
+    assert f"READ {service.ns}.tasks" in done.stderr and "--process console --apply" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
