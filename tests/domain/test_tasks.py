@@ -6,11 +6,13 @@ from __future__ import annotations
 from ringback.domain.tasks import (
     MAX_REMEMBERED_UPDATES,
     PENDING,
+    add_reply,
     apply_update,
     hold_update,
     is_open,
     new_task,
     open_tasks,
+    replies,
     update_record,
 )
 from ringback.schemas import codec
@@ -152,3 +154,38 @@ def test_the_update_record_is_a_task_update_keyed_by_the_caller():
         None,
     )
     assert update_record(task, "CLAIM", actor="ana", now_ms=7)[1]["update_id"] != record["update_id"]
+
+
+# ---------------------------------------------------------------- patient replies
+def reply_action(aid: str, reply_id: str, text: str, at: int, task_id: str | None = None) -> dict:
+    params = {"role": "scheduling_coordinator", "todo": "Read the reply.", "reply_id": reply_id}
+    params |= {"reply_at": str(at), "reply_text": text} | ({"task_id": task_id} if task_id else {})
+    return {**BASE, "action_id": aid, "step": aid.rsplit(":", 1)[1], "created_at": at, "params": params}
+
+
+def test_a_reply_task_keeps_the_text_for_the_console_and_further_replies_join_it_once():
+    first = reply_action("c:patient_replied", "sms-1", "Tuesday after 3?", 10)
+    table = {"c:patient_replied": new_task(first, CALLER, "scheduling_coordinator", 11)}
+    assert replies(table["c:patient_replied"]) == [{"id": "sms-1", "at": 10, "text": "Tuesday after 3?"}]
+    second = reply_action("c:patient_replied_2", "sms-2", "Or Wednesday", 20, task_id="c:patient_replied")
+    adds, task = add_reply(second, table.get)
+    assert adds and task is not None and task["task_id"] == "c:patient_replied"
+    assert [r["text"] for r in replies(task)] == ["Tuesday after 3?", "Or Wednesday"]
+    assert task["history"][-1] == {"action": "REPLY", "actor": "ringback", "at": 20}
+    table[task["task_id"]] = task
+    assert add_reply(second, table.get) == (True, None)  # redelivered: nothing to add
+    assert contract_copy(task)["details"]["replies"] == task["details"]["replies"]
+    # Not a reply, or a reply without an open task to join: the action makes its own task.
+    assert add_reply({**BASE, "params": {"task_id": "c:patient_replied"}}, table.get) == (False, None)
+    assert add_reply(reply_action("c:patient_replied_3", "sms-3", "?", 30, task_id="gone"), table.get) == (False, None)
+    done, _ = apply_update(task, update("u1", "COMPLETE", "ana", task_id=task["task_id"], outcome="left_message"))
+    table[task["task_id"]] = done
+    third = reply_action("c:patient_replied_3", "sms-3", "Hello?", 30, task_id="c:patient_replied")
+    assert add_reply(third, table.get) == (False, None)
+    own = new_task(third, CALLER, "scheduling_coordinator", 31)
+    assert own["task_id"] == "c:patient_replied_3" and [r["text"] for r in replies(own)] == ["Hello?"]
+
+
+def test_other_tasks_carry_no_replies():
+    assert replies(new_task({**BASE, "params": {"todo": "Call back."}}, CALLER, "nurse", 1)) == []
+    assert "replies" not in new_task({**BASE, "params": {"reply_text": "x"}}, CALLER, "nurse", 1)["details"]

@@ -10,8 +10,8 @@ labels on. The scenario:
   phase 1  three missed calls from new patients A, B, C (Twilio answers the first SMS
            request 429: one retry); a forged signature (403); a call to a number no
            practice owns (404); a signed callback without CallSid (400 + dead letter)
-  phase 2  (once the three SMS are out) C calls again and is answered (its case
-           converts, its pending gates are cancelled); A replies STOP (an opt-out)
+  phase 2  (once the three SMS are out) C calls again and is answered (a response,
+           not a conversion: its follow-up gate is cancelled); A replies STOP (an opt-out)
   console  a failed sign-in and an unauthenticated task list
 """
 
@@ -201,12 +201,12 @@ def run_scenario(s: Stack) -> None:
         == 401
     )
     assert httpx.get(f"{console}/api/tasks").status_code == 401
-    # Everything settled: the worker handled the five call events and the conversion,
+    # Everything settled: the worker handled the five call events and C's response,
     # the sinks the six actions and the opt-out.
     wait_for(
-        lambda: s.scrape("worker").value("ringback_stream_outcomes_total", state="CONVERTED") == 1,
+        lambda: s.scrape("worker").value("ringback_stream_timers_cancelled_total", timer="followup") == 1,
         60,
-        message="the conversion in the worker",
+        message="C's response in the worker",
     )
     wait_for(
         lambda: s.scrape("sinks").value("ringback_sink_consent_changes_total", change="opt_out") == 1,
@@ -261,16 +261,15 @@ def test_worker_counts_cases_actions_gates_and_outcomes(stack):
     assert m.value("ringback_stream_actions_total") == 6
     assert m.value("ringback_stream_outcomes_total", state="OPEN") == 3
     assert m.value("ringback_stream_outcomes_total", state="RESPONDED") == 3
-    assert m.value("ringback_stream_outcomes_total", state="CONVERTED", final="true") == 1
+    assert m.value("ringback_stream_outcomes_total", final="true") == 0  # a response is not a conversion
     # Zero hold: each first_response gate fired while its call was processed, at once.
     assert m.value("ringback_stream_timers_fired_total", timer="first_response") == 3
     assert m.value("ringback_stream_timers_fired_total") == 3
     assert m.value("ringback_stream_timer_lag_seconds_count", timer="first_response") == 3
     assert m.value("ringback_stream_timer_lag_seconds_bucket", timer="first_response", le="5.0") == 3
-    # C's conversion dropped its pending follow-up and expiry gates.
+    # C's response (a call that reached staff) dropped its follow-up gate; the case stays open.
     assert m.value("ringback_stream_timers_cancelled_total", timer="followup") == 1
-    assert m.value("ringback_stream_timers_cancelled_total", timer="expire") == 1
-    assert m.value("ringback_stream_timers_cancelled_total") == 2
+    assert m.value("ringback_stream_timers_cancelled_total") == 1
     assert m.value("ringback_timers_overdue_seconds") == 0
     assert m.value("ringback_dead_letters_total") == 0
     assert {s["source"] for s in m.series("ringback_dead_letters_total")} >= {"streams.call_event", "streams.patient"}

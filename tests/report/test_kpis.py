@@ -37,6 +37,7 @@ def case(
     converted: str | None = None,
     channel: str | None = None,
     reason: str | None = None,
+    replied: str | None = None,
 ) -> dict:
     missed_at = t(missed)
     first = t(responded) if responded else None
@@ -55,6 +56,9 @@ def case(
         "converted": converted is not None,
         "converted_at": t(converted) if converted else None,
         "conversion_channel": channel,
+        "responded": replied is not None,
+        "responded_at": t(replied) if replied else None,
+        "response_channel": "sms_reply" if replied else None,
         "channel": "sms" if first is not None else None,
         "reason": reason,
         "at": t(at),
@@ -82,6 +86,9 @@ def action(action_id: str, practice: str, scenario: str, missed: str, at: str, k
         "converted": False,
         "converted_at": None,
         "conversion_channel": None,
+        "responded": False,
+        "responded_at": None,
+        "response_channel": None,
         "channel": None,
         "reason": None,
         "at": t(at),
@@ -99,7 +106,7 @@ SINCE, UNTIL, AS_OF = "2026-11-19", "2026-11-26", "2026-11-26T00:05:00Z"
 
 # In the order they are produced: some cases' records arrive out of order.
 RECORDS = [
-    # A1 new patient, Maple: SMS after 50 s, booked 1 h 30 min after the call.
+    # A1 new patient, Maple: SMS after 50 s, the patient replied 20 min after the call, booked 1 h 30 min after it.
     case("A1", MAPLE, NP, "OPEN", "11-20 09:00:05", "11-20 09:00:00"),
     case("A1", MAPLE, NP, "RESPONDED", "11-20 09:00:50", "11-20 09:00:00", responded="11-20 09:00:50"),
     case(
@@ -113,6 +120,7 @@ RECORDS = [
         responded="11-20 09:00:50",
         converted="11-20 10:30:00",
         channel="booking",
+        replied="11-20 09:20:00",
     ),
     # A2 new patient, Maple: SMS after 90 s, gate at 2 h, expired a day later. Final record first.
     case(
@@ -171,18 +179,18 @@ RECORDS = [
         converted="11-19 09:00:00",
         channel="callback",
     ),
-    # B1 new patient, Oak: SMS after 60 s; replied 24 h 29 min after the SMS (too late for the 24 h KPI).
+    # B1 new patient, Oak: SMS after 60 s; the patient replied 2 min later, nobody booked: expired. A reply
+    # is a response, not a conversion.
     case(
         "B1",
         OAK,
         NP,
-        "CONVERTED",
-        "11-25 09:00:00",
+        "EXPIRED",
+        "11-25 08:30:00",
         "11-24 08:30:00",
         final=True,
         responded="11-24 08:31:00",
-        converted="11-25 09:00:00",
-        channel="sms_reply",
+        replied="11-24 08:33:00",
     ),
     case("B1", OAK, NP, "RESPONDED", "11-24 08:31:00", "11-24 08:30:00", responded="11-24 08:31:00"),
     # B2 general inquiry, Oak: task after 45 min, expired.
@@ -192,6 +200,50 @@ RECORDS = [
     case("B3", OAK, NP, "RESPONDED", "11-25 23:50:45", "11-25 23:50:00", responded="11-25 23:50:45"),
     # B4 urgent, Oak: missed at 23:58, nothing sent yet at as_of (7 min later).
     case("B4", OAK, URG, "OPEN", "11-25 23:58:05", "11-25 23:58:00"),
+    # B5 new patient, Oak, written by an older worker that called an SMS reply a conversion: SMS after 60 s,
+    # "converted" by the reply at 10:30. Read today as responded at 10:30, not converted.
+    case(
+        "B5",
+        OAK,
+        NP,
+        "CONVERTED",
+        "11-22 10:30:00",
+        "11-22 10:00:00",
+        final=True,
+        responded="11-22 10:01:00",
+        converted="11-22 10:30:00",
+        channel="sms_reply",
+    ),
+    # B6 general inquiry, Oak: task after 10 min; the admin team reached the patient 3 h 50 min later.
+    case("B6", OAK, GEN, "RESPONDED", "11-23 11:10:00", "11-23 11:00:00", responded="11-23 11:10:00"),
+    case(
+        "B6",
+        OAK,
+        GEN,
+        "CONVERTED",
+        "11-23 15:00:00",
+        "11-23 11:00:00",
+        final=True,
+        responded="11-23 11:10:00",
+        converted="11-23 15:00:00",
+        channel="callback",
+    ),
+    # B7 new patient, Oak: SMS after 60 s, replied at 08:05; staff's pending appointment confirmed in the EHR
+    # 24 h 59 min after the SMS (an appointment recovered, but not within the 24 h).
+    case("B7", OAK, NP, "RESPONDED", "11-21 08:01:00", "11-21 08:00:00", responded="11-21 08:01:00"),
+    case(
+        "B7",
+        OAK,
+        NP,
+        "CONVERTED",
+        "11-22 09:00:00",
+        "11-21 08:00:00",
+        final=True,
+        responded="11-21 08:01:00",
+        converted="11-22 09:00:00",
+        channel="confirmation",
+        replied="11-21 08:05:00",
+    ),
     # Sink results. A1's delivery receipt arrives before its "sent".
     action("A1:first_sms", MAPLE, NP, "11-20 09:00:00", "11-20 09:00:55", "SEND_SMS", "DELIVERED"),
     action("A1:first_sms", MAPLE, NP, "11-20 09:00:00", "11-20 09:00:50", "SEND_SMS", "SENT"),
@@ -201,56 +253,68 @@ RECORDS = [
 ]
 
 # ---------------------------------------------------------------- by hand
-# Cases in the period: A1-A5 (Maple), B1-B4 (Oak) = 9; A6 is outside (1 CASE + 1 ACTION record).
+# Conversion = an appointment booked, rescheduled or confirmed, or a callback that reached the patient;
+# a reply is a response. Cases in the period: A1-A5 (Maple), B1-B7 (Oak) = 12; A6 is outside
+# (1 CASE + 1 ACTION record).
 # Latest states: A1 CONVERTED, A2 EXPIRED (final wins over the later-read ESCALATED), A3 ESCALATED_AND_CLOSED,
-#   A4 CONVERTED, A5 SUPPRESSED, B1 CONVERTED, B2 EXPIRED, B3 RESPONDED (open), B4 OPEN (open).
-# First response latencies: A1 50 s, A2 90 s, A3 240 s, A4 1200 s, B1 60 s, B2 2700 s, B3 45 s.
+#   A4 CONVERTED, A5 SUPPRESSED, B1 EXPIRED, B2 EXPIRED, B3 RESPONDED (open), B4 OPEN (open), B5 CONVERTED
+#   (as recorded; not a conversion), B6 CONVERTED, B7 CONVERTED.
+# First response latencies: A1 50 s, A2 90 s, A3 240 s, A4 1200 s, B1 60 s, B2 2700 s, B3 45 s, B5 60 s,
+#   B6 600 s, B7 60 s.
 #
 # Answered within 15 min: A5 needs no response (suppressed); B4 has none yet and only 7 min have passed: pending.
-#   Denominator A1 A2 A3 A4 B1 B2 B3 = 7; within 900 s: A1 A2 A3 B1 B3 = 5  -> 5/7.
-#   Maple A1-A4: A1 A2 A3 = 3/4.  Oak B1 B2 B3: B1 B3 = 2/3 (B4 pending).
-# Responses converting within 24 h: responded A1 A2 A3 A4 B1 B2 B3; B3 is open and only 14 min past its SMS:
-#   pending. Denominator 6. A1 converts after 1 h 29 min 10 s (yes), A4 after 19 h 40 min (yes), B1 after
-#   24 h 29 min (no), A2 A3 B2 never -> 2/6.  Maple A1-A4: 2/4.  Oak B1 B2: 0/2.
-# Appointments recovered: A1 (booking), A4 (reschedule) = 2 (B1 is an SMS reply). Maple 2, Oak 0.
-# Time to first response, sorted: 45 50 60 90 240 1200 2700 (n=7).
-#   median = 4th = 90 s; p90 at rank (7-1)*0.9 = 5.4: 1200 + 0.4*(2700-1200) = 1800 s.
+#   Denominator the other 10; within 900 s: A1 A2 A3 B1 B3 B5 B6 B7 = 8 (not A4, B2)  -> 8/10.
+#   Maple A1-A4: A1 A2 A3 = 3/4.  Oak B1 B2 B3 B5 B6 B7: B1 B3 B5 B6 B7 = 5/6 (B4 pending).
+# Responses converting within 24 h: the 10 with a first response; B3 is open and only 14 min past its SMS:
+#   pending. Denominator 9. A1 converts 1 h 29 min 10 s after its SMS (yes), A4 19 h 40 min (yes), B6 3 h 50 min
+#   (yes), B7 24 h 59 min (no); A2 A3 B1 B2 closed unconverted; B5's reply is not a conversion -> 3/9.
+#   Maple A1-A4: 2/4.  Oak B1 B2 B5 B6 B7: B6 = 1/5 (B3 pending).
+# Appointments recovered: A1 (booking), A4 (reschedule), B7 (confirmation) = 3 (B6 is a callback, B1 and B5
+#   replies). Maple 2, Oak 1.
+# Callers who responded, of the cases with a first response: A1, B1, B5 (the old record's reply), B7 = 4/10.
+#   Maple A1 = 1/4. Oak B1 B5 B7 = 3/6. Older conversions read as responses: B5 = 1 (Oak).
+# Time to first response, sorted: 45 50 60 60 60 90 240 600 1200 2700 (n=10).
+#   median at rank 4.5: 60 + 0.5*30 = 75 s; p90 at rank (10-1)*0.9 = 8.1: 1200 + 0.1*(2700-1200) = 1350 s.
 #   Maple 50 90 240 1200: median (90+240)/2 = 165 s; p90 at 2.7: 240 + 0.7*960 = 912 s.
-#   Oak 45 60 2700: median 60 s; p90 at 1.8: 60 + 0.8*2640 = 2172 s.
-# New-patient recovery: A1 A2 A5 B1 B3; B3 open and unconverted: pending. A1 B1 converted -> 2/4.
-#   Maple A1 A2 A5: 1/3. Oak B1: 1/1.
-# Call to booking (A1 5400 s, A4 72000 s): mean = median = 38700 s. Oak: none.
+#   Oak 45 60 60 60 600 2700: median at 2.5: 60 s; p90 at 4.5: 600 + 0.5*2100 = 1650 s.
+# New-patient recovery: A1 A2 A5 B1 B3 B5 B7; B3 open and unconverted: pending. A1 B7 converted -> 2/6.
+#   Maple A1 A2 A5: 1/3. Oak B1 B5 B7: 1/3.
+# Call to booking: A1 5400 s, A4 72000 s, B7 90000 s: mean 167400/3 = 55800 s, median 72000 s.
+#   Maple A1 A4: mean = median = 38700 s. Oak B7: 90000 s.
 # Escalations: A2 1 + A3 1 = 2, both escalated cases. Oak 0.
-# First-response buckets: <=1 min 45 50 60 -> 3; 1-5 min 90 240 -> 2; 15-60 min 1200 2700 -> 2.
+# First-response buckets: <=1 min 45 50 60 60 60 -> 5; 1-5 min 90 240 -> 2; 5-15 min 600 -> 1;
+#   15-60 min 1200 2700 -> 2.
 # Actions in the period: A1:first_sms DELIVERED (later `at` than SENT), A2:first_sms SENT, A3 task SENT.
-# Records: 23 read (18 CASE, 5 ACTION); 17 CASE and 4 ACTION in the period; 2 (A6) outside.
+# Records: 28 read (23 CASE, 5 ACTION); 22 CASE and 4 ACTION in the period; 2 (A6) outside.
 EXPECTED_TOTAL = {
-    "cases": 9,
+    "cases": 12,
     "open_cases": 2,
-    "answered_within_15min": {"count": 5, "of": 7, "share": 5 / 7, "pending": 1, "no_response_needed": 1},
-    "converted_within_24h": {"count": 2, "of": 6, "share": 2 / 6, "pending": 1},
-    "appointments_recovered": 2,
-    "time_to_first_response_s": {"count": 7, "median": 90.0, "p90": 1800.0},
-    "new_patient_recovery": {"count": 2, "of": 4, "share": 0.5, "pending": 1},
-    "call_to_booking_s": {"count": 2, "mean": 38700.0, "median": 38700.0},
+    "answered_within_15min": {"count": 8, "of": 10, "share": 8 / 10, "pending": 1, "no_response_needed": 1},
+    "converted_within_24h": {"count": 3, "of": 9, "share": 3 / 9, "pending": 1},
+    "appointments_recovered": 3,
+    "caller_responded": {"count": 4, "of": 10, "share": 4 / 10},
+    "older_conversions_read_as_responses": 1,
+    "time_to_first_response_s": {"count": 10, "median": 75.0, "p90": 1350.0},
+    "new_patient_recovery": {"count": 2, "of": 6, "share": 2 / 6, "pending": 1},
+    "call_to_booking_s": {"count": 3, "mean": 55800.0, "median": 72000.0},
     "escalations": 2,
     "escalated_cases": 2,
-    "cases_by_scenario": {NP: 5, URG: 2, RES: 1, GEN: 1},
+    "cases_by_scenario": {NP: 7, URG: 2, RES: 1, GEN: 2},
     "cases_by_state": {
         "OPEN": 1,
         "RESPONDED": 1,
-        "CONVERTED": 3,
+        "CONVERTED": 5,
         "ESCALATED_AND_CLOSED": 1,
-        "EXPIRED": 2,
+        "EXPIRED": 3,
         "SUPPRESSED": 1,
     },
     "cases_by_scenario_state": {
-        NP: {"RESPONDED": 1, "CONVERTED": 2, "EXPIRED": 1, "SUPPRESSED": 1},
+        NP: {"RESPONDED": 1, "CONVERTED": 3, "EXPIRED": 2, "SUPPRESSED": 1},
         URG: {"OPEN": 1, "ESCALATED_AND_CLOSED": 1},
         RES: {"CONVERTED": 1},
-        GEN: {"EXPIRED": 1},
+        GEN: {"CONVERTED": 1, "EXPIRED": 1},
     },
-    "first_response_buckets": {"<=1 min": 3, "1-5 min": 2, "5-15 min": 0, "15-60 min": 2, "1-4 h": 0, ">4 h": 0},
+    "first_response_buckets": {"<=1 min": 5, "1-5 min": 2, "5-15 min": 1, "15-60 min": 2, "1-4 h": 0, ">4 h": 0},
     "actions": {"CREATE_TASK": {"SENT": 1}, "SEND_SMS": {"DELIVERED": 1, "SENT": 1}},
 }
 EXPECTED_MAPLE = {
@@ -259,6 +323,8 @@ EXPECTED_MAPLE = {
     "answered_within_15min": {"count": 3, "of": 4, "share": 3 / 4, "pending": 0, "no_response_needed": 1},
     "converted_within_24h": {"count": 2, "of": 4, "share": 0.5, "pending": 0},
     "appointments_recovered": 2,
+    "caller_responded": {"count": 1, "of": 4, "share": 1 / 4},
+    "older_conversions_read_as_responses": 0,
     "time_to_first_response_s": {"count": 4, "median": 165.0, "p90": 912.0},
     "new_patient_recovery": {"count": 1, "of": 3, "share": 1 / 3, "pending": 0},
     "call_to_booking_s": {"count": 2, "mean": 38700.0, "median": 38700.0},
@@ -266,18 +332,20 @@ EXPECTED_MAPLE = {
     "escalated_cases": 2,
 }
 EXPECTED_OAK = {
-    "cases": 4,
+    "cases": 7,
     "open_cases": 2,
-    "answered_within_15min": {"count": 2, "of": 3, "share": 2 / 3, "pending": 1, "no_response_needed": 0},
-    "converted_within_24h": {"count": 0, "of": 2, "share": 0.0, "pending": 1},
-    "appointments_recovered": 0,
-    "time_to_first_response_s": {"count": 3, "median": 60.0, "p90": 2172.0},
-    "new_patient_recovery": {"count": 1, "of": 1, "share": 1.0, "pending": 1},
-    "call_to_booking_s": {"count": 0, "mean": None, "median": None},
+    "answered_within_15min": {"count": 5, "of": 6, "share": 5 / 6, "pending": 1, "no_response_needed": 0},
+    "converted_within_24h": {"count": 1, "of": 5, "share": 1 / 5, "pending": 1},
+    "appointments_recovered": 1,
+    "caller_responded": {"count": 3, "of": 6, "share": 3 / 6},
+    "older_conversions_read_as_responses": 1,
+    "time_to_first_response_s": {"count": 6, "median": 60.0, "p90": 1650.0},
+    "new_patient_recovery": {"count": 1, "of": 3, "share": 1 / 3, "pending": 1},
+    "call_to_booking_s": {"count": 1, "mean": 90000.0, "median": 90000.0},
     "escalations": 0,
     "escalated_cases": 0,
 }
-EXPECTED_RECORDS = {"records": 23, "case": 17, "action": 4, "outside_period": 2, "other_practices": 0}
+EXPECTED_RECORDS = {"records": 28, "case": 22, "action": 4, "outside_period": 2, "other_practices": 0}
 
 
 def compute(records=RECORDS, **kw) -> dict:
@@ -331,7 +399,7 @@ def test_redelivered_duplicates_change_nothing_but_the_record_count():
     twice = compute(RECORDS + RECORDS)
     once = compute()
     assert twice["total"] == once["total"] and twice["practices"] == once["practices"]
-    assert twice["records"]["records"] == 46
+    assert twice["records"]["records"] == 56
 
 
 def test_a_final_record_wins_over_a_later_non_final_one():
@@ -364,13 +432,13 @@ def test_pending_cases_are_decided_once_their_time_is_over():
     # are decided: both count as misses. B3 is still not final, so new-patient recovery keeps it pending.
     total = compute(as_of_ms=parse_time("2026-11-27T00:00:00Z"))["total"]
     assert total["answered_within_15min"] == {
-        "count": 5,
-        "of": 8,
-        "share": 5 / 8,
+        "count": 8,
+        "of": 11,
+        "share": 8 / 11,
         "pending": 0,
         "no_response_needed": 1,
     }
-    assert total["converted_within_24h"] == {"count": 2, "of": 7, "share": 2 / 7, "pending": 0}
+    assert total["converted_within_24h"] == {"count": 3, "of": 10, "share": 3 / 10, "pending": 0}
     assert total["new_patient_recovery"]["pending"] == 1
 
 
@@ -385,13 +453,31 @@ def test_a_case_converted_before_any_response_needed_none():
             "11-20 10:00:00",
             final=True,
             converted="11-20 10:00:20",
-            channel="answered_call",
+            channel="booking",
         )
     ]
     total = compute(records)["total"]
     assert total["answered_within_15min"] == {"count": 0, "of": 0, "share": None, "pending": 0, "no_response_needed": 1}
     assert total["new_patient_recovery"] == {"count": 1, "of": 1, "share": 1.0, "pending": 0}
-    assert total["appointments_recovered"] == 0
+    assert total["appointments_recovered"] == 1
+
+
+@pytest.mark.parametrize("channel", ["sms_reply", "answered_call", "cancellation"])
+def test_what_older_records_called_a_conversion_is_not_one(channel):
+    """Before `responded`, the worker closed a case as converted on a reply, an answered call or
+    a cancellation: the report reads those by today's definition (the first two as responses)."""
+    old = case(
+        "L", OAK, NP, "CONVERTED", "11-20 10:30:00", "11-20 10:00:00", final=True, responded="11-20 10:01:00",
+        converted="11-20 10:30:00", channel=channel,
+    )  # fmt: skip
+    for name in ("responded", "responded_at", "response_channel"):
+        del old[name]  # an older writer's record, as the older schema wrote it
+    total = compute([old])["total"]
+    assert total["converted_within_24h"] == {"count": 0, "of": 1, "share": 0.0, "pending": 0}
+    assert total["new_patient_recovery"]["count"] == 0 and total["appointments_recovered"] == 0
+    responded = 0 if channel == "cancellation" else 1
+    assert total["caller_responded"] == {"count": responded, "of": 1, "share": float(responded)}
+    assert total["older_conversions_read_as_responses"] == 1
 
 
 def test_zero_records_gives_an_empty_report_that_says_so():
@@ -415,12 +501,13 @@ def test_text_report_shows_the_numbers():
     text = render_text(compute())
     assert "missed calls from 2026-11-19 00:00 UTC to 2026-11-26 00:00 UTC" in text
     total_row = next(line for line in text.splitlines() if line.startswith("TOTAL"))
-    for cell in ("9 (2)", "71.4% (5/7)", "33.3% (2/6)", "1 min 30 s", "30 min", "50.0% (2/4)"):
+    for cell in ("12 (2)", "80.0% (8/10)", "33.3% (3/9)", "1 min 15 s", "22 min 30 s", "33.3% (2/6)"):
         assert cell in total_row, (cell, total_row)
     maple_row = next(line for line in text.splitlines() if line.startswith(MAPLE))
     for cell in ("75.0% (3/4)", "2 min 45 s", "15 min 12 s", "33.3% (1/3)"):
         assert cell in maple_row, (cell, maple_row)
-    assert "manual ~40%" in text and "10.8 h" in text
+    assert "manual ~40%" in text and "15.5 h" in text
+    assert "40.0% (4/10)" in text  # callers who responded
 
 
 def test_report_has_no_phone_numbers_or_names():

@@ -139,7 +139,7 @@ def test_since_seeks_by_timestamp_and_bad_records_are_skipped(weekly):
 def test_terminal_table_shows_the_totals(weekly):
     result, _, _ = weekly
     total_row = next(line for line in result.stdout.splitlines() if line.startswith("TOTAL"))
-    for cell in ("9 (2)", "71.4% (5/7)", "33.3% (2/6)", "1 min 30 s", "30 min", "50.0% (2/4)"):
+    for cell in ("12 (2)", "80.0% (8/10)", "33.3% (3/9)", "1 min 15 s", "22 min 30 s", "33.3% (2/6)"):
         assert cell in total_row, (cell, total_row)
 
 
@@ -152,7 +152,7 @@ def test_html_embeds_its_charts_as_png_images(weekly):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         width, height = struct.unpack(">II", png[16:24])
         assert width >= 1000 and height >= 200, (width, height)
-    assert "71%" in html and "5 of 7 cases" in html
+    assert "80%" in html and "8 of 10 cases" in html
     assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html  # self-contained
     assert not re.search(r"\+\d{8,}", html)  # no phone numbers
 

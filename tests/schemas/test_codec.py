@@ -183,6 +183,22 @@ def test_old_records_read_after_a_compatible_evolution(tmp_path):
         AvroCodec(root).decode("call_event", old_bytes)
 
 
+def test_every_released_version_of_every_schema_is_read_by_todays_code():
+    current = AvroCodec(SCHEMA_DIR)
+    for version in ("v1", "v2"):
+        released = AvroCodec(SCHEMA_DIR / "history" / version)  # a producer of that release
+        for name in codec.SCHEMA_NAMES:
+            fields = {f["name"] for f in released.schema(name)["fields"]}
+            record = {k: v for k, v in RECORDS[name][0].items() if k in fields}
+            decoded = current.decode(name, released.encode(name, record))
+            expected = {k: v for k, v in expected_after_round_trip(name, record).items() if k in fields}
+            assert {k: decoded[k] for k in fields} == expected, (version, name)
+    # outcome changed after v2 (the response fields): a v2 record reads with their defaults
+    v2 = AvroCodec(SCHEMA_DIR / "history" / "v2").encode("outcome", RECORDS["outcome"][0])
+    assert v2[2:10] != current.fingerprint("outcome")
+    assert current.decode("outcome", v2)["responded"] is False
+
+
 def test_old_records_read_after_int_to_long_promotion(tmp_path):
     root = evolved_dir(tmp_path, widen_int_to_long)
     old_bytes = AvroCodec(SCHEMA_DIR / "history" / "v1").encode("call_event", RECORDS["call_event"][1])

@@ -40,6 +40,10 @@ class FakeEffects:
             t[key] = value
         self.log.append(("persist", table, key, (value or {}).get("state") if isinstance(value, dict) else None))
 
+    async def persist_all(self, writes):
+        for table, key, value in writes:
+            await self.persist(table, key, value)
+
     async def outcome(self, key, record):
         self.outcomes.append(record)
         self.log.append(("outcome", record["action_result"]))
@@ -85,12 +89,12 @@ class FakeHook:
         self.script = list(script)
         self.calls: list = []
 
-    async def post(self, url, text):
+    async def post(self, url, text, urgent=False):
         self.calls.append((url, text))
         if self.script:
             raise self.script.pop(0)
 
-    async def send(self, action_id, to, subject, text):
+    async def send(self, action_id, to, subject, text, urgent=False):
         self.calls.append((to, subject, text))
         if self.script:
             raise self.script.pop(0)

@@ -19,10 +19,12 @@ from ringback.config.settings import Settings
 from ringback.dev.fake_apis import FakeApiServer
 from ringback.sinks import records as rec
 from ringback.sinks.channels.email import SmtpMailer, message_id
-from ringback.sinks.channels.slack import SlackWebhook
+from ringback.sinks.channels.slack import URGENT_MENTION, SlackWebhook
 from ringback.sinks.channels.twilio_sms import SmsRejected, TwilioSms, classify_rest_error, status_callback_url
-from ringback.sinks.retry import OptedOut, Permanent, RetryPolicy, Transient
+from ringback.sinks.retry import OptedOut, Permanent, RateLimited, RetryPolicy, Transient
 from tests.conftest import REPO, free_port
+from tests.sinks.harness import NOON, key, make
+from tests.sinks.harness import action as harness_action
 from tests.support.prism import PrismMock
 
 ACCOUNT_SID = "AC" + "0" * 31 + "1"
@@ -95,16 +97,19 @@ async def test_form_fields_and_lookup_against_the_capture_server(practices):
 
 
 async def test_twilio_failures_are_classified(practices):
-    server = FakeApiServer(script=[500, 429, ("hang", 2)])
+    server = FakeApiServer(script=[500, (429, {"Retry-After": "7"}), 429, ("hang", 2)])
     try:
         sms = TwilioSms(twilio_env(server.url), timeout_s=0.5)
         with pytest.raises(Transient) as e500:
             await sms.send(practices[0], CALLER, "x")
-        with pytest.raises(Transient) as e429:
+        with pytest.raises(RateLimited) as e429:
+            await sms.send(practices[0], CALLER, "x")
+        with pytest.raises(RateLimited) as bare429:
             await sms.send(practices[0], CALLER, "x")
         with pytest.raises(Transient) as slow:
             await sms.send(practices[0], CALLER, "x")
         assert (e500.value.ambiguous, e429.value.ambiguous, slow.value.ambiguous) == (True, False, True)
+        assert (e429.value.retry_after, bare429.value.retry_after) == (7.0, 1.0)  # Retry-After, else 1 s
         await sms.close()
     finally:
         server.close()
@@ -142,7 +147,10 @@ async def test_slack_contract():
         with pytest.raises(Permanent, match="404"):
             await slack.post(url, "hello")
         await slack.post(url, "hello")  # 200 ok
-        assert [json.loads(r.body) for r in server.posts("/services/T/B/x")] == [{"text": "hello"}] * 4
+        await slack.post(url, "an urgent task", urgent=True)
+        texts = [json.loads(r.body) for r in server.posts("/services/T/B/x")]
+        assert texts == [{"text": "hello"}] * 4 + [{"text": f"{URGENT_MENTION} an urgent task"}]
+        assert URGENT_MENTION.startswith("<!here>")  # Slack's mention of the channel's active members
         await slack.close()
     finally:
         server.close()
@@ -173,6 +181,10 @@ async def test_email_through_a_real_smtp_server():
         assert got[0].rcpt_tos == ["desk@maple.example.org"] and got[0].mail_from == "ringback@maple.example.org"
         assert msg["Subject"] == "[Maple] Missed call" and msg["Message-ID"] == message_id("maple-family:abc:notify")
         assert msg.get_payload().strip() == "Call back"
+        assert msg["Importance"] is None and msg["X-Priority"] is None
+        await mailer.send("maple-family:abc:clinical_task_notice", "nurse@maple.example.org", "s", "t", urgent=True)
+        urgent = message_from_bytes(got[1].content)
+        assert urgent["Importance"] == "high" and urgent["X-Priority"] == "1"
         with pytest.raises(Permanent):
             await mailer.send("a", "nobody@maple.example.org", "s", "t")
     finally:
@@ -218,22 +230,56 @@ def test_templates_with_the_allowed_placeholders_pass():
 
 
 # ------------------------------------------------------------------ staff text, tasks, waits
-def test_staff_message_says_what_and_what_to_do_with_minimum_data():
-    action = {
-        "action_id": "maple-family:c1:alert",
-        "kind": "ALERT_MANAGER",
-        "reason": "callback overdue",
-        "created_at": 1_764_000_000_000,
-        "missed_at": None,
-        "priority": "URGENT",
-        "body": None,
-        "params": {},
-        "due_at": None,
+STAFF_ACTION = {
+    "action_id": "maple-family:c1:manager_alert",
+    "case_id": "maple-family:c1",
+    "kind": "ALERT_MANAGER",
+    "step": "manager_alert",
+    "reason": "urgent callback not completed in time",
+    "created_at": 1_764_000_000_000,
+    "missed_at": 1_763_997_300_000,
+    "priority": "URGENT",
+    "body": "Escalation: an urgent clinical callback task was not completed within 45 min of the missed call.",
+    "params": {"caller": CALLER, "role": "department_manager", "task_id": "maple-family:c1:clinical_task"},
+    "due_at": None,
+}
+
+
+def test_the_managers_alert_links_the_task_it_is_about_not_its_own_id():
+    m = rec.staff_message(STAFF_ACTION, "Maple Family Practice", "America/Chicago", "https://console.example.org/")
+    assert "Task: https://console.example.org/#task=maple-family%3Ac1%3Aclinical_task" in m.text.splitlines()
+    assert "manager_alert" not in m.text and "Escalation" in m.subject and m.urgent
+    assert m.subject == "[Maple Family Practice] URGENT: Escalation: task overdue (URGENT)"
+    # Minimum necessary: no number (not even masked), no reason for the call.
+    assert "0123" not in m.text and STAFF_ACTION["reason"] not in m.text
+    # Without the console's URL the task is named by its id.
+    plain = rec.staff_message(STAFF_ACTION, "Maple", "America/Chicago", None)
+    assert "Task: task maple-family:c1:clinical_task in the staff console" in plain.text
+
+
+def test_a_task_notice_says_practice_role_priority_due_and_link_and_nothing_else():
+    notice = {
+        **STAFF_ACTION,
+        "action_id": "maple-family:c1:clinical_task_notice",
+        "kind": "NOTIFY_STAFF",
+        "step": "clinical_task_notice",
+        "reason": "a task was created for this role",
+        "missed_at": 1_763_999_000_000,
+        "body": "URGENT: a new urgent clinical callback task for the nurse. Open it now.",
+        "due_at": 1_764_001_800_000,
+        "params": {"role": "nurse", "task_id": "maple-family:c1:clinical_task"},
     }
-    subject, text = rec.staff_message(action, "Maple Family Practice", "America/Chicago", CALLER)
-    assert "Escalation" in subject and CALLER not in text and "+1••••••0123" in text and "To do:" in text
-    _, notify = rec.staff_message({**action, "kind": "NOTIFY_STAFF"}, "Maple", "America/Chicago", CALLER)
-    assert CALLER in notify
+    m = rec.staff_message(notice, "Maple Family Practice", "America/Chicago", "https://console.example.org")
+    assert m.subject == "[Maple Family Practice] URGENT: New task for the nurse (URGENT)" and m.urgent
+    assert m.text.splitlines() == [
+        "Maple Family Practice: New task for the nurse",
+        "URGENT: a new urgent clinical callback task for the nurse. Open it now.",
+        "Priority: URGENT",
+        "Due: Mon 24 Nov 10:30 CST",
+        "Task: https://console.example.org/#task=maple-family%3Ac1%3Aclinical_task",
+    ]
+    normal = rec.staff_message({**notice, "priority": "NORMAL"}, "Maple", "America/Chicago", None)
+    assert not normal.urgent and "URGENT" not in normal.subject
 
 
 def test_retry_wait_honours_retry_after_with_a_cap_else_backs_off(monkeypatch):
@@ -263,3 +309,23 @@ def test_package_json_pins_prism_and_the_lock_file_exists():
     lock = json.loads((REPO / "package-lock.json").read_text())
     assert "node_modules/@stoplight/prism-cli" in lock["packages"]
     assert Path(REPO / "node_modules" / ".bin" / "prism").exists()
+
+
+async def test_the_task_the_sink_puts_in_place_of_a_blocked_sms_is_notified_to_its_role(practices):
+    ex = make(practices)
+    stop = {
+        "event_type": "SMS",
+        "direction": "INBOUND",
+        "practice_id": "maple-family",
+        "caller": CALLER,
+        "sms_body": "STOP",
+        "occurred_at": int(NOON * 1000),
+    }
+    await ex.on_call_event(key(), stop)
+    sms = harness_action()
+    assert await ex.handle_action(key(), sms, 0) == rec.SUPPRESSED
+    [(to, subject, text)] = ex.mailer.calls
+    assert to == "frontdesk@maple.example.org" and subject.endswith("New task for the scheduling coordinator (NORMAL)")
+    assert f"Task: task {sms['action_id']}:callback in the staff console" in text and CALLER[-4:] not in text
+    assert ex.t.sent_log[sms["case_id"] + ":first_sms_callback_notice"]["state"] == rec.SENT
+    assert await ex.handle_action(key(), sms, 0) == "DUPLICATE" and len(ex.mailer.calls) == 1

@@ -12,7 +12,7 @@ import pytest
 
 from ringback.sinks import records as rec
 from ringback.sinks.executor import caller_of, resolve_target
-from ringback.sinks.retry import OptedOut, Permanent, Transient
+from ringback.sinks.retry import OptedOut, Permanent, RateLimited, Transient
 from tests.sinks.harness import (
     CALLER,
     CHICAGO,
@@ -166,7 +166,8 @@ async def test_frequency_caps_and_fcc_profile(practices):
     assert await ex.handle_action(key(), action(), 0) == rec.SENT
     second = action()
     assert await ex.handle_action(key(), second, 0) == rec.SUPPRESSED
-    assert ex.fx.outcomes[-2]["reason"].startswith("frequency cap: 1 SMS in 24 h")
+    suppressed = [o for o in ex.fx.outcomes if o["action_result"] == "SUPPRESSED"]
+    assert suppressed[-1]["reason"].startswith("frequency cap: 1 SMS in 24 h")
     other = "+14155550999"
     assert (
         await ex.handle_action(key(other), action(caller=other, body="x" * 161 + " Maple Family Practice STOP"), 0)
@@ -241,11 +242,11 @@ async def test_slack_retries_429_then_5xx_and_email_goes_to_the_routed_address(p
         assert await ex.handle_action(key(), a, 0) == rec.SENT
         assert len(ex.slack.calls) == 3 and ex.sleeps[0] == 2.0
         url, text = ex.slack.calls[-1]
-        assert url == "https://hooks.example.org/services/x" and CALLER not in text and "0123" in text
+        assert url == "https://hooks.example.org/services/x" and "0123" not in text  # no number in Slack
         n = action("NOTIFY_STAFF", recipient="scheduling_coordinator")  # routed: email
         assert await ex.handle_action(key(), n, 0) == rec.SENT
         to, subject, body = ex.mailer.calls[0]
-        assert to == "frontdesk@maple.example.org" and CALLER in body and "Maple Family Practice" in subject
+        assert to == "frontdesk@maple.example.org" and "0123" not in body and "Maple Family Practice" in subject
         assert ex.fx.outcomes[-1]["channel"] == "email"
     finally:
         del os.environ["MAPLE_SLACK_WEBHOOK"]
@@ -342,3 +343,13 @@ async def test_answered_call_cancels_the_sms_waiting_for_morning(practices):
     ex.clock.set(datetime(2026, 11, 25, 8, 0, tzinfo=CHICAGO).timestamp())
     await ex.fire_due(1)
     assert [s["to"] for s in ex.sms.sent] == ["+14155550999"]
+
+
+async def test_429_pauses_the_practice_and_the_same_action_is_sent_after_the_pause(practices):
+    ex = make(practices, sms_script=[RateLimited("Twilio answered 429", retry_after=5)])
+    a = action()
+    assert await ex.handle_action(None, a, 0) == rec.SENT
+    assert len(ex.sms.sent) == 2 and len(ex.sms.created) == 1
+    assert ex.throttle.paused_for("maple-family") == 5.0  # every call of the practice waits it out
+    assert ex.throttle.paused_for("other-practice") == 0
+    assert 5.0 in ex.sleeps

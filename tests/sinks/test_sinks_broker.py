@@ -108,12 +108,12 @@ def test_each_action_kind_is_carried_out_once_against_twilio_contract(stack):
     stack.prism.assert_all_valid()
     assert len(stack.prism.messages_created()) == 2
     assert all(r.path == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json" for r in stack.prism.messages_created())
-    # Slack: one post, saying what happened and what to do.
+    # Slack: one post, the workflow's text; no number (the console has it).
     posts = stack.slack.posts(SLACK_PATH)
     assert len(posts) == 1
     text = json.loads(posts[0].body)["text"]
-    assert "Missed call: action needed" in text and caller in text and "To do:" in text
-    # E-mail: one message through the real SMTP server; the manager sees a masked number.
+    assert "Missed call" in text and "booking link already sent" in text and caller[-4:] not in text
+    # E-mail: one message through the real SMTP server; no number, no reason for the call.
     assert len(stack.smtp.messages) == 1
     envelope = stack.smtp.messages[0]
     assert envelope.rcpt_tos == ["manager@maple.example.org"]
@@ -121,7 +121,8 @@ def test_each_action_kind_is_carried_out_once_against_twilio_contract(stack):
     assert mail["Message-ID"] == message_id(alert["action_id"])
     assert "Escalation" in mail["Subject"]
     content = mail.get_payload()
-    assert caller not in content and caller[-4:] in content and "urgent callback not completed" in content
+    assert caller[-4:] not in content and "urgent callback not completed" not in content
+    assert "Priority: URGENT" in content and mail["Importance"] == "high"
     # Exactly one SENT outcome per action; redeliveries were skipped, and counted.
     for a in (sms, sms_mg, notify, alert, task):
         assert stack.results(a["action_id"]) == ["SENT"], a["kind"]

@@ -222,3 +222,44 @@ def test_sms_at_2230_practice_time_goes_out_at_0800(stack, twilio):
         assert stack.changelog("deferred").get(a["action_id"]) is None
     finally:
         stack.set_clock(NOON)
+
+
+def test_sigkill_with_many_sends_in_flight_sends_each_once_and_one_callers_in_order(kafka_bootstrap):
+    """Many SMS in flight at once (different callers), one caller's second SMS waiting in its
+    lane behind the first: SIGKILL while Twilio holds every answer, restart. Each action ends
+    SENT with exactly one POST (the held ones settled by look-up), the caller's two in order."""
+    twilio = FakeApiServer()
+    # A Twilio timeout longer than the hold: every request is still in flight at the kill.
+    s = SinkStack(
+        kafka_bootstrap,
+        "test_sinks_reliability_many",
+        {
+            "TWILIO_API_BASE_URL": twilio.url,
+            "RINGBACK_SINKS_COMMIT_INTERVAL": "300",
+            "RINGBACK_TWILIO_TIMEOUT_S": "6",
+        },
+    )
+    try:
+        s.start()
+        callers = [f"+1415555{n:04d}" for n in range(300, 316)]
+        twilio.script[:] = [("hang", 30)] * len(callers)  # created at Twilio, answers held back
+        first = [s.send_action(make_action("SEND_SMS", c, body=sms_body()), c) for c in callers]
+        second = s.send_action(make_action("SEND_SMS", callers[0], body=sms_body() + " (2)"), callers[0])
+        wait_for(lambda: len(twilio.messages()) >= len(callers), 60, message="every first SMS in flight at once")
+        assert [m.form["Body"] for m in posts_to(twilio, callers[0])] == [sms_body()]  # the second waits its turn
+        s.procs.kill("sinks")  # SIGKILL: no answer read, nothing SENT, no offset committed
+        assert all(s.results(a["action_id"]) == [] for a in first)
+        s.start_sinks()
+        for a in [*first, second]:
+            s.wait_result(a["action_id"], "SENT", 120)
+        for c in callers[1:]:
+            assert len(posts_to(twilio, c)) == 1
+        assert [m.form["Body"] for m in posts_to(twilio, callers[0])] == [sms_body(), sms_body() + " (2)"]
+        assert len(twilio.messages()) == len(callers) + 1 == len(twilio.created)
+        sent_log = s.changelog("sent-log")
+        sids = {m["sid"] for m in twilio.created}
+        assert {sent_log[a["action_id"]]["sid"] for a in [*first, second]} == sids
+        assert s.metric("ringback_sink_sms_lookups_total", result="found") >= len(callers)
+    finally:
+        s.close()
+        twilio.close()

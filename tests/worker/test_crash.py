@@ -97,7 +97,9 @@ def test_pending_gates_fire_once_on_the_survivor_of_a_sigkill(processes, service
     processes.kill(victim)  # SIGKILL, no goodbye
 
     expected = {
-        f"{cases[p]}:{s}" for p in callers for s in ("first_sms", "notify_coordinator", "second_sms", "callback_task")
+        f"{cases[p]}:{s}"
+        for p in callers
+        for s in ("first_sms", "notify_coordinator", "second_sms", "callback_task", "callback_task_notice")
     }
 
     def finals() -> list[dict]:
@@ -183,7 +185,9 @@ def test_a_crash_between_sending_and_writing_the_state_emits_nothing_twice(
     )
 
     expected = {
-        f"{cases[p]}:{s}" for p in callers for s in ("first_sms", "notify_coordinator", "second_sms", "callback_task")
+        f"{cases[p]}:{s}"
+        for p in callers
+        for s in ("first_sms", "notify_coordinator", "second_sms", "callback_task", "callback_task_notice")
     }
     wait_for(
         lambda: (
@@ -205,6 +209,6 @@ def test_a_crash_between_sending_and_writing_the_state_emits_nothing_twice(
     outcome_counts = Counter(o["outcome_id"] for o in out.outcomes())
     assert {i: c for i, c in outcome_counts.items() if c > 1} == {}, "outcome emitted twice"
     assert len(outcome_counts) == len(callers) * 4
-    # Each partition's follow-up (2 actions, 1 outcome) was found in the log and not sent again.
+    # Each partition's follow-up (3 actions: SMS, task, its notice; 1 outcome) was found in the log, not sent again.
     log_text = log_file.read_bytes()[log_start:].decode(errors="replace")
-    assert "2 actions and 1 outcomes were sent before a crash" in log_text
+    assert "3 actions and 1 outcomes were sent before a crash" in log_text

@@ -384,7 +384,7 @@ def test_a_scaled_down_practice_day(processes, service_env, kafka_bootstrap, out
 
     # ---- the expected records, each exactly once
     expected_steps = {
-        "np_reply": ["first_sms", "notify_coordinator"],
+        "np_reply": ["first_sms", "notify_coordinator", "patient_replied"],
         "np_booked": ["first_sms", "notify_coordinator"],
         "np_answered": [],
         "np_twice": ["first_sms", "notify_coordinator", "second_sms", "callback_task"],
@@ -403,8 +403,11 @@ def test_a_scaled_down_practice_day(processes, service_env, kafka_bootstrap, out
     }
     confirmation = recipes.case_id(PRACTICE, np_optout, optout_sms["event_id"]) + ":optout_confirmation"
     expected_actions = {aid(n, s) for n, steps in expected_steps.items() for s in steps} | {confirmation}
+    # Every task goes with its notice to the role (recipes.task_notice).
+    tasks = recipes.CALLBACK_STEPS | {"patient_replied"}
+    expected_actions |= {a + recipes.NOTICE for a in expected_actions if a.rpartition(":")[2] in tasks}
     expected_finals = {
-        "np_reply": ("CONVERTED", "sms_reply"),
+        "np_reply": ("EXPIRED", None),  # a reply is read by a person (a task); a response, not a conversion
         "np_booked": ("CONVERTED", "booking"),
         "np_answered": ("SUPPRESSED", None),
         "np_twice": ("CONVERTED", "callback"),
@@ -419,7 +422,7 @@ def test_a_scaled_down_practice_day(processes, service_env, kafka_bootstrap, out
         "r_far": ("EXPIRED", None),
         "r_done": ("CONVERTED", "reschedule"),
         "g_done": ("CONVERTED", "callback"),
-        "g_answered": ("CONVERTED", "answered_call"),
+        "g_answered": ("EXPIRED", None),  # reached the office: a response, not a conversion
     }
     scenario = {
         n: (
@@ -490,13 +493,16 @@ def test_a_scaled_down_practice_day(processes, service_env, kafka_bootstrap, out
     expected_outcomes = {
         f"{cid[n]}:{state}" for n in cid for state in ["OPEN", *middle.get(n, ["RESPONDED"]), expected_finals[n][0]]
     }
-    assert len(expected_actions) == 38 and len(expected_outcomes) == 53
+    assert len(expected_actions) == 39 + 12 and len(expected_outcomes) == 53  # 12 tasks, 12 notices
     assert {o["outcome_id"] for o in outcomes} == expected_outcomes
     for name in cid:
         if name != "np_answered":
             responded = next(o for o in outcomes if o["case_id"] == cid[name] and o["state"] == "RESPONDED")
             assert responded["within_window"] is True and responded["response_latency_ms"] >= 1000, name
     assert final[cid["np_twice"]]["escalations"] == 1 and final[cid["u_fast"]]["escalations"] == 0
+    assert by_id[aid("np_reply", "patient_replied")]["params"]["reply_text"] == "Yes! Can I come in tomorrow morning?"
+    assert (final[cid["np_reply"]]["responded"], final[cid["np_reply"]]["response_channel"]) == (True, "sms_reply")
+    assert final[cid["g_answered"]]["response_channel"] == "answered_call"
 
     # What we measured: how long after its due time each gate fired (printed with -s).
     windows = {

@@ -11,6 +11,7 @@ import itertools
 import json
 from datetime import UTC, datetime
 
+from ringback.domain import recipes
 from ringback.domain.practice import Practice
 from ringback.kafka import topics
 from ringback.kafka.practice_directory import PracticeDirectory
@@ -249,7 +250,12 @@ class Harness:
         return ids.pop()
 
     def steps(self) -> list[str]:
-        return [a["step"] for a in self.actions]
+        """The case steps emitted, without the notices that go with each task (`notices`)."""
+        return [a["step"] for a in self.actions if not a["step"].endswith(recipes.NOTICE)]
+
+    def notices(self) -> list[dict]:
+        """The NOTIFY_STAFF that told a task's role about the task (recipes.task_notice)."""
+        return [a for a in self.actions if a["step"].endswith(recipes.NOTICE)]
 
     def states(self) -> list[str]:
         return [o["state"] for o in self.outcomes]

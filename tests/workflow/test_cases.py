@@ -74,13 +74,31 @@ def test_an_unknown_practice_is_ignored():
     assert h.ignored == ["unknown_practice"] and h.outcomes == []
 
 
-def test_an_answered_call_after_the_first_response_converts():
+def test_an_answered_call_after_the_first_response_is_a_response_not_a_conversion():
     h = Harness()
     h.missed()
     h.at(10 * MIN)
     h.answered()
+    assert not [o for o in h.outcomes if o["final"]]
+    # The caller spoke with staff: no second SMS or callback task at the 2 h gate.
+    h.at(DAY)
+    assert h.steps() == ["first_sms", "notify_coordinator"]
     final = h.final()
-    assert final["state"] == "CONVERTED" and final["conversion_channel"] == "answered_call"
+    assert final["state"] == "EXPIRED" and final["converted"] is False
+    assert final["responded"] is True and final["response_channel"] == "answered_call"
+    assert final["responded_at"] == T0 + 10 * MIN - 1000
+
+
+def test_an_answered_call_then_a_booking_converts_with_the_booking():
+    h = Harness()
+    h.missed()
+    h.at(10 * MIN)
+    h.answered()
+    h.at(20 * MIN)
+    h.appointment(NEW_CALLER, "a1", start=h.now + 2 * DAY, updated_at=h.now)
+    final = h.final()
+    assert final["state"] == "CONVERTED" and final["conversion_channel"] == "booking"
+    assert final["responded"] is True and final["converted_at"] == T0 + 20 * MIN
 
 
 def test_updates_of_other_tasks_or_closed_cases_change_nothing():

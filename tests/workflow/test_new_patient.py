@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ringback.domain import staff_texts
 from tests.workflow.harness import DAY, HOUR, MIN, NEW_CALLER, PRACTICE_ID, T0, Harness
 
 
@@ -29,7 +30,8 @@ def test_new_patient_first_sms_waits_the_hold_then_goes_with_a_coordinator_notif
     }
     note = h.action("notify_coordinator")
     assert note["kind"] == "NOTIFY_STAFF" and note["recipient"] == "email:desk@maple.example.org"
-    assert "already sent" in note["body"]
+    assert note["body"] == staff_texts.NEW_PATIENT_SMS_SENT and note["priority"] == "NORMAL"
+    assert "task_id" not in note["params"] and h.notices() == []  # no task, nothing more to tell
     assert note["params"]["caller"] == NEW_CALLER and note["params"]["role"] == "scheduling_coordinator"
     assert h.keys[0] == f"{PRACTICE_ID}|{NEW_CALLER}".encode()
     responded = h.outcomes[-1]
@@ -40,16 +42,31 @@ def test_new_patient_first_sms_waits_the_hold_then_goes_with_a_coordinator_notif
     assert h.fired == [("first_response", 0)]
 
 
-def test_a_reply_stops_the_two_hour_follow_up():
+def test_a_reply_stops_the_two_hour_follow_up_and_is_a_response_not_a_conversion():
     h = Harness()
     h.missed()
     h.at(HOUR)
     h.sms(NEW_CALLER, "Yes please, can I come Thursday?")
     h.at(5 * HOUR)
-    assert h.steps() == ["first_sms", "notify_coordinator"]
+    assert h.steps() == ["first_sms", "notify_coordinator", "patient_replied"]
+    assert not [o for o in h.outcomes if o["final"]]
+    h.at(DAY)
     final = h.final()
-    assert final["state"] == "CONVERTED" and final["converted"] is True
-    assert final["conversion_channel"] == "sms_reply" and final["converted_at"] == T0 + HOUR - 1000
+    assert final["state"] == "EXPIRED" and final["converted"] is False and final["conversion_channel"] is None
+    assert final["responded"] is True and final["responded_at"] == T0 + HOUR - 1000
+    assert final["response_channel"] == "sms_reply"
+
+
+def test_a_reply_then_the_booking_staff_make_converts_the_case():
+    h = Harness()
+    h.missed()
+    h.at(HOUR)
+    h.sms(NEW_CALLER, "Yes please, can I come Thursday?")
+    h.at(HOUR + 20 * MIN)
+    h.appointment(NEW_CALLER, "a1", start=h.now + 2 * DAY, updated_at=h.now)
+    final = h.final()
+    assert final["state"] == "CONVERTED" and final["conversion_channel"] == "booking"
+    assert final["converted_at"] == T0 + HOUR + 20 * MIN and final["responded_at"] == T0 + HOUR - 1000
 
 
 def test_no_reply_within_two_hours_second_sms_and_callback_task_due_in_four_hours():

@@ -76,15 +76,47 @@ def test_a_rescheduled_appointment_converts_and_closes_the_gate():
     assert final["state"] == "CONVERTED" and final["conversion_channel"] == "reschedule"
 
 
-def test_a_cancelled_appointment_closes_a_reschedule_request():
+def test_a_cancellation_is_not_a_conversion_but_leaves_nothing_to_protect():
     h = reschedule_harness(DAY)
     h.voicemail(KNOWN, "I need to cancel tomorrow")
     h.at(HOUR)
     h.appointment(KNOWN, "a1", start=T0 + DAY, status="cancelled", updated_at=h.now)
     h.at(5 * HOUR)
     assert "protect_task" not in h.steps()
+    assert not [o for o in h.outcomes if o["final"]]
+    h.at(2 * DAY)
     final = h.final()
-    assert final["state"] == "CONVERTED" and final["conversion_channel"] == "cancellation"
+    assert final["state"] == "EXPIRED" and final["converted"] is False
+
+
+def test_cancel_and_rebook_converts_as_a_reschedule():
+    h = reschedule_harness(DAY)
+    h.voicemail(KNOWN, "I need to change my appointment")
+    h.at(HOUR)
+    h.appointment(KNOWN, "a1", start=T0 + DAY, status="cancelled", updated_at=h.now)
+    h.at(2 * HOUR)
+    h.appointment(KNOWN, "a2", start=T0 + 5 * DAY, updated_at=h.now)
+    final = h.final()
+    assert final["state"] == "CONVERTED" and final["conversion_channel"] == "reschedule"
+    assert final["converted_at"] == T0 + 2 * HOUR
+
+
+def test_confirming_a_pending_appointment_converts_as_a_confirmation():
+    h = reschedule_harness(DAY)
+    h.appointment(KNOWN, "a1", start=T0 + DAY, status="pending", updated_at=T0 - DAY)
+    h.voicemail(KNOWN, "can I change my appointment time")
+    h.at(HOUR)
+    h.appointment(KNOWN, "a1", start=T0 + DAY, status="booked", updated_at=h.now)
+    final = h.final()
+    assert final["state"] == "CONVERTED" and final["conversion_channel"] == "confirmation"
+
+
+def test_a_request_still_to_confirm_converts_nothing():
+    h = reschedule_harness(DAY)
+    h.voicemail(KNOWN, "please reschedule")
+    h.at(HOUR)
+    h.appointment(KNOWN, "a2", start=T0 + 4 * DAY, status="proposed", updated_at=h.now)
+    assert not [o for o in h.outcomes if o["final"]]
 
 
 def test_the_protect_gate_has_nothing_to_do_when_the_appointment_is_gone():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.workflow.harness import HOUR, KNOWN, MIN, NEW_CALLER, PRACTICE_ID, T0, Harness, hold, urgent_harness
+from tests.workflow.harness import DAY, HOUR, KNOWN, MIN, NEW_CALLER, PRACTICE_ID, T0, Harness, hold, urgent_harness
 
 
 def test_an_opted_out_caller_gets_a_staff_callback_task_instead_of_the_sms():
@@ -26,7 +26,7 @@ def test_a_frequency_cap_turns_the_sms_step_into_a_task_with_the_reason():
     h = Harness(sms_caps={"per_day": 1, "per_week": 3})
     h.missed()
     h.at(hold())
-    h.sms(NEW_CALLER, "thanks")  # converts the first case
+    h.appointment(NEW_CALLER, "a1", start=h.now + DAY, updated_at=h.now)  # a booking converts the first case
     h.at(HOUR)
     h.missed()  # a new case the same day: the daily cap of 1 is used
     h.at(HOUR + hold())
@@ -109,12 +109,13 @@ def test_a_twilio_21610_error_records_an_opt_out():
     assert h.steps() == ["callback_task", "notify_coordinator"]
 
 
-def test_a_reply_before_the_first_response_does_not_close_the_case():
+def test_a_reply_before_the_first_response_is_read_by_a_person_and_does_not_close_the_case():
     h = Harness()
     h.missed()
     h.sms(NEW_CALLER, "hello?")
     h.at(hold())
-    assert h.steps() == ["first_sms", "notify_coordinator"]
+    assert h.steps() == ["patient_replied", "first_sms", "notify_coordinator"]
+    assert not [o for o in h.outcomes if o["final"]]
 
 
 def test_help_and_opt_in_texts_are_not_replies():

@@ -138,10 +138,15 @@ def test_what_the_workflow_stores_has_the_shape_it_stored_before_and_its_records
     # One field more since: the patient's preferred language (a record stored without it reads as None).
     expected = json.loads(json.dumps(STORED))
     expected["e|maple-family|+14155550188"]["patient"]["language"] = None
+    # And how the caller responded (a case stored without it reads as not responded).
+    case = expected["c|maple-family|+14155550123"]["case"]
+    case["response_channel"] = None
+    case["open_record"] |= {"responded": False, "responded_at": None, "response_channel": None}
     assert json.loads(json.dumps(h.table)) == expected
     caller = h.state(NEW_CALLER)
-    # `calls` is written only for calls decided from several signals (workflow/calls.py)
-    assert set(caller) == set(st.CallerState.__annotations__) - {"calls"}
+    # `calls` is written only for calls decided from several signals (workflow/calls.py),
+    # `reply_task` once the caller replied by SMS (workflow/sms.py)
+    assert set(caller) == set(st.CallerState.__annotations__) - {"calls", "reply_task"}
     assert set(caller["case"]) == set(st.Case.__annotations__)
     assert set(caller["consent"]) == set(st.Consent.__annotations__)
     ehr = h.table[st.ehr_key("maple-family", KNOWN)]

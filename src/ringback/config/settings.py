@@ -153,6 +153,12 @@ class Settings(BaseSettings):
     ringback_sinks_persist_timeout_s: float = Field(
         20.0, gt=0, description="How long a sink waits for the broker to acknowledge a table write"
     )
+    ringback_sink_concurrency: int = Field(
+        64, ge=1, description="Actions in flight per sink process (different callers; one caller's in order)"
+    )
+    ringback_sink_practice_concurrency: int = Field(
+        16, ge=1, description="Twilio requests in flight per practice and sink process"
+    )
     ringback_sink_retry_attempts: int = Field(6, ge=1, description="API calls per action, the first included")
     ringback_sink_retry_base_s: float = Field(
         1.0, ge=0, description="First backoff between attempts; doubles each attempt"
@@ -174,6 +180,11 @@ class Settings(BaseSettings):
     )
     ringback_smtp_from: str = Field("ringback@localhost", description="Sender address of staff e-mails")
     ringback_smtp_timeout_s: float = Field(15.0, gt=0, description="Timeout of one SMTP delivery")
+    ringback_console_url: str | None = Field(
+        None,
+        description="The staff console's base URL as staff open it; staff notifications link to their task "
+        "there; unset: they name the task id instead",
+    )
 
     # ------------------------------------------------------------------ gateway (`ringback ingest`)
     ringback_gateway_port: int = Field(8080, ge=0, description="Port of the webhook gateway (--port wins)")

@@ -40,7 +40,7 @@ MANAGER_ROLES = frozenset({"department_manager", "manager"})
 
 # Task details (set from the CREATE_TASK action's params) and who may see them.
 DETAILS_FOR_ALL = ("todo", "call_time")
-DETAILS_FOR_CALLBACK_ROLE = ("patient_name", "urgency_reason", "appointment_time")
+DETAILS_FOR_CALLBACK_ROLE = ("patient_name", "urgency_reason", "appointment_time", "replies")
 
 MASK = "•"
 

@@ -17,7 +17,11 @@ Action contract (src/ringback/schemas/action_command.avsc), relied on by the sin
   `instead_of` + `blocked_reason` (a task created because an SMS step was blocked),
   `patient_name` + `urgency_reason` (clinical task only), `appointment_id` +
   `appointment_start` (epoch ms) + `appointment_time` (reschedule steps),
-  `consent_confirmation`="1" (the single opt-out confirmation text).
+  `consent_confirmation`="1" (the single opt-out confirmation text), `task_id` (a staff
+  notification about a task: the sinks link to it in the staff console).
+
+Every CREATE_TASK goes out with a NOTIFY_STAFF to its role's routing target (`task_notice`,
+step `<task step>_notice`): staff are told at once, with no patient detail (domain/staff_texts.py).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from ringback.domain import templates
+from ringback.domain import staff_texts, templates
 from ringback.domain.practice import Practice
 
 # ------------------------------------------------------------------ steps
@@ -45,6 +49,7 @@ PROTECT_TASK = "protect_task"  # reschedule 4 h gate (appointment within 48 h)
 PROTECT_ALERT = "protect_alert"  # reschedule 4 h gate: internal alert
 ADMIN_TASK = "admin_task"  # general inquiry
 OPTOUT_CONFIRMATION = "optout_confirmation"  # the single confirmation of a sentence opt-out
+NOTICE = "_notice"  # suffix: `<task step>_notice` tells the task's role it has a new task
 
 # Steps whose completion (task update COMPLETE) means the patient was called back.
 CALLBACK_STEPS = frozenset({CALLBACK_TASK, CLINICAL_TASK, PROTECT_TASK, ADMIN_TASK})
@@ -77,6 +82,23 @@ def resolve_role(practice: Practice, role: str) -> str:
 def route(practice: Practice, role: str) -> str:
     """The routing target for a role; `role:<role>` when the practice has none."""
     return practice.routing.get(resolve_role(practice, role)) or f"role:{role}"
+
+
+def is_channel(target: str) -> bool:
+    """A target the sinks can send to (`slack:<SECRET>`, `email:<address>`)."""
+    return target.startswith(("slack:", "email:"))
+
+
+def notice_target(practice: Practice, role: str, recipient: str) -> str | None:
+    """Where a task's role is told about it: the task's recipient when that is a channel
+    (a provider routed by an `email:` reference), a provider's routing entry, the role's
+    route (an assigned provider without one: the nurse route, the clinical team); None
+    when the practice routes it nowhere."""
+    fallback = NURSE if role == ASSIGNED_PROVIDER else role
+    for target in (recipient, practice.routing.get(recipient) or "", route(practice, fallback)):
+        if is_channel(target):
+            return target
+    return None
 
 
 # ------------------------------------------------------------------ windows
@@ -185,7 +207,7 @@ def action(
     now_ms: int,
     priority: str = "NORMAL",
     due_at: int | None = None,
-    params: Mapping[str, str] | None = None,
+    params: Mapping[str, str | None] | None = None,  # None values are left out
 ) -> dict:
     """One action command of a case step (schemas/action_command.avsc)."""
     return {
@@ -205,6 +227,33 @@ def action(
         "call_reported_at": case["call_reported_at"],
         "params": {k: str(v) for k, v in (params or {}).items() if v is not None},
     }
+
+
+def task_notice(practice: Practice, case: Mapping, task: Mapping) -> dict | None:
+    """The NOTIFY_STAFF that tells a task's role at once that the task exists: the role,
+    the priority (URGENT flagged), the due time and the task's id for the console link;
+    nothing about the patient in its text (`caller` is a param for keys and readers of the
+    actions topic, never rendered). None when the practice routes the role nowhere."""
+    params = task.get("params") or {}
+    if params.get("task_id"):
+        return None  # adds to an open task (a further reply): its role was told when it was created
+    role = params.get("role") or task["recipient"]
+    target = notice_target(practice, role, task["recipient"])
+    if target is None:
+        return None
+    priority = task.get("priority") or "NORMAL"
+    return action(
+        case,
+        "NOTIFY_STAFF",
+        task["step"] + NOTICE,
+        target,
+        staff_texts.task_created(role, priority),
+        "a task was created for this role",
+        task["created_at"],
+        priority=priority,
+        due_at=task.get("due_at"),
+        params={"role": role, "task_id": task["action_id"], "caller": case.get("caller")},
+    )
 
 
 def staff_params(practice: Practice, case: Mapping, role: str, todo: str, **extra) -> dict:

@@ -1,7 +1,10 @@
 """Callback tasks: the rules the sink workers and the staff console share.
 
 A task is made from a CREATE_TASK action (`new_task`) and moved by staff TaskUpdates
-(`apply_update`). The sinks keep every task in their `tasks` table, whose changelog is
+(`apply_update`). A patient's SMS reply is a CREATE_TASK too (workflow/sms.py): its text
+is kept in the task's `details["replies"]` (a JSON list, for the console only), and a
+reply naming an open task in `params["task_id"]` is added to that task (`add_reply`).
+The sinks keep every task in their `tasks` table, whose changelog is
 the contract topic `<namespace>.tasks` (kafka/topics.py TASKS, schemas/task.avsc); the
 console reads that topic and sends TaskUpdates (`update_record`). Both apply the same
 rules to the same log, so every copy agrees on who holds a task. A task is a plain dict
@@ -10,8 +13,9 @@ shaped like the Avro record.
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 OPEN, CLAIMED, COMPLETED = "OPEN", "CLAIMED", "COMPLETED"
 # Not a task yet: the updates that arrived before their task (redelivery, replay), held
@@ -21,6 +25,9 @@ PRIORITY_RANK = {"URGENT": 0, "HIGH": 1, "NORMAL": 2, "LOW": 3}
 MAX_REMEMBERED_UPDATES = 50
 # CREATE_TASK params (domain/recipes.py) kept on the task for the staff console.
 TASK_DETAIL_PARAMS = ("todo", "call_time", "patient_name", "urgency_reason", "appointment_time")
+# details["replies"]: the patient's SMS replies, oldest first: [{"id", "at", "text"}] as JSON.
+REPLIES = "replies"
+MAX_REPLIES = 50  # a task keeps the latest 50 replies (the conversation keeps them all)
 
 
 def new_task(action: dict, caller: str, role: str, now_ms: int, reason: str | None = None) -> dict:
@@ -38,7 +45,7 @@ def new_task(action: dict, caller: str, role: str, now_ms: int, reason: str | No
         "step": action.get("step"),
         # For the staff console (console/views.py decides who sees which detail):
         "missed_at": action.get("missed_at"),
-        "details": {k: v for k, v in (action.get("params") or {}).items() if k in TASK_DETAIL_PARAMS},
+        "details": _details(action),
         "state": OPEN,
         "claimed_by": None,
         "claimed_at": None,
@@ -49,6 +56,52 @@ def new_task(action: dict, caller: str, role: str, now_ms: int, reason: str | No
         "updates": [],
         "pending_updates": [],  # PENDING placeholders only
     }
+
+
+def _details(action: dict) -> dict[str, str]:
+    params = action.get("params") or {}
+    details = {k: v for k, v in params.items() if k in TASK_DETAIL_PARAMS}
+    reply = _reply(params)
+    if reply is not None:
+        details[REPLIES] = json.dumps([reply], ensure_ascii=False)
+    return details
+
+
+def _reply(params: dict) -> dict | None:
+    """The patient's reply an action carries (params reply_id, reply_at, reply_text), if any."""
+    if not params.get("reply_id"):
+        return None
+    return {"id": params["reply_id"], "at": int(params.get("reply_at") or 0), "text": params.get("reply_text") or ""}
+
+
+def replies(task: dict) -> list[dict]:
+    """The SMS replies a task carries, oldest first ([] for any other task)."""
+    raw = (task.get("details") or {}).get(REPLIES)
+    return json.loads(raw) if raw else []
+
+
+def add_reply(action: dict, lookup: Callable[[str], dict | None]) -> tuple[bool, dict | None]:
+    """Whether a reply action goes to an open task it names (`params["task_id"]`, found
+    with `lookup`), and that task with the reply added (None: it holds the reply already,
+    a redelivered action). (False, None): the action makes its own task (`new_task`): it
+    names none, or the task it names is completed or unknown."""
+    params = action.get("params") or {}
+    reply, target_id = _reply(params), params.get("task_id")
+    if reply is None or not target_id or target_id == action["action_id"]:
+        return False, None
+    target = lookup(target_id)
+    if not target or not is_open(target):
+        return False, None
+    kept = replies(target)
+    if any(r["id"] == reply["id"] for r in kept):
+        return True, None
+    text = json.dumps((kept + [reply])[-MAX_REPLIES:], ensure_ascii=False)
+    details = {**(target.get("details") or {}), REPLIES: text}
+    if params.get("todo"):
+        details["todo"] = params["todo"]
+    at = action.get("created_at") or reply["at"]
+    history = target.get("history", []) + [{"action": "REPLY", "actor": "ringback", "at": at}]
+    return True, {**target, "details": details, "history": history}
 
 
 def hold_update(holder: dict | None, update: dict) -> dict | None:

@@ -110,7 +110,7 @@ ACTIONS = TopicSpec(
     writers=(WORKER, CONSOLE),  # the console: staff replies (SEND_SMS)
     # The worker: a worker taking a partition over reads back what was sent before a crash.
     readers=(WORKER, SINKS, CONSOLE),
-    personal_data="caller phone number, SMS text, task reason",
+    personal_data="caller phone number, SMS text (ours and, on reply tasks, the patient's), task reason",
     co_partitioned=True,
 )
 TASK_UPDATES = TopicSpec(
@@ -131,7 +131,8 @@ TASKS = TopicSpec(
     "task",
     writers=(SINKS,),
     readers=(SINKS, CONSOLE),
-    personal_data="caller phone number, reason, details, staff user names",
+    personal_data="caller phone number, reason, details (patient name, urgency reason, the patient's SMS replies), "
+    "staff user names",
     compacted=True,
     co_partitioned=True,
 )

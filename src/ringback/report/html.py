@@ -288,10 +288,10 @@ none is for this period{% if practice_filter %} and practice{% endif %}.</small>
   <div class="card"><div class="label">Responses converting within 24 h</div>
     <div class="value">{{ pct(total.converted_within_24h) }}</div>
     <div class="detail">{{ total.converted_within_24h.count }} of {{ total.converted_within_24h.of }} responses
-      booked, rescheduled, replied or were called back</div></div>
+      booked, rescheduled or confirmed an appointment, or were called back</div></div>
   <div class="card"><div class="label">Appointments recovered</div>
     <div class="value">{{ total.appointments_recovered }}</div>
-    <div class="detail">bookings and reschedules from missed calls</div></div>
+    <div class="detail">bookings, reschedules and confirmations from missed calls</div></div>
 </div>
 <div class="cards small">
   <div class="card"><div class="label">Time to first response</div>

@@ -14,8 +14,13 @@ period, not with the records). Definitions (also in docs/report.md):
   other, then the later `at`, then the later state (OPEN < RESPONDED < ESCALATED
   < the closing states). Fields that are set once are merged over all its
   records so that an out-of-order or partial record cannot unset them:
-  `first_response_at` and `converted_at` (the earliest), `escalations` (the
-  highest), `converted` (any record).
+  `first_response_at`, `converted_at` and `responded_at` (the earliest),
+  `escalations` (the highest), `converted` and `responded` (any record).
+* A conversion is an appointment booked, rescheduled or confirmed, or a callback
+  that reached the patient (`CONVERSION_CHANNELS`). The caller's SMS reply or call
+  that reached staff is a *response* (`responded`): older records that called those
+  conversions (`conversion_channel` sms_reply / answered_call; cancellation) are read
+  as not converted, the first two as responded at `converted_at`.
 * A rate counts a case in its denominator only once the case's result for that
   rate is decided; undecided ("pending") cases are reported beside the rate.
 * ACTION records (sink results) are counted per action id (latest by `at`,
@@ -53,7 +58,11 @@ _RESULT_RANK = {
     "FAILED": 3,
     "DEAD_LETTERED": 3,
 }
-APPOINTMENT_CHANNELS = ("booking", "reschedule")
+APPOINTMENT_CHANNELS = ("booking", "reschedule", "confirmation")
+CONVERSION_CHANNELS = (*APPOINTMENT_CHANNELS, "callback")
+# What older records (before `responded`) called conversions and today are not.
+LEGACY_RESPONSE_CHANNELS = ("sms_reply", "answered_call")
+NOT_CONVERSIONS = (*LEGACY_RESPONSE_CHANNELS, "cancellation")
 
 # (label, upper bound in seconds, inclusive); the last has none.
 LATENCY_BUCKETS: tuple[tuple[str, float | None], ...] = (
@@ -103,9 +112,14 @@ DEFINITIONS = {
     "cases that needed a response: all but the SUPPRESSED ones (the caller reached "
     "staff first) and those converted before any response; a case with no response "
     "yet is pending until 15 min have passed or it closes",
+    "conversion": "an appointment booked, rescheduled or confirmed (EHR) after the missed call, or a callback "
+    "task completed with the patient reached; a caller's SMS reply or call that reached staff is a response, "
+    "not a conversion (older records saying so are read that way)",
     "converted_within_24h": "cases that converted at most 24 h after their first response / cases with a first "
     "response; pending while not converted, not closed and within the 24 h",
-    "appointments_recovered": "converted cases whose conversion_channel is booking or reschedule",
+    "appointments_recovered": "converted cases whose conversion_channel is booking, reschedule or confirmation",
+    "caller_responded": "cases whose caller responded (SMS reply, or a call that reached staff after the first "
+    "response) / cases with a first response",
     "time_to_first_response": "first_response_at - missed_at over cases with a first response; median and p90 "
     "by linear interpolation between ranks (numpy default, Excel PERCENTILE.INC)",
     "new_patient_recovery": "converted NEW_PATIENT cases / NEW_PATIENT cases (SUPPRESSED included); pending "
@@ -174,26 +188,19 @@ class _Case:
     converted_at: int | None
     conversion_key: tuple | None  # key of the latest converted record
     conversion_channel: str | None
+    responded_at: int | None = None
+    responded: bool = False
+    legacy: bool = False  # an older record called a response (or a cancellation) a conversion
 
     @classmethod
     def of(cls, r: dict) -> _Case:
         key = _case_key(r)
-        return cls(
-            r["case_id"],
-            r["practice_id"],
-            r["scenario"],
-            r["state"],
-            bool(r["final"]),
-            key,
-            r["missed_at"],
-            r.get("first_response_at"),
-            r.get("response_latency_ms"),
-            r.get("escalations") or 0,
-            bool(r.get("converted")),
-            r.get("converted_at") if r.get("converted") else None,
-            key if r.get("converted") else None,
-            r.get("conversion_channel") if r.get("converted") else None,
-        )
+        case = cls(
+            r["case_id"], r["practice_id"], r["scenario"], r["state"], bool(r["final"]), key, r["missed_at"],
+            None, None, 0, False, None, None, None,
+        )  # fmt: skip
+        case.merge(r)
+        return case
 
     def merge(self, r: dict) -> None:
         key = _case_key(r)
@@ -206,13 +213,25 @@ class _Case:
         if self.latency_ms is None:
             self.latency_ms = r.get("response_latency_ms")
         self.escalations = max(self.escalations, r.get("escalations") or 0)
-        if r.get("converted"):
+        channel = r.get("conversion_channel")
+        if r.get("converted") and channel in NOT_CONVERSIONS:
+            self.legacy = True
+            if channel in LEGACY_RESPONSE_CHANNELS:
+                self._responded(r.get("converted_at"))
+        elif r.get("converted"):
             self.converted = True
             if r.get("converted_at") is not None:
                 self.converted_at = _min(self.converted_at, r["converted_at"])
             if self.conversion_key is None or key > self.conversion_key:
                 self.conversion_key = key
-                self.conversion_channel = r.get("conversion_channel") or self.conversion_channel
+                self.conversion_channel = channel or self.conversion_channel
+        if r.get("responded"):
+            self._responded(r.get("responded_at"))
+
+    def _responded(self, at: int | None) -> None:
+        self.responded = True
+        if at is not None:
+            self.responded_at = _min(self.responded_at, at)
 
     def response_ms(self) -> int | None:
         """Missed call to first response in ms (never negative), or None."""
@@ -324,6 +343,7 @@ def _rate(count: int, of: int, **extra: int) -> dict:
 
 def _metrics(cases: list[_Case], actions: list[tuple[str, str]], as_of_ms: int) -> dict:
     answered = of_answered = pending_answer = no_response_needed = 0
+    responded = of_responded = legacy = 0
     converted24 = of_converted = pending_conversion = 0
     recovered = of_new = pending_new = 0
     latencies: list[int] = []
@@ -356,6 +376,11 @@ def _metrics(cases: list[_Case], actions: list[tuple[str, str]], as_of_ms: int) 
                 if bound is None or latency <= bound * 1000:
                     buckets[label] += 1
                     break
+
+        legacy += c.legacy
+        if latency is not None:
+            of_responded += 1
+            responded += c.responded
 
         # KPI 2: responses converting within 24 h.
         if latency is not None:
@@ -397,6 +422,8 @@ def _metrics(cases: list[_Case], actions: list[tuple[str, str]], as_of_ms: int) 
         ),
         "converted_within_24h": _rate(converted24, of_converted, pending=pending_conversion),
         "appointments_recovered": appointments,
+        "caller_responded": _rate(responded, of_responded),
+        "older_conversions_read_as_responses": legacy,
         "time_to_first_response_s": {
             "count": len(latencies),
             "median": quantile(latencies, Fraction(1, 2)),

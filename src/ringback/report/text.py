@@ -150,6 +150,17 @@ def render_text(report: dict) -> str:
         f"  mean call-to-booking      {human_duration(total['call_to_booking_s']['mean']):>22}"
         f"   manual {manual['call_to_booking_mean_s'] / 3600:.1f} h",
     ]
+    lines += [
+        "",
+        f"Callers who responded (an SMS reply, or a call that reached staff): {human_share(total['caller_responded'])}"
+        " of the cases with a first response; a response is not a conversion (an appointment booked, moved or"
+        " confirmed, or a callback that reached the patient).",
+    ]
+    if n := total["older_conversions_read_as_responses"]:
+        lines.append(
+            f"{plural(n, 'case')} written by an older version as converted by a reply, an answered call or a"
+            " cancellation: read as not converted."
+        )
     pending = [
         (total["answered_within_15min"]["pending"], "case", "awaiting a first response (under 15 min)"),
         (total["converted_within_24h"]["pending"], "case", "responded, still within the 24 h to convert"),

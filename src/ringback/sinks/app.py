@@ -24,6 +24,7 @@ deferral, a task) are awaited until the broker acknowledged the changelog record
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from datetime import timedelta
 from typing import Any
@@ -43,7 +44,8 @@ from ringback.schemas.faust_codec import register_faust_codecs
 from ringback.sinks.channels import tasks as task_channel
 from ringback.sinks.channels.slack import SlackWebhook
 from ringback.sinks.channels.twilio_sms import TwilioSms
-from ringback.sinks.executor import ActionExecutor, Tables
+from ringback.sinks.executor import ActionExecutor, Tables, Write
+from ringback.sinks.lanes import Lanes
 from ringback.sinks.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,9 @@ class FaustEffects:
     async def persist(self, table: str, key: str, value: dict | list | None) -> None:
         await self.tables[table].persist(key, value)
 
+    async def persist_all(self, writes: list[Write]) -> None:
+        await asyncio.gather(*(self.tables[table].persist(key, value) for table, key, value in writes))
+
     async def outcome(self, key: bytes, record: dict) -> None:
         await self.outcomes.send(key=key, value=record)
 
@@ -175,6 +180,8 @@ class Sinks:
             mailer=_mailer(settings),
         )
         self.gap_guard: gap_guard_module.GapGuard | None = None  # build_sinks attaches it
+        # Actions: many in flight, one caller's in order (sinks/lanes.py).
+        self.lanes = Lanes(settings.ringback_sink_concurrency)
 
     def _table(self, name: str) -> DurableTable:
         changelog = task_channel.changelog_topic(self.app, self.settings) if name == "tasks" else None
@@ -227,6 +234,49 @@ class Sinks:
             await self._handle_one(schema, source, handler, key, raw, partition)
 
         await guard.consume(stream, handle)
+
+    def lanes_body(self, schema: str, source: str, handler):
+        """An agent's body that hands each record to its key's lane (sinks/lanes.py) instead of
+        awaiting it: many records in flight, acknowledged in offset order when finished."""
+
+        async def consume(stream) -> None:
+            await self._consume_in_lanes(stream, schema, source, handler)
+
+        return consume
+
+    async def _consume_in_lanes(self, stream, schema: str, source: str, handler) -> None:
+        guard, lanes = self.gap_guard, self.lanes
+        assert guard is not None, "build_sinks attaches the gap guard"
+        manual = stream.noack()  # acknowledged by the lanes, in offset order per partition
+        async for event in manual.events():
+            message = event.message
+            tp, offset, partition = message.tp, message.offset, message.partition
+            generation = guard.generation
+            if guard.begin(tp, offset):
+                # The records Faust skipped come after every record of this partition already
+                # in a lane and before this one: let those finish, then handle them in order.
+                await lanes.idle(tp)
+                await guard.resolve(
+                    tp,
+                    offset,
+                    lambda r: self._handle_one(schema, source, handler, r.key, r.value, partition),  # noqa: B023 - awaited in this iteration
+                    generation,
+                )
+            # The guard's next expected offset moves on when the record is handed to its lane
+            # (the lanes cap the commits at what is finished); it counts as busy until finished.
+            guard.done(tp, offset, generation)
+            guard.busy += 1
+
+            def finish(event=event) -> None:
+                guard.busy -= 1
+                event.ack()
+
+            run = functools.partial(self._handle_one, schema, source, handler, event.key, event.value, partition)
+            await lanes.submit(event.key, tp, offset, run, finish)
+
+    async def on_partitions_assigned(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        self.lanes.reset()
+        self.lanes.install(getattr(sender, "consumer", None))
 
     async def _handle_one(
         self, schema: str, source: str, handler, key: bytes | None, raw: bytes | None, partition: int
@@ -301,14 +351,17 @@ def build_sinks(app: faust.App, settings: Settings, directory: PracticeDirectory
     shared_metrics.declare_dead_letter_sources([*input_names, *(f"sinks.{kind.lower()}" for kind in action_kinds)])
 
     # SMS / Slack / e-mail / task, exactly once; inbound STOP / START; receipts; claims.
+    # Actions run in lanes (many in flight); the other inputs one record at a time.
     for spec, agent_name, schema, handler in (
         (topics.ACTIONS, "carry_out", "action_command", lambda k, v, p: executor.handle_action(k, v, p)),
         (topics.CALL_EVENTS, "watch_consent", "call_event", lambda k, v, p: executor.on_call_event(k, v, p)),
         (topics.MESSAGE_STATUS, "track_delivery", "message_status", lambda k, v, p: executor.on_message_status(k, v)),
         (topics.TASK_UPDATES, "track_tasks", "task_update", lambda k, v, p: executor.on_task_update(k, v)),
     ):
-        body = sinks.agent_body(schema, topics.topic_name(spec, settings), handler)
+        make_body = sinks.lanes_body if spec is topics.ACTIONS else sinks.agent_body
+        body = make_body(schema, topics.topic_name(spec, settings), handler)
         app.agent(sinks.inputs[spec.suffix], name=f"{__name__}.{agent_name}")(body)
+    app.on_partitions_assigned.connect(sinks.on_partitions_assigned)  # type: ignore[arg-type]  # mode's handler type admits no method
 
     async def fire_deferred(stream):
         async for event in stream.events():

@@ -36,14 +36,14 @@ from ringback.config.secrets import read_secret
 from ringback.config.settings import Settings
 from ringback.domain import consent as rules
 from ringback.domain.practice import Practice
-from ringback.domain.recipes import ACK_SMS, FIRST_SMS, RESCHEDULE_SMS
-from ringback.domain.tasks import PENDING, apply_update, hold_update, new_task
+from ringback.domain.recipes import ACK_SMS, FIRST_SMS, RESCHEDULE_SMS, task_notice
+from ringback.domain.tasks import PENDING, add_reply, apply_update, hold_update, new_task
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.observability.metrics import DEAD_LETTERS as ALL_DEAD_LETTERS
 from ringback.observability.metrics import FIRST_RESPONSE_BUCKETS, child, practice_label
 from ringback.sinks import records as rec
 from ringback.sinks.channels.twilio_sms import TwilioSms, body_digest, status_callback_url
-from ringback.sinks.retry import OptedOut, Permanent, RetryPolicy, Transient
+from ringback.sinks.retry import OptedOut, Permanent, PracticeThrottle, RetryPolicy, Transient
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,14 @@ SCENARIO_ROLE = {
 SETTLE_MARGIN_S = 2.0
 
 
+Write = tuple[str, str, dict | list | None]  # table, key, value (None: delete)
+
+
 class Effects(Protocol):
     async def persist(self, table: str, key: str, value: dict | list | None) -> None: ...
+    async def persist_all(self, writes: list[Write]) -> None:
+        """Several writes at once, returning when the broker acknowledged all of them."""
+
     async def outcome(self, key: bytes, record: dict) -> None: ...
     async def dead_letter(self, key: bytes, record: dict) -> None: ...
 
@@ -152,6 +158,8 @@ class ActionExecutor:
         self.mailer = mailer
         self.sleep = sleep
         self.wall = wall
+        # Twilio calls in flight per practice, and a practice's pause after a 429.
+        self.throttle = PracticeThrottle(env.ringback_sink_practice_concurrency, sleep, wall)
         self._inflight: set[str] = set()
         # Partitions whose deferred entries were checked against the by-number index since
         # this process started (entries written before the index existed get indexed once).
@@ -192,29 +200,47 @@ class ActionExecutor:
             for aid, d in list(self.t.deferred.items())
             if d and not is_index_key(aid) and d.get("partition") == partition and d["due_at"] <= now
         ]
+        # The 08:00 burst: one number's SMS in order, different numbers at once (bounded like
+        # the lanes). The tasks inherit the TICK as current event: writes go to `partition`.
+        by_number: dict[str, list[tuple[str, dict]]] = {}
         for aid, d in sorted(due, key=lambda x: x[1]["due_at"]):
-            if aid in self._inflight:
-                continue
-            entry = self.t.sent_log.get(aid)
-            if entry and entry["state"] in rec.FINAL:
-                del self.t.deferred[aid]
-                await self._unindex(d.get("action"), aid)
-                continue
-            self._inflight.add(aid)
-            try:
-                action = d["action"]
-                practice = self.directory.by_id(action["practice_id"])
-                if practice is None:
-                    result = await self._dead(action, "unknown practice (not in the config topic)", entry)
-                else:
-                    resume = entry if entry and entry["state"] in (rec.ATTEMPTING, rec.RETRY) else None
-                    result = await self._sms(action, practice, d.get("caller"), partition, resume, fired=True)
-                if result != rec.DEFERRED:
-                    del self.t.deferred[aid]
-                    await self._unindex(action, aid)
-            finally:
-                self._inflight.discard(aid)
+            a = d.get("action") or {}
+            by_number.setdefault(f"{a.get('practice_id')}|{a.get('recipient')}", []).append((aid, d))
+        room = asyncio.Semaphore(self.env.ringback_sink_concurrency)
+
+        async def fire_number(entries: list[tuple[str, dict]]) -> None:
+            async with room:
+                for aid, d in entries:
+                    await self._fire_one(aid, d, partition)
+
+        results = await asyncio.gather(*(fire_number(e) for e in by_number.values()), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         return len(due)
+
+    async def _fire_one(self, aid: str, d: dict, partition: int) -> None:
+        if aid in self._inflight:
+            return
+        entry = self.t.sent_log.get(aid)
+        if entry and entry["state"] in rec.FINAL:
+            del self.t.deferred[aid]
+            await self._unindex(d.get("action"), aid)
+            return
+        self._inflight.add(aid)
+        try:
+            action = d["action"]
+            practice = self.directory.by_id(action["practice_id"])
+            if practice is None:
+                result = await self._dead(action, "unknown practice (not in the config topic)", entry)
+            else:
+                resume = entry if entry and entry["state"] in (rec.ATTEMPTING, rec.RETRY) else None
+                result = await self._sms(action, practice, d.get("caller"), partition, resume, fired=True)
+            if result != rec.DEFERRED:
+                del self.t.deferred[aid]
+                await self._unindex(action, aid)
+        finally:
+            self._inflight.discard(aid)
 
     async def on_call_event(self, key: bytes | None, event: dict, partition: int | None = None) -> str | None:
         """Inbound SMS from patients: opt-out / opt-in words and sentences. An answered
@@ -445,7 +471,8 @@ class ActionExecutor:
 
         async def attempt() -> str:
             if state["look_first"]:
-                found = await sms.find_sent(practice, to, body, int(state["first_wall"] * 1000))
+                async with self.throttle.slot(practice.id):
+                    found = await sms.find_sent(practice, to, body, int(state["first_wall"] * 1000))
                 child(LOOKUPS, "found" if found else "not_found").inc()
                 log.info(
                     "action %s: earlier attempt %s at Twilio",
@@ -475,8 +502,9 @@ class ActionExecutor:
             started = time.perf_counter()
             log.debug("action %s: Twilio attempt %d", aid, state["sends"])
             try:
-                return await sms.send(practice, to, body, callback)
-            except Transient as exc:
+                async with self.throttle.slot(practice.id):
+                    return await sms.send(practice, to, body, callback)
+            except Transient as exc:  # RateLimited: the throttle paused the practice; this lane retries
                 state["last"] = str(exc)
                 state["look_first"] = exc.ambiguous
                 if not exc.ambiguous:
@@ -505,7 +533,8 @@ class ActionExecutor:
         except Transient as exc:
             if exc.ambiguous or state["look_first"]:
                 try:  # a last look: the final attempt may have gone out after all
-                    sid = await sms.find_sent(practice, to, body, int((state["first_wall"] or 0) * 1000))
+                    async with self.throttle.slot(practice.id):
+                        sid = await sms.find_sent(practice, to, body, int((state["first_wall"] or 0) * 1000))
                 except Transient:
                     sid = None
                 if sid:
@@ -530,13 +559,15 @@ class ActionExecutor:
     async def _sent_sms(self, action: dict, practice: Practice, sid: str, base: dict) -> str:
         aid, to = action["action_id"], action["recipient"]
         now = self.clock.now_ms()
-        await self.fx.persist("sent_log", aid, {**base, "state": rec.SENT, "sid": sid, "at": now})
         hkey = f"{practice.id}|{to}"
         history = rules.prune_sent(list(self.t.sms_history.get(hkey) or []), now)
-        await self.fx.persist("sms_history", hkey, history + [now])
+        # One broker round trip for all of them: written together, acknowledged together.
+        writes: list[Write] = [("sent_log", aid, {**base, "state": rec.SENT, "sid": sid, "at": now})]
+        writes.append(("sms_history", hkey, history + [now]))
         if (action.get("params") or {}).get("consent_confirmation") == "1":
             state = self.t.consent.get(hkey) or {"state": "IN", "at": 0, "source": None}
-            await self.fx.persist("consent", hkey, {**state, "confirmed_at": now})
+            writes.append(("consent", hkey, {**state, "confirmed_at": now}))
+        await self.fx.persist_all(writes)
         await self._outcome(action, rec.SENT)
         log.debug("action %s sent (partition key hash %s)", aid, body_digest(hkey)[:8])
         return rec.SENT
@@ -548,20 +579,20 @@ class ActionExecutor:
         if target is None:
             return await self._fail(action, "recipient is neither slack:<secret>, email:<address> nor a routed role")
         channel, address = target
-        subject, text = rec.staff_message(action, practice.name, practice.time_zone, caller)
+        message = rec.staff_message(action, practice.name, practice.time_zone, self.env.ringback_console_url)
         if channel == "slack":
             url = read_secret(address, self.env)
             if not url or self.slack is None:
                 return await self._fail(action, f"Slack webhook secret {address} is not set", channel)
 
             async def call() -> None:
-                await self.slack.post(url, text)
+                await self.slack.post(url, message.text, urgent=message.urgent)
         else:
             if self.mailer is None:
                 return await self._fail(action, "e-mail action but SMTP_URL is not set", channel)
 
             async def call() -> None:
-                await self.mailer.send(aid, address, subject, text)
+                await self.mailer.send(aid, address, message.subject, message.text, urgent=message.urgent)
 
         base = rec.entry_base(action)
         # No look-up exists for Slack or e-mail: an attempt cut short by a crash is made
@@ -605,7 +636,11 @@ class ActionExecutor:
     ) -> str:
         aid = action["action_id"]
         existing = self.t.tasks.get(aid)
-        if existing and existing.get("state") != PENDING:
+        adds, target = add_reply(action, self.t.tasks.get)  # a patient's further reply: to their open task
+        if adds:
+            if target is not None:
+                await self.fx.persist("tasks", target["task_id"], target)
+        elif existing and existing.get("state") != PENDING:
             child(DUPLICATES, action["kind"]).inc()
         else:
             params = action.get("params") or {}
@@ -678,6 +713,9 @@ class ActionExecutor:
                 role=role,
                 reason=f"patient SMS not sent ({why}): call back instead",
             )
+            notice = task_notice(practice, action, task_action)  # the role is told, as for the worker's tasks
+            if notice is not None and notice["action_id"] not in self.t.sent_log:
+                await self._notify(notice, practice, caller, None)
         return rec.SUPPRESSED
 
     async def _fail(self, action: dict, why: str, channel: str | None = None) -> str:

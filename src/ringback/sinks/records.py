@@ -1,11 +1,15 @@
 """Records the sinks write besides the effects themselves: ACTION outcomes, dead
-letters, sent-log entries, and the staff-facing message text. Pure functions."""
+letters, sent-log entries, and the staff-facing message (Slack, e-mail). Pure functions."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
+from ringback.domain.recipes import NOTICE
+from ringback.domain.staff_texts import role_label
 from ringback.schemas import codec
 
 # Sent-log states (one entry per action_id). FINAL: a redelivered action is skipped.
@@ -71,42 +75,52 @@ def dead_letter_record(action: dict, reason: str, at_ms: int) -> dict:
     }
 
 
-def mask_number(number: str) -> str:
-    """+14155550123 -> +1•••••••0123 (enough to recognise, not to dial)."""
-    if len(number) <= 6:
-        return "•" * len(number)
-    return number[:2] + "•" * (len(number) - 6) + number[-4:]
-
-
 def local_time(ms: int, time_zone: str) -> str:
     return datetime.fromtimestamp(ms / 1000, ZoneInfo(time_zone)).strftime("%a %d %b %H:%M %Z")
 
 
-def staff_message(action: dict, practice_name: str, time_zone: str, caller: str | None) -> tuple[str, str]:
-    """(subject, text) of a staff notification: what happened, what to do, and no more
-    patient data than the role needs (the coordinator gets the number to call back,
-    a manager's escalation only a masked one)."""
-    kind = action["kind"]
-    alert = kind == "ALERT_MANAGER"
-    label = "Escalation: callback overdue" if alert else "Missed call: action needed"
-    todo = (action.get("params") or {}).get("todo") or (
-        "Make sure someone calls this patient back now, or reassign the task in the staff console."
-        if alert
-        else "Call the patient back, or pick up the callback task in the staff console."
-    )
-    missed = action.get("missed_at") or action["created_at"]
+@dataclass(frozen=True)
+class StaffMessage:
+    subject: str
+    text: str
+    urgent: bool  # flagged in the channel: Slack @here, e-mail Importance: high
+
+
+def task_link(task_id: str, console_url: str | None) -> str:
+    """Where staff open the task: the console page with the task in its fragment (the
+    fragment never reaches a server log); without RINGBACK_CONSOLE_URL, the task's id."""
+    if not console_url:
+        return f"task {task_id} in the staff console"
+    return f"{console_url.rstrip('/')}/#task={quote(task_id, safe='')}"
+
+
+def staff_message(action: dict, practice_name: str, time_zone: str, console_url: str | None) -> StaffMessage:
+    """The Slack / e-mail text of a staff action (NOTIFY_STAFF, ALERT_MANAGER): the
+    workflow's text for its branch (domain/staff_texts.py), the priority, the due time and
+    the link to the task it is about. Minimum necessary: no patient name, number, reason
+    for the call or message text (those stay in the console)."""
+    params = action.get("params") or {}
+    priority = action.get("priority") or "NORMAL"
+    task_id = params.get("task_id")
+    notice = (action.get("step") or "").endswith(NOTICE)
+    if action["kind"] == "ALERT_MANAGER":
+        label = "Escalation: task overdue"
+    elif notice:
+        label = f"New task for the {role_label(params.get('role') or 'staff')}"
+    else:
+        label = "Missed call"
     lines = [f"{practice_name}: {label}"]
     if action.get("body"):
         lines.append(action["body"])
-    lines += [
-        f"Why: {action.get('reason') or '-'}",
-        f"Missed call: {local_time(missed, time_zone)}",
-        f"Priority: {action.get('priority') or 'NORMAL'}",
-    ]
-    if caller:
-        lines.append(f"Caller: {mask_number(caller) if alert else caller}")
+    lines.append(f"Priority: {priority}")
     if action.get("due_at"):
         lines.append(f"Due: {local_time(action['due_at'], time_zone)}")
-    lines += [f"To do: {todo}", f"Reference: {action['action_id']}"]
-    subject = f"[{practice_name}] {label} ({action.get('priority') or 'NORMAL'})"
-    return subject, "\n".join(lines)
+    if not notice:
+        lines.append(f"Missed call: {local_time(action.get('missed_at') or action['created_at'], time_zone)}")
+    if task_id:
+        lines.append(f"Task: {task_link(task_id, console_url)}")
+    elif console_url:
+        lines.append(f"Staff console: {console_url}")
+    urgent = priority == "URGENT"
+    subject = f"[{practice_name}] {'URGENT: ' if urgent else ''}{label} ({priority})"
+    return StaffMessage(subject, "\n".join(lines), urgent)

@@ -12,6 +12,10 @@ The waiting itself is tenacity's (`wait_exponential_jitter`), with Retry-After i
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from tenacity import wait_exponential_jitter
@@ -30,6 +34,10 @@ class Transient(SinkError):
         self.retry_after = retry_after
         # True when the request may have been carried out (it left, no answer came back).
         self.ambiguous = ambiguous
+
+
+class RateLimited(Transient):
+    """HTTP 429: refused, nothing was created; the whole practice slows down (`PracticeThrottle`)."""
 
 
 class Permanent(SinkError):
@@ -88,3 +96,45 @@ def parse_retry_after(value: str | None, default: float = 1.0) -> float:
         return max(0.0, float(value))
     except ValueError:
         return default
+
+
+class PracticeThrottle:
+    """At most `limit` API calls in flight per practice; and a practice told to slow down
+    (a `RateLimited` raised inside `slot`: its Retry-After, else 1 s) waits as a whole: none of its calls leaves
+    before the pause is over. The action that got the 429 retries itself, in its lane, so
+    one caller's order is kept."""
+
+    def __init__(
+        self,
+        limit: int,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.limit = limit
+        self.sleep = sleep
+        self.wall = wall
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._paused_until: dict[str, float] = {}
+
+    @asynccontextmanager
+    async def slot(self, practice_id: str) -> AsyncIterator[None]:
+        slots = self._slots.get(practice_id)
+        if slots is None:
+            slots = self._slots[practice_id] = asyncio.Semaphore(self.limit)
+        async with slots:
+            while (wait := (until := self._paused_until.get(practice_id, 0.0)) - self.wall()) > 0:
+                await self.sleep(wait)
+                if self._paused_until.get(practice_id, 0.0) == until:
+                    break  # not extended meanwhile by another 429
+            try:
+                yield
+            except RateLimited as exc:  # a send or a look-up: the whole practice waits
+                self.pause(practice_id, exc.retry_after if exc.retry_after is not None else 1.0)
+                raise
+
+    def pause(self, practice_id: str, seconds: float) -> None:
+        until = self.wall() + max(0.0, seconds)
+        self._paused_until[practice_id] = max(self._paused_until.get(practice_id, 0.0), until)
+
+    def paused_for(self, practice_id: str) -> float:
+        return max(0.0, self._paused_until.get(practice_id, 0.0) - self.wall())

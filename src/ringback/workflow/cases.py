@@ -4,6 +4,12 @@ escalated by its gates, converted or closed; and the outcome record of each chan
 One case per practice + caller, opened by a CALL with outcome MISSED or VOICEMAIL; its
 timers (workflow/timers.py) run the recipe of its scenario (new_patient.py, urgent.py,
 reschedule.py, general_inquiry.py). Every case ends in exactly one final outcome.
+
+Conversion means an appointment: a booking, reschedule or confirmation from the EHR
+feed after the missed call (`appointment_conversion`), or a callback task completed
+with the outcome reached_patient (`task_completed`). The caller answering us (an SMS
+reply, a call that reached staff after our response) is a *response*
+(`caller_responded`): it stops the follow-up SMS but converts nothing.
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ from ringback.workflow.state import Appointment, CallerState, Case, ehr_key
 # Case states (schemas/outcome.avsc CaseState).
 OPEN, RESPONDED, ESCALATED = "OPEN", "RESPONDED", "ESCALATED"
 CONVERTED, ESCALATED_AND_CLOSED, EXPIRED, SUPPRESSED = "CONVERTED", "ESCALATED_AND_CLOSED", "EXPIRED", "SUPPRESSED"
+
+# How the caller responded (outcome.avsc response_channel): a response, never a conversion.
+SMS_REPLY, ANSWERED_CALL = "sms_reply", "answered_call"
+REACHED_PATIENT = "reached_patient"  # the callback task outcome that converts (console/views.py offers it)
 
 CLOSED_MAX = 8  # ids of closed cases a caller keeps
 CALL_IDS_MAX = 10
@@ -54,6 +64,7 @@ def open_case(run: Run, practice: Practice, state: CallerState, event: Mapping) 
         "appointment": None,
         "tasks_done": {},
         "replied_at": None,
+        "response_channel": None,
         "converted": False,
         "converted_at": None,
         "conversion_channel": None,
@@ -83,24 +94,34 @@ def join(case: Case, state: CallerState, event: Mapping) -> None:
 
 def answered(run: Run, state: CallerState, case: Case, event: Mapping) -> None:
     """The caller got through: before the first response the case is suppressed (cancel if
-    answered), after it converted (not an urgent case: it needs its clinical callback)."""
+    answered); after it the caller responded (not a conversion: the booking it may lead
+    to converts the case when the EHR feed shows it)."""
     if event["occurred_at"] < case["missed_at"] and event["provider_call_id"] not in case["call_ids"]:
         return  # an older call delivered late: it answers nothing (unless it is the missed call itself)
     if case["first_response_at"] is None:
         close(run, state, SUPPRESSED, "the caller reached staff before the first response (cancel if answered)")
-    elif case["scenario"] != cls.URGENT_EXISTING:
-        convert(run, state, "answered_call", event["occurred_at"])
+    elif case["scenario"] != cls.URGENT_EXISTING:  # urgent: the clinical callback is still owed
+        caller_responded(run, case, event["occurred_at"], ANSWERED_CALL)
+
+
+def caller_responded(run: Run, case: Case, at: int, channel: str) -> None:
+    """The caller answered us (`SMS_REPLY`, `ANSWERED_CALL`): recorded once (the first), and
+    the new-patient follow-up (second SMS + callback task) is no longer due: a person
+    reads the reply or spoke with the caller."""
+    if case["replied_at"] is None:
+        case["replied_at"], case["response_channel"] = at, channel
+    if case["timers"].pop(timers.FOLLOWUP, None) is not None:
+        run.tx.cancelled.append(timers.FOLLOWUP)
 
 
 def task_completed(run: Run, state: CallerState, case: Case, step: str, outcome: str | None, at: int) -> None:
     """Staff completed the task of a step: its gate closes either way. A callback task
-    (clinical, callback, admin, protect) with outcome reached_patient (or none) converts
-    the case, with wrong_number closes it without a conversion, with left_message leaves
-    it open for a reply or booking."""
+    (clinical, callback, admin, protect) with outcome reached_patient converts the case,
+    with wrong_number closes it without a conversion; with left_message (or no outcome)
+    it stays open for a booking."""
     case["tasks_done"][step] = at
     if step in recipes.CALLBACK_STEPS and step in case["steps"]:
-        outcome = outcome or "reached_patient"
-        if outcome == "reached_patient":
+        if outcome == REACHED_PATIENT:
             convert(run, state, "callback", at)
         elif outcome == "wrong_number":
             # Nobody to recover: close without counting a conversion.
@@ -108,26 +129,28 @@ def task_completed(run: Run, state: CallerState, case: Case, step: str, outcome:
 
 
 def appointment_conversion(case: Case, old: Appointment | None, new: Appointment) -> str | None:
-    """How an appointment change converts the case, if it does (bookings after the call only)."""
+    """How an appointment change converts the case, if it does: a confirmed appointment
+    (ehr.CONFIRMED) booked, moved or confirmed after the missed call. A request still to
+    confirm (pending, proposed, waitlist), a cancellation or a no-show converts nothing:
+    a cancel-and-rebook converts with the booking."""
     if (new.get("updated_at") or 0) <= case["missed_at"]:
         return None
-    if old and old.get("start") == new.get("start") and old.get("status") == new.get("status"):
-        return None  # the same record again
-    status = new.get("status")
-    was_booked = bool(old and old.get("status") in ehr.BOOKED)
-    if status in ehr.BOOKED:
-        if was_booked and old and old.get("start") == new.get("start"):
-            return None  # booked -> arrived etc.: not a new booking
-        kind = "reschedule" if was_booked else "booking"
-    elif status == "cancelled" and was_booked:
-        kind = "cancellation"
-    else:
+    if new.get("status") not in ehr.CONFIRMED:
         return None
+    before = old.get("status") if old else None
+    if before not in ehr.BOOKED:
+        kind = "booking"  # new, or after a cancellation / no-show
+    elif before not in ehr.CONFIRMED:
+        kind = "confirmation"  # pending / proposed / waitlist -> booked
+    elif old and old.get("start") != new.get("start"):
+        kind = "reschedule"
+    else:
+        return None  # the same slot again (booked -> arrived, a re-sync): not a new booking
     scenario = case["scenario"]
     if scenario == cls.RESCHEDULE:
         return "reschedule" if kind == "booking" else kind
-    if scenario in (cls.NEW_PATIENT, cls.GENERAL_INQUIRY) and kind in ("booking", "reschedule"):
-        return "booking"
+    if scenario in (cls.NEW_PATIENT, cls.GENERAL_INQUIRY):
+        return "confirmation" if kind == "confirmation" else "booking"
     return None  # urgent: only the clinical callback closes it
 
 
@@ -141,13 +164,18 @@ def expire(run: Run, practice: Practice, state: CallerState, case: Case) -> None
 
 # ------------------------------------------------------------------ changes of a case
 def emit(run: Run, case: Case, command: dict) -> None:
-    """Emit the action of a step: one action per case and step, ever."""
+    """Emit the action of a step: one action per case and step, ever. A task goes with
+    its notice to the role (recipes.task_notice): staff are told at once."""
     steps = case["steps"]
     if command["step"] in steps:
         return
     steps[command["step"]] = run.now
     _flush_open(run, case)
     run.tx.actions.append((action_key(case["practice_id"], case["caller"]), command))
+    practice = run.practices.by_id(case["practice_id"]) if command["kind"] == "CREATE_TASK" else None
+    notice = recipes.task_notice(practice, case, command) if practice is not None else None
+    if notice is not None:
+        emit(run, case, notice)
 
 
 def act(
@@ -248,6 +276,9 @@ def _outcome(run: Run, case: Case, state_name: str, final: bool, reason: str | N
         "converted": case["converted"],
         "converted_at": case["converted_at"],
         "conversion_channel": case["conversion_channel"],
+        "responded": case["replied_at"] is not None,
+        "responded_at": case["replied_at"],
+        "response_channel": case.get("response_channel"),
         "channel": case["channel"],
         "reason": reason,
         "at": run.now,
@@ -270,4 +301,6 @@ def _flush_open(run: Run, case: Case) -> None:
     record = case.pop("open_record", None)
     if record is not None:
         record["scenario"] = case["scenario"]  # as decided at the first response
+        for name, opened in (("responded", False), ("responded_at", None), ("response_channel", None)):
+            record.setdefault(name, opened)  # an OPEN record stored before these fields existed
         run.tx.outcomes.append(record)

@@ -14,8 +14,10 @@ from typing import cast
 from ringback.workflow.run import Run
 from ringback.workflow.state import Appointment, Ehr, Flag, Patient
 
-# Appointment statuses (FHIR) that hold a slot, and those still to come.
+# Appointment statuses (FHIR) that hold a slot, those of a confirmed slot (a conversion:
+# workflow/cases.py), and those still to come.
 BOOKED = frozenset({"booked", "pending", "proposed", "arrived", "checked-in", "fulfilled", "waitlist"})
+CONFIRMED = frozenset({"booked", "arrived", "checked-in", "fulfilled"})
 UPCOMING = frozenset({"booked", "pending", "proposed", "arrived", "checked-in"})
 
 KEEP_PAST_MS = 30 * 86_400_000  # appointments long past are of no use to any rule

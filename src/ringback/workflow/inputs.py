@@ -85,7 +85,8 @@ class Workflow:
 
     def on_task_update(self, caller: str, update: Mapping) -> None:
         """A staff update from the console (`caller`: from the record key practice|caller).
-        COMPLETE of a task closes its gate and may convert or close the case (cases.task_completed)."""
+        COMPLETE of a task closes its gate and may convert or close the case (cases.task_completed);
+        of the caller's reply task, the next reply makes a new task (sms.reply_task_done)."""
         run = self.run
         practice = run.practices.by_id(update["practice_id"])
         if practice is None:
@@ -103,8 +104,10 @@ class Workflow:
         remember(state, marker, run.now)
         cid, step = recipes.step_of(update["task_id"])
         case = state["case"]
+        reply_done = update["action"] == "COMPLETE" and sms.reply_task_done(state, update["task_id"])
         if case is None or case["case_id"] != cid:
-            run.tx.ignored.append("task_update_closed_case")
+            if not reply_done:
+                run.tx.ignored.append("task_update_closed_case")
         elif update["action"] == "COMPLETE":
             cases.task_completed(run, state, case, step, update.get("outcome"), update["at"])
         gates.run_due(run, practice, state)

@@ -8,7 +8,7 @@ a booking (workflow/cases.py) or the completed callback task converts the case.
 
 from __future__ import annotations
 
-from ringback.domain import recipes
+from ringback.domain import recipes, staff_texts
 from ringback.domain.practice import Practice
 from ringback.workflow import cases, sms, timers
 from ringback.workflow.run import Run
@@ -19,6 +19,9 @@ COORDINATOR = recipes.SCHEDULING_COORDINATOR
 
 def first_response(run: Run, practice: Practice, state: CallerState, case: Case) -> None:
     blocked, send_at = sms.decide(run, practice, state, recipes.render(practice, "new_patient_first"))
+    # The coordinator's note says what really happened to the SMS (domain/staff_texts.py);
+    # when a callback task replaces the SMS, the note names it, with its priority and due time.
+    priority, due, task_id = "NORMAL", None, None
     if blocked is None:
         sms.send(
             run,
@@ -31,25 +34,16 @@ def first_response(run: Run, practice: Practice, state: CallerState, case: Case)
             send_at,
             fallback_role=COORDINATOR,
         )
-        note = (
-            "Auto-SMS with the booking link already sent."
-            if send_at <= run.now
-            else f"Auto-SMS with the booking link scheduled for "
-            f"{recipes.local_time(send_at, practice.time_zone)} (quiet hours)."
-        )
+        deferred = send_at > run.now
+        note = staff_texts.new_patient(send_time=recipes.local_time(send_at, practice.time_zone) if deferred else None)
+        todo = "Be ready to book this caller when they reply or call again."
         cases.responded(run, case, send_at, "sms")
     else:
-        sms.task_instead(
-            run,
-            practice,
-            case,
-            recipes.FIRST_SMS,
-            blocked,
-            COORDINATOR,
-            case["opened_at"] + recipes.window_ms(practice, "new_patient_window"),
-            "HIGH",
-        )
-        note = f"Auto-SMS not sent ({blocked}); a callback task was created."
+        priority, due = "HIGH", case["opened_at"] + recipes.window_ms(practice, "new_patient_window")
+        sms.task_instead(run, practice, case, recipes.FIRST_SMS, blocked, COORDINATOR, due, priority)
+        task_id = recipes.action_id(case["case_id"], recipes.CALLBACK_TASK)
+        note = staff_texts.new_patient(blocked=blocked)
+        todo = "Call the caller back: no SMS was sent."
         cases.responded(run, case, run.now, "task")
     cases.act(
         run,
@@ -57,11 +51,11 @@ def first_response(run: Run, practice: Practice, state: CallerState, case: Case)
         "NOTIFY_STAFF",
         recipes.NOTIFY_COORDINATOR,
         recipes.route(practice, COORDINATOR),
-        f"New patient missed call. {note}",
+        note,
         "new patient inquiry: scheduling coordinator informed",
-        params=recipes.staff_params(
-            practice, case, COORDINATOR, "Be ready to book this caller; call back if they do not reply."
-        ),
+        priority=priority,
+        due_at=due,
+        params=recipes.staff_params(practice, case, COORDINATOR, todo, task_id=task_id),
     )
     timers.arm(case, timers.FOLLOWUP, case["opened_at"] + recipes.window_ms(practice, "new_patient_followup"))
 

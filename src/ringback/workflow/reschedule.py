@@ -11,7 +11,7 @@ arriving after a general-inquiry response turns that case into a reschedule requ
 from __future__ import annotations
 
 from ringback.domain import classify as cls
-from ringback.domain import recipes
+from ringback.domain import recipes, staff_texts
 from ringback.domain.practice import Practice
 from ringback.workflow import cases, ehr, sms, timers
 from ringback.workflow.run import Run
@@ -26,11 +26,13 @@ def first_response(run: Run, practice: Practice, state: CallerState, case: Case)
     due = case["opened_at"] + recipes.window_ms(practice, "reschedule_window")
     first_time = case["first_response_at"] is None
     responded_at, channel = run.now, "task"
+    horizon = recipes.window_ms(practice, "reschedule_link_horizon")
+    # What scheduling is told follows what really happened to the link (domain/staff_texts.py).
+    send_time: str | None = None
+    blocked: str | None = None
     if appointment is not None:
         case["appointment"] = {"appointment_id": appointment["appointment_id"], "start": appointment["start"]}
-    if appointment is not None and appointment["start"] - run.now <= recipes.window_ms(
-        practice, "reschedule_link_horizon"
-    ):
+    if appointment is not None and appointment["start"] - run.now <= horizon:
         patient = data["patient"]
         language = patient.get("language") if patient else None  # the EHR's preferred language
         body = recipes.render(practice, "reschedule_link", language)
@@ -49,6 +51,8 @@ def first_response(run: Run, practice: Practice, state: CallerState, case: Case)
                 language=language,
             )
             responded_at, channel = min(send_at, run.now), ("sms" if send_at <= run.now else "task")
+            if send_at > run.now:
+                send_time = recipes.local_time(send_at, practice.time_zone)
         else:
             sms.task_instead(run, practice, case, recipes.RESCHEDULE_SMS, blocked, QUEUE, due, "NORMAL")
     else:
@@ -72,21 +76,30 @@ def first_response(run: Run, practice: Practice, state: CallerState, case: Case)
             },
         )
     if appointment is not None:
-        start = appointment["start"]
+        link_sent = case["steps"].get(recipes.RESCHEDULE_SMS) is not None
+        details = recipes.appointment_params(practice, appointment)
+        note = staff_texts.reschedule(
+            details["appointment_time"],
+            send_time=send_time,
+            blocked=blocked,
+            beyond_horizon_days=None if appointment["start"] - run.now <= horizon else round(horizon / 86_400_000),
+        )
+        task_id = None if link_sent else recipes.action_id(case["case_id"], recipes.CALLBACK_TASK)
+        todo = (
+            "Reschedule the appointment if the patient does not do it with the link."
+            if link_sent
+            else "Call the patient back to reschedule: no link was sent."
+        )
         cases.act(
             run,
             case,
             "NOTIFY_STAFF",
             recipes.NOTIFY_SCHEDULING,
             recipes.route(practice, QUEUE),
-            f"Reschedule request for the appointment on {recipes.local_time(start, practice.time_zone)}.",
+            note,
             "reschedule request by voicemail",
-            params={
-                **recipes.staff_params(
-                    practice, case, QUEUE, "Reschedule the appointment if the patient does not do it with the link."
-                ),
-                **recipes.appointment_params(practice, appointment),
-            },
+            due_at=None if link_sent else due,
+            params={**recipes.staff_params(practice, case, QUEUE, todo, task_id=task_id), **details},
         )
         timers.arm(case, timers.PROTECT, case["opened_at"] + recipes.window_ms(practice, "reschedule_gate"))
     if first_time:
@@ -137,7 +150,9 @@ def protect(run: Run, practice: Practice, state: CallerState, case: Case) -> Non
         practice,
         case,
         recipes.PROTECT_ALERT,
-        f"A reschedule request is not handled and the appointment on {details['appointment_time']} is soon.",
+        staff_texts.reschedule_escalation(
+            details["appointment_time"], round(recipes.window_ms(practice, "reschedule_protect_horizon") / 3_600_000)
+        ),
         "reschedule request not handled; appointment within the protection horizon",
         "HIGH",
         "Make sure the patient is called back today.",

@@ -5,6 +5,13 @@ inbound text means (opt-out, opt-in, help, a reply).
 Blocked (opt-out, caps, FCC profile, deceased patient, blocked number) -> the step
 becomes a staff task or a note; quiet hours only defer: the SMS goes out with its send
 time and the sink holds it until then.
+
+A reply (any inbound text that is not a consent keyword or HELP) is read by a person:
+it creates a "patient replied" task for the role that owns the case (`OWNER`), or adds
+to the caller's reply task still open; with no open case the front office gets it. The
+text travels only in the task's params (the console shows it to the task's role), never
+in the action's body, a log or a staff notification. The reply is a response of the
+case (`cases.caller_responded`): it stops the follow-up SMS and converts nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +24,19 @@ from ringback.domain.practice import Practice
 from ringback.workflow import cases, ehr
 from ringback.workflow.run import Run
 from ringback.workflow.state import CallerState, Case, Patient, ehr_key
+
+PATIENT_REPLIED = "patient_replied"  # the step of a reply's task action (patient_replied_<n> for the n-th)
+
+# The role that reads a reply, by scenario of the open case (the role its recipe routes to);
+# an urgent case's reply goes where its clinical task went (the assigned provider or the nurse).
+OWNER = {
+    cls.NEW_PATIENT: recipes.SCHEDULING_COORDINATOR,
+    cls.URGENT_EXISTING: recipes.NURSE,
+    cls.RESCHEDULE: recipes.SCHEDULING_QUEUE,
+    cls.GENERAL_INQUIRY: recipes.ADMIN_TEAM,
+}
+NO_CASE_OWNER = recipes.ADMIN_TEAM  # a text that answers no open case: the front office reads it
+REPLY_PRIORITY = {cls.URGENT_EXISTING: "URGENT", cls.NEW_PATIENT: "HIGH"}  # others NORMAL
 
 
 def decide(
@@ -107,12 +127,89 @@ def inbound(run: Run, practice: Practice, state: CallerState, event: Mapping) ->
         return
     if intent == consent.HELP:
         return
+    reply(run, practice, state, event)
+
+
+def reply(run: Run, practice: Practice, state: CallerState, event: Mapping) -> None:
+    """A reply: a CREATE_TASK for the role that reads it, naming the caller's open reply
+    task (`task_id`) when there is one, which the sinks add the text to instead
+    (domain/tasks.py `add_reply`); one action per reply, its id derived from the case and
+    the reply's number (a redelivered event was dropped before: `state.seen`)."""
     case = state["case"]
-    if case is None or case["first_response_at"] is None:
-        return  # a text that answers nothing of ours
-    case["replied_at"] = event["occurred_at"]
-    if case["scenario"] == cls.NEW_PATIENT:
-        cases.convert(run, state, "sms_reply", event["occurred_at"])
+    at = event["occurred_at"]
+    open_task = state.get("reply_task")
+    if case is not None:
+        cases.caller_responded(run, case, at, cases.SMS_REPLY)
+        replied = [s for s in case["steps"] if s.startswith(PATIENT_REPLIED) and not s.endswith(recipes.NOTICE)]
+        n = len(replied) + 1
+        step = PATIENT_REPLIED if n == 1 else f"{PATIENT_REPLIED}_{n}"
+        scenario = case["scenario"]
+        role, recipient = _owner(run, practice, state, scenario)
+        where: Mapping = case
+        params = recipes.staff_params(practice, case, role, _todo(open_task))
+    else:
+        step, scenario = PATIENT_REPLIED, cls.GENERAL_INQUIRY
+        role, recipient = recipes.resolve_role(practice, NO_CASE_OWNER), recipes.route(practice, NO_CASE_OWNER)
+        where = {
+            "case_id": recipes.case_id(practice.id, state["caller"], event["event_id"]),
+            "practice_id": practice.id,
+            "scenario": scenario,
+            "missed_at": None,
+            "call_reported_at": None,
+        }
+        params = {"role": role, "caller": state["caller"], "todo": _todo(open_task)}
+    params |= {"reply_id": event["event_id"], "reply_at": str(at), "reply_text": event.get("sms_body") or ""}
+    if open_task is not None:
+        params["task_id"] = open_task["task_id"]
+    command = recipes.action(
+        where,
+        "CREATE_TASK",
+        step,
+        recipient,
+        "The patient replied by SMS: read the reply in the console and answer it.",
+        "the patient replied by SMS" + (" (no open case)" if case is None else ""),
+        run.now,
+        priority=REPLY_PRIORITY.get(scenario, "NORMAL"),
+        due_at=run.now + recipes.response_window_ms(practice, scenario),
+        params=params,
+    )
+    if case is not None:
+        cases.emit(run, case, command)
+    else:
+        run.tx.actions.append((cases.action_key(practice.id, state["caller"]), command))
+        notice = recipes.task_notice(practice, {**where, "caller": state["caller"]}, command)
+        if notice is not None:  # the role is told, as cases.emit does for a case's tasks
+            run.tx.actions.append((cases.action_key(practice.id, state["caller"]), notice))
+    if open_task is None:
+        state["reply_task"] = {"task_id": command["action_id"], "replies": 1}
+    else:
+        open_task["replies"] += 1
+
+
+def reply_task_done(state: CallerState, task_id: str) -> bool:
+    """Staff completed a task: if it was the caller's reply task, the next reply makes a new one."""
+    open_task = state.get("reply_task")
+    if open_task is None or open_task["task_id"] != task_id:
+        return False
+    state["reply_task"] = None
+    return True
+
+
+def _owner(run: Run, practice: Practice, state: CallerState, scenario: str) -> tuple[str, str]:
+    """(role, recipient) of the staff that read a reply on a case of `scenario`."""
+    if scenario == cls.URGENT_EXISTING:
+        patient = ehr.load(run, ehr_key(practice.id, state["caller"]))["patient"]
+        provider = patient.get("assigned_provider") if patient else None
+        if provider:  # as the clinical task (workflow/urgent.py)
+            return recipes.ASSIGNED_PROVIDER, provider
+    role = OWNER.get(scenario, NO_CASE_OWNER)
+    return role, recipes.route(practice, role)
+
+
+def _todo(open_task: Mapping | None) -> str:
+    if open_task is None:
+        return "Read the patient's reply and answer it."
+    return "The patient replied again: read the replies and answer them."
 
 
 def carrier_opt_out(state: CallerState, at: int) -> bool:

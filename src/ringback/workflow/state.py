@@ -77,7 +77,7 @@ class Case(TypedDict):
     escalations: int
     appointment: AppointmentRef | None  # the appointment a reschedule request is about
     tasks_done: dict[str, int]  # step -> when staff completed its task
-    replied_at: int | None
+    replied_at: int | None  # when the caller first responded: an SMS reply, or a call that reached staff
     converted: bool
     converted_at: int | None
     conversion_channel: str | None
@@ -85,6 +85,14 @@ class Case(TypedDict):
     notes: list[str]
     indexed: NotRequired[int | None]  # the due time of its due-index entry
     open_record: NotRequired[dict[str, Any]]  # the OPEN outcome (outcome.avsc), sent with the case's next record
+    response_channel: NotRequired[str | None]  # how the caller responded: sms_reply, answered_call
+
+
+class ReplyTask(TypedDict):
+    """The caller's open "patient replied" task (workflow/sms.py): further replies add to it."""
+
+    task_id: str
+    replies: int
 
 
 class CallVerdict(TypedDict):
@@ -107,6 +115,7 @@ class CallerState(TypedDict):
     transcripts: dict[str, list[Any]]  # provider call id -> [text, received_at]
     closed: list[str]  # ids of the last closed cases
     calls: NotRequired[dict[str, CallVerdict]]  # provider call id -> verdict, for calls decided from several signals
+    reply_task: NotRequired[ReplyTask | None]  # the open task the caller's SMS replies go to
 
 
 class Patient(TypedDict):  # the fields of schemas/patient.avsc the rules read

@@ -2,15 +2,16 @@
 
 After the hold (5 min at the latest): an URGENT clinical callback task to the patient's
 assigned provider, else the nurse route, due within the urgent window, and an
-acknowledgement SMS to the patient (nothing clinical in it). At 45 min without the
-clinical task completed: an alert to the department manager. Only the clinical callback
-closes the case: not a call that reached the front desk, not a booking.
+acknowledgement SMS to the patient (nothing clinical in it); the task's notice flags it
+URGENT to the provider's or nurse's route (recipes.task_notice). At 45 min without the
+clinical task completed: an alert to the department manager that links the task. Only
+the clinical callback closes the case: not a call that reached the front desk, not a booking.
 """
 
 from __future__ import annotations
 
 from ringback.domain import classify as cls
-from ringback.domain import recipes
+from ringback.domain import recipes, staff_texts
 from ringback.domain.practice import Practice
 from ringback.workflow import cases, sms, timers
 from ringback.workflow.run import Run
@@ -80,7 +81,7 @@ def escalation(run: Run, practice: Practice, state: CallerState, case: Case) -> 
         practice,
         case,
         recipes.MANAGER_ALERT,
-        f"An urgent clinical callback was not completed within {minutes} min of the missed call.",
+        staff_texts.urgent_escalation(minutes),
         "urgent callback not completed in time",
         "URGENT",
         "Make sure the urgent callback happens now, or reassign it.",

@@ -1066,7 +1066,8 @@ class _SiteDay:
         react = call.at + self._window_fraction(self.followup, 0.05, 0.5)
         steps: tuple[str, ...] = (recipes.FIRST_SMS,)
         if behaviour == "reply":
-            case = self._case(NEW, caller, call, behaviour, steps, "CONVERTED", "sms_reply")
+            # A person reads the reply (a task); nobody books in the plan: a response, not a conversion.
+            case = self._case(NEW, caller, call, behaviour, steps, "EXPIRED", note="replied: a task, no booking")
             self._sms(react, caller, rng.choice(REPLIES), label, "replies to the booking SMS")
         elif behaviour == "book":
             case = self._case(NEW, caller, call, behaviour, steps, "CONVERTED", "booking")
@@ -1089,7 +1090,8 @@ class _SiteDay:
             )
             self._answered_back(react, caller, label, "calls again and gets through (not seen)", after_sms=True)
         elif behaviour == "calls_back":
-            case = self._case(NEW, caller, call, behaviour, steps, "CONVERTED", "answered_call")
+            # Reached staff after the SMS: a response (no follow-up), not a conversion without a booking.
+            case = self._case(NEW, caller, call, behaviour, steps, "EXPIRED", note="got through: no booking")
             self._answered_back(react, caller, label, "calls again and reaches the front desk", after_sms=True)
         elif behaviour in ("stop", "stop_sentence"):
             sentence = behaviour == "stop_sentence"
@@ -1247,7 +1249,7 @@ class _SiteDay:
             self._transcript(call, rng.choice(GENERAL_VOICEMAILS))
         what = self._weighted(BEHAVIOUR.general)
         final, channel = {
-            "calls_back": ("CONVERTED", "answered_call"),
+            "calls_back": ("EXPIRED", None),  # reached the office: a response, not a conversion
             "staff": ("CONVERTED", "callback"),
             "nothing": ("EXPIRED", None),
         }[what]

@@ -4,7 +4,8 @@
 it; `?starttls=require` insists, `?starttls=off` never), `smtps://...` for implicit
 TLS. The sender is `RINGBACK_SMTP_FROM` (default `ringback@localhost`). Each message
 gets a Message-ID derived from the action id, so a resend after a crash is
-recognisable as the same message by mail clients and by us.
+recognisable as the same message by mail clients and by us. An urgent task's message
+is flagged high importance.
 """
 
 from __future__ import annotations
@@ -38,18 +39,21 @@ class SmtpMailer:
         self.sender = sender  # RINGBACK_SMTP_FROM
         self.timeout_s = timeout_s  # RINGBACK_SMTP_TIMEOUT_S
 
-    def build(self, action_id: str, to: str, subject: str, text: str) -> EmailMessage:
+    def build(self, action_id: str, to: str, subject: str, text: str, urgent: bool = False) -> EmailMessage:
         msg = EmailMessage()
         msg["From"] = self.sender
         msg["To"] = to
         msg["Subject"] = subject
         msg["Message-ID"] = message_id(action_id)
         msg["X-Ringback-Action"] = hashlib.sha256(action_id.encode()).hexdigest()[:16]
+        if urgent:  # the high-importance flag of RFC 2156 (Outlook, Thunderbird) and its older X-Priority form
+            msg["Importance"] = "high"
+            msg["X-Priority"] = "1"
         msg.set_content(text)
         return msg
 
-    async def send(self, action_id: str, to: str, subject: str, text: str) -> None:
-        msg = self.build(action_id, to, subject, text)
+    async def send(self, action_id: str, to: str, subject: str, text: str, urgent: bool = False) -> None:
+        msg = self.build(action_id, to, subject, text, urgent)
         try:
             await aiosmtplib.send(
                 msg,

@@ -12,6 +12,9 @@ import httpx
 
 from ringback.sinks.retry import Permanent, Transient, parse_retry_after
 
+# Slack's special mention: notifies the channel's active members (an urgent task must not wait).
+URGENT_MENTION = "<!here> :rotating_light:"
+
 
 class SlackWebhook:
     def __init__(self, timeout_s: float = 10.0) -> None:
@@ -23,7 +26,10 @@ class SlackWebhook:
             self._client = httpx.AsyncClient(timeout=self.timeout_s)
         return self._client
 
-    async def post(self, webhook_url: str, text: str) -> None:
+    async def post(self, webhook_url: str, text: str, urgent: bool = False) -> None:
+        """`urgent`: the message mentions @here, so the channel's members present are alerted."""
+        if urgent:
+            text = f"{URGENT_MENTION} {text}"
         try:
             response = await self._get_client().post(webhook_url, json={"text": text})
         except httpx.ConnectError as exc:

@@ -20,11 +20,12 @@ from urllib.parse import urlencode
 import aiohttp
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.http.response import Response
 from twilio.rest import Client
 
 from ringback.config.settings import Settings
 from ringback.domain.practice import Practice
-from ringback.sinks.retry import OptedOut, Permanent, Transient
+from ringback.sinks.retry import OptedOut, Permanent, RateLimited, Transient, parse_retry_after
 
 UNSUBSCRIBED = 21610  # "Attempt to send to unsubscribed recipient"
 LOOKUP_SKEW_S = 600  # a message created this long before our attempt started is not ours
@@ -46,6 +47,18 @@ def status_callback_url(env: Settings, practice_id: str, action_id: str) -> str 
     return f"{env.ringback_public_url.rstrip('/')}/webhooks/twilio/sms/status?{query}"
 
 
+class RetryAfterHttpClient(AsyncTwilioHttpClient):
+    """The library's async client, but a 429 comes out as `RateLimited` with the answer's
+    Retry-After (the library's exception carries no headers)."""
+
+    async def request(self, *args, **kwargs) -> Response:
+        response = await super().request(*args, **kwargs)
+        if response.status_code == 429:
+            after = parse_retry_after((response.headers or {}).get("Retry-After"), default=1.0)
+            raise RateLimited("Twilio answered 429 (rate limited)", retry_after=after)
+        return response
+
+
 class TwilioSms:
     def __init__(self, env: Settings, timeout_s: float | None = None) -> None:
         if not env.twilio_account_sid or not env.twilio_auth_token:
@@ -59,9 +72,7 @@ class TwilioSms:
     def _get_client(self) -> Client:
         # The async HTTP client opens an aiohttp session: create it inside the running loop.
         if self._client is None:
-            client = Client(
-                self.env.twilio_account_sid, self.env.twilio_auth_token, http_client=AsyncTwilioHttpClient()
-            )
+            client = Client(self.env.twilio_account_sid, self.env.twilio_auth_token, http_client=RetryAfterHttpClient())
             if self.env.twilio_api_base_url:
                 client.api.base_url = self.env.twilio_api_base_url.rstrip("/")
             self._client = client
