@@ -215,7 +215,7 @@ def config_apply(file: Path, dry_run: bool) -> None:
         click.echo(f"{file}: {len(practices.practices)} practices, valid")
         return
     env = _env()
-    admin.ensure_topics(env)
+    admin.ensure_topics(env, topics.ADMIN)  # and its principal may write the practices
     producer = AckedProducer(client_config(env), timeout_s=10)
     name = topics.topic_name(topics.PRACTICE_CONFIG, env)
     now = Clock().now_ms()
@@ -237,13 +237,13 @@ def ingest(host: str, port: int | None) -> None:
     gateway.run(env, host=host, port=env.ringback_gateway_port if port is None else port)
 
 
-def _run_faust(app, directory, env: Settings) -> None:
+def _run_faust(app, directory, env: Settings, process: str) -> None:
     import faust
 
     from ringback.kafka import admin
 
     Path(app.conf.datadir).mkdir(parents=True, exist_ok=True)
-    admin.ensure_topics(env)
+    admin.ensure_topics(env, process)  # and its principal may read and write what it does
     directory.follow(env)
     if not directory.wait_ready(60):
         raise click.ClickException("could not read the practice config topic within 60 s")
@@ -258,7 +258,7 @@ def _run_faust(app, directory, env: Settings) -> None:
 def worker() -> None:
     """A stream worker; several share the work through their consumer group."""
     from ringback.clock import Clock
-    from ringback.kafka import admin
+    from ringback.kafka import admin, topics
     from ringback.kafka.practice_directory import PracticeDirectory
     from ringback.worker.app import make_app
     from ringback.worker.topology import build_topology
@@ -272,13 +272,13 @@ def worker() -> None:
     except admin.CopartitioningError as exc:
         raise click.ClickException(str(exc)) from None
     admin.ensure_internal_topics(env, topology.internal_topics)  # exist before the group assigns partitions
-    _run_faust(app, directory, env)
+    _run_faust(app, directory, env, topics.WORKER)
 
 
 @main.command()
 def sinks() -> None:
     """The sink workers: SMS, staff notifications, tasks."""
-    from ringback.kafka import admin
+    from ringback.kafka import admin, topics
     from ringback.kafka.practice_directory import PracticeDirectory
     from ringback.sinks.app import build_sinks, make_app
     from ringback.sinks.clock import sink_clock
@@ -288,7 +288,7 @@ def sinks() -> None:
     directory = PracticeDirectory()  # every practice's settings, read from the config topic
     built = build_sinks(app, env, directory, sink_clock(env))
     admin.ensure_internal_topics(env, built.internal_topics)  # changelogs + ticks exist before the group assigns
-    _run_faust(app, directory, env)
+    _run_faust(app, directory, env, topics.SINKS)
 
 
 # ---------------------------------------------------------------- staff console

@@ -44,7 +44,7 @@ def test_the_gateway_writes_call_events_and_cannot_read_the_patients(env):
     assert not allowed(rules, "READ", "TOPIC", "hs1.patients")
     assert not allowed(rules, "READ", "TOPIC", "hs1.call-events")
     assert not allowed(rules, "WRITE", "TOPIC", "hs1.actions")
-    assert not any(r.resource == "GROUP" for r in rules)  # the gateway consumes in no group
+    assert not any(r.resource == "GROUP" and r.operation != "DESCRIBE" for r in rules)  # it joins no group
     assert {r.principal for r in rules} == {"User:hs1-gateway"}
 
 
@@ -61,11 +61,26 @@ def test_each_process_reads_and_writes_exactly_the_topics_declared_for_it(env, p
 
 def test_only_the_faust_apps_join_consumer_groups_and_only_their_own(env):
     for process in topics.PROCESSES:
-        groups = {r.name for r in acls.acls_for(process, env) if r.resource == "GROUP"}
+        groups = {r.name for r in acls.acls_for(process, env) if r.resource == "GROUP" and r.operation != "DESCRIBE"}
         assert groups == ({f"hs1-{acls.FAUST_ROLES[process]}"} if process in acls.FAUST_ROLES else set())
     worker = acls.acls_for("worker", env)
     assert allowed(worker, "WRITE", "TRANSACTIONAL_ID", "hs1-streams-hs1-streams-0-3")  # exactly-once producers
     assert not allowed(acls.acls_for("sinks", env), "READ", "GROUP", "hs1-streams")
+
+
+def test_the_helper_readers_may_look_their_groups_up_but_never_join_or_commit(env):
+    """The practice directory, the console's caches, the worker's takeover scan and the report assign
+    partitions themselves under a `<ns>.` group id, which librdkafka looks up (FindCoordinator)."""
+    for process in topics.PROCESSES:
+        rules = acls.acls_for(process, env)
+        assert allowed(rules, "DESCRIBE", "GROUP", "hs1.practice-directory")
+        assert not allowed(rules, "READ", "GROUP", "hs1.practice-directory")
+        assert not allowed(rules, "DESCRIBE", "GROUP", "hs2.practice-directory")
+
+
+def test_the_worker_reads_back_its_actions_and_outcomes_after_a_takeover(env):
+    worker = acls.acls_for("worker", env)
+    assert allowed(worker, "READ", "TOPIC", "hs1.actions") and allowed(worker, "READ", "TOPIC", "hs1.outcomes")
 
 
 def test_the_internal_topics_of_the_built_apps_are_their_apps_alone(env):

@@ -495,7 +495,7 @@ def run(env, host: str = "0.0.0.0", port: int = 8081) -> None:
     from ringback.kafka.connection import client_config
     from ringback.kafka.producer import AckedProducer
 
-    admin.ensure_topics(env)
+    admin.ensure_topics(env, topics.CONSOLE)  # and its principal may read and write what it does
     notifier = ChangeNotifier()
     board = TaskCache(env, on_change=notifier.bump).follow()  # the tasks topic
     directory = PracticeDirectory().follow(env)

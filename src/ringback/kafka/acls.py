@@ -9,6 +9,11 @@ principal may do only what the process does:
 * DESCRIBE on every topic of the namespace (prefix `<ns>.`): names and partition counts
   only, no records; every process checks at start that the topics exist
   (`admin.ensure_topics`) and the worker that they are co-partitioned;
+* DESCRIBE on the consumer groups of the namespace (prefix `<ns>.`): the helper readers
+  (practice directory, the console's caches, the worker's takeover scan, the report) assign
+  partitions themselves and never commit, but librdkafka wants a `group.id` and looks its
+  coordinator up (FindCoordinator needs DESCRIBE on the group); no READ, so none of them can
+  join a group or commit offsets in it;
 * the Faust apps (worker `<ns>-streams`, sinks `<ns>-sinks`): their consumer group, and
   everything on their own prefix `<ns>-<role>-` (table changelogs, tick topics, Faust's
   leader topic, the worker's transactional ids under exactly-once), as Kafka Streams
@@ -57,7 +62,10 @@ def acls_for(process: str, env: Settings, principal: str | None = None, internal
         raise ValueError(f"unknown process kind {process!r}: one of {', '.join(topics.PROCESSES)}")
     who = principal or principal_of(process, env)
     ns = env.ringback_namespace
-    rules: set[Acl] = {Acl(who, "TOPIC", "PREFIXED", f"{ns}.", "DESCRIBE")}
+    rules: set[Acl] = {
+        Acl(who, "TOPIC", "PREFIXED", f"{ns}.", "DESCRIBE"),
+        Acl(who, "GROUP", "PREFIXED", f"{ns}.", "DESCRIBE"),  # the helper readers' groups: never joined
+    }
     for spec in topics.ALL:
         name = topics.topic_name(spec, env)
         if process in spec.readers:

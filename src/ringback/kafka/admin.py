@@ -1,7 +1,8 @@
 """Topic administration, in one place: create the topics, check their partition counts.
 
-* `ensure_topics(settings)`: every topic of `kafka/topics.py`, with its partition count
-  and cleanup policy (idempotent); every process that writes or reads runs it at start.
+* `ensure_topics(settings, process)`: every topic of `kafka/topics.py`, with its partition count
+  and cleanup policy (idempotent); every process that writes or reads runs it at start, and
+  with its kind checks that its principal may read and write what it does (`check_access`).
 * `ensure_internal_topics(settings, faust_topics)`: topics a Faust app declares itself
   (table changelogs, tick topics), created before the app starts. Faust would create
   them, but on a first start its consumer can subscribe before they exist: the assignor
@@ -34,6 +35,10 @@ class TopicCreationRefused(connection.KafkaAccessError):
     """A topic is missing and this process's principal may not create it (least-privilege ACLs)."""
 
 
+class TopicAccessRefused(connection.KafkaAccessError):
+    """This process's principal may not read or write a topic its kind of process does (its ACLs)."""
+
+
 def admin_client(settings: Settings) -> Any:
     from confluent_kafka.admin import AdminClient
 
@@ -57,16 +62,20 @@ def _create(admin: Any, wanted: list, timeout: float) -> None:
         except KafkaException as exc:
             if exc.args[0].name() in ("TOPIC_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED"):
                 raise TopicCreationRefused(
-                    f"topic {name} does not exist and this process's Kafka principal may not create it: run "
-                    "`ringback config apply` as the admin principal first (docs/kafka-deployments.md)"
+                    # Without DESCRIBE a principal cannot tell a topic that exists from a missing one.
+                    f"topic {name} is missing (or this process's Kafka principal may not DESCRIBE it) and the "
+                    "principal may not create it: run `ringback config apply` as the admin principal first, and "
+                    "grant each kind of process its ACLs: `ringback kafka acls --apply` (docs/kafka-deployments.md)"
                 ) from None
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
 
 
-def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
+def ensure_topics(settings: Settings, process: str | None = None, timeout: float = 30.0) -> None:
     """Create every topic with its partition count and cleanup policy (idempotent),
-    and refuse to go on if an existing co-partitioned topic has another count."""
+    and refuse to go on if an existing co-partitioned topic has another count. With the
+    process kind (`topics.PROCESSES`), then check that its principal may read and write
+    what the kind does (`check_access`)."""
     from confluent_kafka.admin import NewTopic
 
     admin = admin_client(settings)
@@ -92,6 +101,42 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> None:
             )
         )
     _create(admin, wanted, timeout)
+    if process is not None:
+        check_access(settings, process, admin, timeout)
+
+
+def check_access(settings: Settings, process: str, admin: Any = None, timeout: float = 30.0) -> None:
+    """Raise TopicAccessRefused naming every topic the process kind reads or writes
+    (`readers`/`writers` in kafka/topics.py) that its principal may not: a reader without READ
+    would otherwise retry for ever, and a producer time out on each record. One DescribeTopics
+    request with the authorized operations (KIP-430); a broker without an authorizer grants
+    everything, one that does not say (None) is not checked."""
+    from confluent_kafka import KafkaException, TopicCollection
+    from confluent_kafka.admin import AclOperation
+
+    admin = admin or admin_client(settings)
+    needed: dict[str, list[str]] = {}
+    for spec in topics.ALL:
+        ops = [op for op, who in (("READ", spec.readers), ("WRITE", spec.writers)) if process in who]
+        if ops:
+            needed[topics.topic_name(spec, settings)] = ops
+    described = admin.describe_topics(
+        TopicCollection(list(needed)), include_authorized_operations=True, request_timeout=timeout
+    )
+    missing = []
+    for name, future in described.items():
+        try:
+            allowed = future.result().authorized_operations
+        except KafkaException as exc:  # not even DESCRIBE: nothing allowed; other errors are no answer
+            allowed = [] if exc.args[0].name() == "TOPIC_AUTHORIZATION_FAILED" else None
+        if allowed is None or AclOperation.ALL in allowed:
+            continue
+        missing += [f"{op} {name}" for op in needed[name] if AclOperation[op] not in allowed]
+    if missing:
+        raise TopicAccessRefused(
+            f"this {process} process's Kafka principal may not {', '.join(missing)}: grant the ACLs of its kind "
+            f"(`ringback kafka acls --process {process} --apply` as an admin principal, docs/kafka-deployments.md)"
+        )
 
 
 def topic_config(spec: topics.TopicSpec, settings: Settings) -> dict[str, str]:

@@ -108,7 +108,8 @@ ACTIONS = TopicSpec(
     "practice_id|caller",
     "action_command",
     writers=(WORKER, CONSOLE),  # the console: staff replies (SEND_SMS)
-    readers=(SINKS, CONSOLE),
+    # The worker: a worker taking a partition over reads back what was sent before a crash.
+    readers=(WORKER, SINKS, CONSOLE),
     personal_data="caller phone number, SMS text (ours and, on reply tasks, the patient's), task reason",
     co_partitioned=True,
 )
@@ -140,7 +141,7 @@ OUTCOMES = TopicSpec(
     "case_id",
     "outcome",
     writers=(WORKER, SINKS),
-    readers=(CONSOLE, REPORT),
+    readers=(WORKER, CONSOLE, REPORT),  # the worker: its takeover scan, as for the actions
     personal_data="",  # case ids are digests; no number, name or text
     co_partitioned=True,
 )

@@ -67,7 +67,7 @@ def read_outcomes(
         {
             **librdkafka(bootstrap),  # the brokers, TLS and SASL (kafka/connection.py)
             # Never used to commit (assign(), enable.auto.commit off); librdkafka wants one.
-            "group.id": f"{group_prefix}-report-{uuid.uuid4().hex[:12]}",
+            "group.id": f"{group_prefix}.report-{uuid.uuid4().hex[:12]}",  # <ns>.: its ACLs (kafka/acls.py)
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",

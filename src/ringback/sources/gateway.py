@@ -236,7 +236,7 @@ def _encodable(text: str) -> str:
 def run(env: Settings, host: str = "0.0.0.0", port: int = 8080) -> None:
     directory = PracticeDirectory().follow(env)
     producer = AckedProducer(client_config(env))
-    admin.ensure_topics(env)
+    admin.ensure_topics(env, topics.GATEWAY)  # and its principal may write what it does
     # Serve nothing before every practice is known: a webhook for a practice not read yet
     # would get a 404 and be lost, while a refused connection is retried by the provider.
     while not directory.wait_ready(30):
