@@ -285,13 +285,15 @@
         state.tasks = [...state.tasks, task];
       }
     }
-    state.targetPending = false;
     if (!task) {
-      render();
+      // The target stays pending: a task this console has not read yet (a link opened the instant
+      // it was sent) is shown by a later refresh, which the task's arrival triggers.
+      const shown = !$("link-notice").hidden;
       linkNotice("This task is not open (done, reassigned, or not yours).");
-      $("link-notice").focus();
+      if (!shown) $("link-notice").focus();
       return;
     }
+    state.targetPending = false;
     linkNotice("");
     if (!visible([task]).length) {  // the role filter hides it: show every role
       state.filter = "";
