@@ -11,8 +11,16 @@ import pytest
 from ringback.console import views
 from ringback.console.users import User
 from ringback.domain.tasks import add_reply, new_task
-from tests.console.test_console_unit import CALLER_A, NOW_MS, action, call, login, new_client, task_path
-from tests.console.test_console_unit import h  # noqa: F401 - a fixture, used by name
+from tests.console.test_console_unit import (
+    CALLER_A,
+    NOW_MS,
+    action,
+    call,
+    h,  # noqa: F401 - a fixture, used by name
+    login,
+    new_client,
+    task_path,
+)
 
 FIRST = "Yes please — can I come <b>Tuesday</b> after 3?"
 SECOND = "Or Wednesday morning."
