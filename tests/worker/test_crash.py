@@ -176,8 +176,13 @@ def test_a_crash_between_sending_and_writing_the_state_emits_nothing_twice(
 
     wait_for(lambda: doomed.poll() is not None, 90, message="the worker to die after sending a follow-up")
     assert doomed.returncode == 137
-    sent_before = {a["action_id"] for a in out.actions()}
-    assert any(i.endswith(":second_sms") for i in sent_before)
+    # It died after the follow-up's records were acknowledged: they are in the log (the
+    # collector reads it on its own schedule, so wait for them rather than look once).
+    wait_for(
+        lambda: any(a["action_id"].endswith(":second_sms") for a in out.actions()),
+        30,
+        message="the follow-up the worker sent before dying",
+    )
     log_file = processes.log_dir / "worker-b.log"
     log_start = log_file.stat().st_size if log_file.exists() else 0  # the artifact log is appended to
     processes.start(

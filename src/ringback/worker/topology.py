@@ -10,18 +10,20 @@ TICKs. One agent (concurrency 1) means the inputs of a caller are handled one at
 time, in log order within each topic, by the worker that owns the partition, and all
 its state is one changelog-backed table, `state` (layout: workflow/state.py).
 
-For each input:
+For each input (write-behind, `_Pending`):
   1. the workflow (pure) reads the table through a `Tx` and decides: actions, outcomes,
-     state writes;
-  2. actions and outcomes are sent to the partition of the input and their
-     acknowledgements awaited;
-  3. only then are the state writes applied to the table (changelog), the last one
-     being the partition meta with the offsets of the records just sent.
+     state writes; it reads the writes of earlier inputs that are not in the table yet;
+  2. actions and outcomes are sent to the partition of the input, without waiting for
+     their acknowledgements: the agent goes on with the next input;
+  3. once every record of an input is acknowledged, its state writes are applied to the
+     table (changelog), in input order per partition, the last one being the partition
+     meta with the offsets of the records just sent; before any input offset is
+     committed, every input handled so far is applied and the changelog flushed.
 A crash between 2 and 3 leaves records in the log that the state does not know of;
 the worker that takes the partition over reads the actions/outcomes partition after
 the offsets in the meta (`_scan`) and drops those ids when the input is processed
-again, so nothing is emitted twice; a crash before 2 completes loses nothing, as the
-input's offset is not committed and it is processed again.
+again, so nothing is emitted twice; a crash before 3 loses nothing, as the offsets of
+those inputs are not committed and they are processed again.
 """
 
 from __future__ import annotations
@@ -32,10 +34,15 @@ import os
 import re
 import socket
 import time
+import weakref
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+import orjson
 from confluent_kafka import Consumer, TopicPartition
+from faust.streams import _current_event, current_event
 from prometheus_client import Counter, Gauge, Histogram
 
 from ringback.clock import Clock
@@ -79,6 +86,10 @@ GUARDED = (
 )
 GUARDED_COMPACTED = (topics.PATIENTS, topics.APPOINTMENTS, topics.FLAGS)
 STATE_TABLE = "state"
+# Inputs of one partition whose records are not all acknowledged yet: past this many the agent
+# waits for the oldest. Bounds memory and how far past the meta's offsets a takeover scans.
+MAX_PENDING = 512
+OFFSET_FIELDS = ("actions_offset", "outcomes_offset")  # in the partition meta: where a takeover scan starts
 
 
 # ------------------------------------------------------------------ metrics (no PHI in labels)
@@ -120,6 +131,27 @@ PROCESS_SECONDS = Histogram(
     ["input"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
 )
+
+
+def encode_value(value: Any) -> bytes:
+    """A state record as the table stores it: JSON (what Faust's json codec wrote, so a
+    worker reads the state an older one wrote), encoded once per write."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One input's sent records and its state writes, applied once all are acknowledged."""
+
+    event: Any  # the Faust event of the input: table writes go to its partition
+    sent: list[tuple[str, dict, Any]]  # (actions | outcomes, record, future of the acknowledgement)
+    writes: dict[str, Any]  # key -> encoded JSON or DELETE, in the order the workflow left them
+    fired: list[tuple[str, int]] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    applied: bool = False
+
+    def acknowledged(self) -> bool:
+        return all(fut.done() for _, _, fut in self.sent)
 
 
 class Topology:
@@ -172,7 +204,18 @@ class Topology:
             partitions=n,
             schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
         )
-        self.memory_store = str(app.conf.store).startswith("memory")
+        # Values are stored as JSON bytes we encode (`encode_value`, once per write; every read
+        # decodes a fresh object, so no deep copies): the bytes Faust's json codec wrote before.
+        # A Faust table takes its store's and changelog's serializers from its value type (json
+        # unless a Model says otherwise), not from the schema; set before the store is made.
+        self.state.value_serializer = "raw"  # type: ignore[attr-defined]  # on Collection, not in TableT
+        # Write-behind (module docstring): per partition the inputs not applied yet, and the
+        # latest of their writes per key, which later inputs read instead of the table.
+        self._pending: dict[int, deque[_Pending]] = {}
+        self._unapplied: dict[int, dict[str, Any]] = {}
+        # exactly_once commits offsets in the producer's transaction, which a write-behind
+        # would not be part of: there each input waits for its acknowledgements, as before.
+        self.write_behind = app.conf.processing_guarantee.value == "at_least_once"
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}".encode()
         # Fault injection for the crash tests only: die like SIGKILL right after the records of
         # this step were acknowledged and before the state that knows of them is written.
@@ -189,11 +232,28 @@ class Topology:
         return [self.state.changelog_topic]
 
     def _read(self, key: str) -> Any:
-        """One store lookup (`state.get` makes two: `in`, then `[]`)."""
+        """The table's value of `key` (one store lookup; `state.get` makes two: `in`, then `[]`)."""
         try:
-            return self.state.data[key]
+            raw = self.state.data[key]
         except KeyError:
             return None
+        return None if raw is None else orjson.loads(raw)
+
+    def _reader(self, partition: int):
+        """What an input of `partition` reads: the writes of earlier inputs not applied yet,
+        else the table."""
+        unapplied = self._unapplied.get(partition)
+        if not unapplied:
+            return self._read
+        read = self._read
+
+        def read_latest(key: str) -> Any:
+            raw = unapplied.get(key)
+            if raw is None:
+                return read(key)
+            return None if raw is DELETE else orjson.loads(raw)
+
+        return read_latest
 
     # -------------------------------------------------------------- takeover: what is already in the log
     def _read_ids(
@@ -249,7 +309,7 @@ class Topology:
     async def _ensure_scanned(self, partition: int) -> tuple[set[str], set[str]]:
         found = self._already_sent.get(partition)
         if found is None:
-            meta = self.state.get(timers.meta_key(partition)) or {}
+            meta = self._read(timers.meta_key(partition)) or {}
             log.info(
                 "partition %d taken over: looking for records after offsets %s",
                 partition,
@@ -272,6 +332,10 @@ class Topology:
         (revoked,) = args
         for tp in revoked:
             self._already_sent.pop(tp.partition, None)
+            # Faust committed after applying everything handled (`install_commit_flush`); what is
+            # left was handled after that commit: not committed, the next owner handles it again.
+            self._pending.pop(tp.partition, None)
+            self._unapplied.pop(tp.partition, None)
 
     # -------------------------------------------------------------- the agent's body
     async def _dead_letter(self, input_name: str, reason: str, raw: bytes | None) -> None:
@@ -294,10 +358,11 @@ class Topology:
         """Process one input of `partition` (the agent's body; tests call it too)."""
         input_name = self.input_names[topic]
         started = time.perf_counter()
-        sent_actions, sent_outcomes = await self._ensure_scanned(partition)
+        found = self._already_sent.get(partition)
+        sent_actions, sent_outcomes = found if found is not None else await self._ensure_scanned(partition)
         # 1. Decide (pure): what to send, what to write.
-        read = self._read
-        tx = Tx(read, copy_reads=self.memory_store)
+        # Every read decodes a fresh object (no copies needed).
+        tx = Tx(self._reader(partition), copy_reads=False)
         wf = Workflow(tx, self.directory, self.clock.now_ms(), partition)
         try:
             _dispatch(wf, input_name, key, value)
@@ -314,70 +379,149 @@ class Topology:
         for scenario in tx.opened:
             child(CASES_OPENED, scenario).inc()
 
-        # 2. Send, then wait for every acknowledgement.
-        pending = []
+        # 2. Send, without waiting for the acknowledgements.
+        sent: list[tuple[str, dict, Any]] = []
         headers = {"ringback-worker": self.worker_id}
         for key_bytes, command in tx.actions:
             if command["action_id"] in sent_actions:
                 child(NOT_REEMITTED, "actions").inc()
                 continue
-            pending.append(
-                (
-                    "actions",
-                    command,
-                    await self.actions.send(key=key_bytes, value=command, partition=partition, headers=headers),
-                )
-            )
+            fut = await self.actions.send(key=key_bytes, value=command, partition=partition, headers=headers)
+            sent.append(("actions", command, fut))
         for record in tx.outcomes:
             if record["outcome_id"] in sent_outcomes:
                 child(NOT_REEMITTED, "outcomes").inc()
                 continue
-            pending.append(
-                (
-                    "outcomes",
-                    record,
-                    await self.outcomes.send(
-                        key=record["case_id"].encode(), value=record, partition=partition, headers=headers
-                    ),
-                )
+            fut = await self.outcomes.send(
+                key=record["case_id"].encode(), value=record, partition=partition, headers=headers
             )
+            sent.append(("outcomes", record, fut))
+
+        # 3. The state, once every record is acknowledged, after the inputs before it.
+        queue = self._pending.get(partition)
+        if not sent and not tx.writes and not tx.fired and not tx.cancelled and not queue:
+            child(PROCESS_SECONDS, input_name).observe(time.perf_counter() - started)
+            return wf  # nothing to write (most answered calls)
+        writes = {k: v if v is DELETE else encode_value(v) for k, v in tx.writes.items()}
+        entry = _Pending(current_event(), sent, writes, tx.fired, tx.cancelled)
+        if queue is None:
+            queue = self._pending[partition] = deque()
+        queue.append(entry)
+        if writes:
+            self._unapplied.setdefault(partition, {}).update(writes)
+        if not self.write_behind or len(queue) > MAX_PENDING:
+            await self._apply_through(partition, entry if not self.write_behind else queue[0])
+        else:
+            self._apply_acknowledged(partition)
+        child(PROCESS_SECONDS, input_name).observe(time.perf_counter() - started)
+        return wf
+
+    # -------------------------------------------------------------- write-behind
+    def _apply_acknowledged(self, partition: int) -> None:
+        """Apply the inputs of `partition` whose records are all acknowledged, in order, up to
+        the first that is not. Synchronous: nothing else runs between the check and the writes."""
+        queue = self._pending.get(partition)
+        while queue and queue[0].acknowledged():
+            self._apply(partition, queue[0])  # a failed send raises: it and all after it stay unapplied
+            queue.popleft()
+
+    async def _apply_through(self, partition: int, last: _Pending) -> None:
+        """Wait for the acknowledgements of the inputs of `partition` up to `last` and apply them."""
+        queue = self._pending.get(partition)
+        while not last.applied and queue and queue is self._pending.get(partition):
+            waiting = [fut for _, _, fut in queue[0].sent if not fut.done()]
+            if waiting:
+                await asyncio.wait(waiting)
+            self._apply_acknowledged(partition)
+
+    def install_commit_flush(self, consumer: Any) -> None:
+        """Wrap the Faust consumer's `_commit` (faust-streaming 0.15: the call that sends
+        offsets to the broker outside transactions): first apply every input handled so far and
+        flush the producer, so no offset is committed before the state of its input is in the
+        changelog. Idempotent; composes with the gap guard's clamp around the same call."""
+        if consumer is None or getattr(consumer, "_ringback_write_behind", None) is self:
+            return
+        inner = consumer._commit
+        producer = self.app.producer
+
+        async def _commit(offsets: Any) -> bool:
+            await self.flush()
+            await producer.flush()
+            return await inner(offsets)
+
+        consumer._commit = _commit
+        consumer._ringback_write_behind = self
+
+    async def on_partitions_assigned(self, sender: Any, *args: Any, **kwargs: Any) -> None:
+        if self.write_behind:
+            self.install_commit_flush(getattr(sender, "consumer", None))
+
+    async def flush(self) -> None:
+        """Apply every input handled so far (before an offset commit: never past an input
+        whose state is not in the table)."""
+        for partition, queue in list(self._pending.items()):
+            if queue:
+                await self._apply_through(partition, queue[-1])
+
+    def _apply(self, partition: int, entry: _Pending) -> None:
         offsets: dict[str, int] = {}
-        for kind, record, fut in pending:
-            metadata = await fut
-            offsets[kind] = max(offsets.get(kind, -1), metadata.offset)
+        for kind, record, fut in entry.sent:
+            metadata = fut.result()  # a failed send raises here: nothing of it or after it is applied
+            offsets[f"{kind}_offset"] = max(offsets.get(f"{kind}_offset", -1), metadata.offset)
             if kind == "actions":
                 child(ACTIONS_EMITTED, record["kind"], re.sub(r"_\d+$", "", record["step"])).inc()
             else:
                 child(OUTCOMES_EMITTED, record["state"], str(record["final"]).lower()).inc()
 
         exit_after = self.exit_after_sending
-        if exit_after and any(r["step"] == exit_after for k, r, _ in pending if k == "actions"):
+        if exit_after and any(r["step"] == exit_after for k, r, _ in entry.sent if k == "actions"):
             log.warning("fault injection: exiting after sending %s, before writing the state", exit_after)
             os._exit(137)
 
-        # 3. The state, in the order the workflow left it, the partition meta last.
+        # Table writes go to the partition of the current event: the input's, not the one
+        # being handled now (faust-streaming keeps it in this context variable).
+        token = _current_event.set(weakref.ref(entry.event)) if entry.event is not None else None
+        try:
+            self._write(partition, entry.writes, offsets)
+        finally:
+            if token is not None:
+                _current_event.reset(token)
+        entry.applied = True
+        unapplied = self._unapplied.get(partition)
+        if unapplied:
+            for k, v in entry.writes.items():
+                if unapplied.get(k) is v:  # no later input wrote it
+                    del unapplied[k]
+        for name, lag_ms in entry.fired:
+            child(TIMERS_FIRED, name).inc()
+            child(TIMER_LAG, name).observe(max(lag_ms, 0) / 1000)
+        for name in entry.cancelled:
+            child(TIMERS_CANCELLED, name).inc()
+
+    def _write(self, partition: int, writes: dict[str, Any], offsets: dict[str, int]) -> None:
+        """The writes of one input in the order the workflow left them, the partition meta
+        (with the offsets of its records) last."""
         state = self.state
-        for k, v in tx.writes.items():
+        meta_key = timers.meta_key(partition)
+        for k, v in writes.items():
+            if k == meta_key:
+                continue  # written last, below
             if v is DELETE:
-                if read(k) is not None:
+                if k in state.data:
                     del state[k]
             else:
                 state[k] = v
-        if offsets:
-            meta_key = timers.meta_key(partition)
-            meta = dict(state.get(meta_key) or {})
-            if "actions" in offsets:
-                meta["actions_offset"] = offsets["actions"]
-            if "outcomes" in offsets:
-                meta["outcomes_offset"] = offsets["outcomes"]
-            state[meta_key] = meta
-        for name, lag_ms in tx.fired:
-            child(TIMERS_FIRED, name).inc()
-            child(TIMER_LAG, name).observe(max(lag_ms, 0) / 1000)
-        for name in tx.cancelled:
-            child(TIMERS_CANCELLED, name).inc()
-        child(PROCESS_SECONDS, input_name).observe(time.perf_counter() - started)
-        return wf
+        meta_write = writes.get(meta_key)
+        if offsets or isinstance(meta_write, bytes):
+            # The workflow's own fields (timer cursor) as it left them; the offsets the highest
+            # so far: its value was decided before earlier inputs' offsets were written.
+            current = self._read(meta_key) or {}
+            meta = orjson.loads(meta_write) if isinstance(meta_write, bytes) else dict(current)
+            for name in OFFSET_FIELDS:
+                found = [o for o in (current.get(name), meta.get(name), offsets.get(name)) if o is not None]
+                if found:
+                    meta[name] = max(found)
+            state[meta_key] = encode_value(meta)
 
     # -------------------------------------------------------------- metrics
     def overdue_ms(self, partitions, now_ms: int) -> int:
@@ -442,6 +586,7 @@ def build_topology(app: faust.App, settings: Settings, directory: PracticeDirect
         DEAD_LETTERED.labels(name)  # at 0 from the start, as the shared counter's series below
     shared_metrics.declare_dead_letter_sources(f"streams.{name}" for name in t.input_names.values())
     app.on_partitions_revoked.connect(t.forget_revoked)  # type: ignore[arg-type]  # mode's handler type admits no function
+    app.on_partitions_assigned.connect(t.on_partitions_assigned)  # type: ignore[arg-type]  # as above
     gap_guard = t.gap_guard = gap_guard_module.for_app(
         app,
         "streams",
