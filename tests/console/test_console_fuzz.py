@@ -7,7 +7,9 @@ bytes that are not UTF-8 in `X-CSRF-Token`, `Cookie`, `Content-Type`, `Origin`; 
 that are not JSON, not UTF-8, compressed, over the size limit. Every route of the app is
 fuzzed (read from its router), so routes added later are covered without touching this file.
 Half of the requests carry a valid session cookie, and some a valid CSRF token, so the
-handlers behind the session check are reached too.
+handlers behind the session check are reached too. Everything runs twice: served directly,
+and behind a reverse proxy (RINGBACK_TRUSTED_PROXIES set), where malformed, repeated or
+too many `X-Forwarded-For` / `-Proto` / `-Host` headers must get a 4xx as well.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 from ringback.clock import ManualClock
+from ringback.config.proxies import parse_trusted
 from ringback.config.settings import Settings
 from ringback.console.app import MAX_BODY_BYTES, Console
 from ringback.console.service import ChangeNotifier, TaskService
@@ -60,10 +63,16 @@ class KeepSessions:
         pass
 
 
+# What the proxy in front of the console says about the client (its one hop: XForwardedStrict).
+CLIENT = b"198.51.100.4"
+
+
 class Harness:
-    def __init__(self, tmp) -> None:
+    def __init__(self, tmp, trusted_proxies: str | None = None) -> None:
         clock = ManualClock(NOW_S)
-        env = Settings(_env_file=None, ringback_namespace="fuzz")
+        env = Settings(_env_file=None, ringback_namespace="fuzz", ringback_trusted_proxies=trusted_proxies)
+        # Behind the proxy every request names its client; served directly the header is ignored.
+        self.forwarded = {"X-Forwarded-For": CLIENT.decode()} if trusted_proxies else {}
         notifier = ChangeNotifier()
         cache = TaskCache(env, notifier.bump)
         users = UserStore(tmp / "users.json", hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
@@ -90,7 +99,11 @@ class Harness:
         self.task_id = task["task_id"]
         service = TaskService(cache, Producer(), "fuzz.task-updates", clock, notifier)
         self.console = Console(
-            service, users, SessionCodec(b"k" * 32, clock=clock, revocations=KeepSessions()), clock=clock
+            service,
+            users,
+            SessionCodec(b"k" * 32, clock=clock, revocations=KeepSessions()),
+            clock=clock,
+            trusted_proxies=parse_trusted(env.ringback_trusted_proxies),  # as console/app.py run() does
         )
         self.app = self.console.app()
         self.routes = sorted(
@@ -107,7 +120,7 @@ class Harness:
 
     async def _sign_in(self) -> tuple[str, str]:
         body = {"practice_id": "maple-family", "username": "ana", "password": PASSWORD}
-        async with self.client.post("/api/login", json=body) as resp:
+        async with self.client.post("/api/login", json=body, headers=self.forwarded) as resp:
             assert resp.status == 200
             return resp.cookies[COOKIE].value, (await resp.json())["csrf_token"]
 
@@ -132,9 +145,9 @@ class Harness:
         self.loop.close()
 
 
-@pytest.fixture(scope="module")
-def console(tmp_path_factory):
-    harness = Harness(tmp_path_factory.mktemp("console-fuzz"))
+@pytest.fixture(scope="module", params=[None, "127.0.0.1"], ids=["direct", "behind-proxy"])
+def console(request, tmp_path_factory):
+    harness = Harness(tmp_path_factory.mktemp("console-fuzz"), trusted_proxies=request.param)
     yield harness
     harness.close()
 
@@ -190,6 +203,25 @@ content_types = (
     | header_bytes
 )
 
+# X-Forwarded-* values: mostly one valid client (the proxy's word, so the handlers are reached),
+# else lists of hops, addresses with ports, hosts that are no URL authority, bytes that are not UTF-8.
+forwarded_for = st.one_of(
+    st.just(CLIENT),
+    st.just(CLIENT),
+    st.none(),
+    st.sampled_from([b"198.51.100.4, 203.0.113.9", b"not-an-ip", b"", b"::1", b"[::1]", b"1.2.3.4:80", b"\xff", b","]),
+    header_bytes,
+)
+forwarded_proto = st.one_of(
+    st.none(), st.none(), st.sampled_from([b"https", b"http", b"https, http", b"ftp", b"", b"\xff\xfe"]), header_bytes
+)
+forwarded_host = st.one_of(
+    st.none(),
+    st.none(),
+    st.sampled_from([b"console.example.org", b"[", b"a:99999", b"", b"\xff\xfe", b"x y", b"a.example, b.example"]),
+    header_bytes,
+)
+
 
 def path_of(console: Harness, canonical: str, segment: bytes, query: bytes) -> bytes:
     """The route's path with each {placeholder} (or the static folder's file) a random segment."""
@@ -219,9 +251,29 @@ def path_of(console: Harness, canonical: str, segment: bytes, query: bytes) -> b
     encoding=st.sampled_from([None, None, None, b"gzip", b"deflate", b"br", b"\xff"]),
     body=bodies,
     compress=st.sampled_from([False, False, False, True]),
+    xff=forwarded_for,
+    xfp=forwarded_proto,
+    xfh=forwarded_host,
+    repeated=st.sampled_from([False, False, False, True]),
 )
 def test_no_malformed_request_gets_a_5xx(
-    console, route, method, segment, query, session, cookie_junk, csrf, content_type, origin, encoding, body, compress
+    console,
+    route,
+    method,
+    segment,
+    query,
+    session,
+    cookie_junk,
+    csrf,
+    content_type,
+    origin,
+    encoding,
+    body,
+    compress,
+    xff,
+    xfp,
+    xfh,
+    repeated,
 ):
     route_method, canonical = console.routes[route % len(console.routes)]
     if canonical == "/{task_id}":  # not a route of this app; keeps the mapping honest if one appears
@@ -248,6 +300,9 @@ def test_no_malformed_request_gets_a_5xx(
         headers.append(b"Origin: " + origin)
     if encoding is not None:
         headers.append(b"Content-Encoding: " + encoding)
+    for name, value in ((b"X-Forwarded-For", xff), (b"X-Forwarded-Proto", xfp), (b"X-Forwarded-Host", xfh)):
+        if value is not None:
+            headers += [name + b": " + value] * (2 if repeated else 1)
     headers.append(b"Content-Length: " + str(len(body)).encode())
     raw = verb + b" " + path_of(console, canonical, segment, query or b"") + b" HTTP/1.1\r\n"
     raw += b"\r\n".join(headers) + b"\r\n\r\n" + body
@@ -267,6 +322,9 @@ def test_a_csrf_header_that_is_not_utf8_is_refused_with_403(console, token):
     raw = (
         b"POST /api/logout HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
         + f"Cookie: {COOKIE}={console.cookie}\r\n".encode()
+        + b"X-Forwarded-For: "
+        + CLIENT
+        + b"\r\n"
         + b"Content-Type: application/json\r\nX-CSRF-Token: "
         + token
         + b"\r\nContent-Length: 2\r\n\r\n{}"

@@ -148,6 +148,7 @@ def test_the_sms_at_the_twilio_standin_are_the_plans_first_responses_and_follow_
     assert summary["kpi"]["cases"] == summary["cases_expected"]
     assert summary["kpi"]["new_patient_recovery"] > 0 and summary["kpi"]["first_response_median_s"] > 0
     assert summary["emails"] > 0 and summary["plan"]["practices"] == 6
+    assert summary["emails_linking_a_task"] > 0  # staff e-mails link to the demo's console (#task=<id>)
 
 
 def test_the_google_voice_practice_plays_by_email_when_dovecot_is_installed_and_says_so(finished_demo):

@@ -50,7 +50,7 @@ from ringback.console.revocations import SessionRevocations
 from ringback.console.service import ChangeNotifier, ConsoleError, TaskService
 from ringback.console.sessions import COOKIE, CSRF_HEADER, LoginThrottle, Session, SessionCodec, csrf_ok
 from ringback.console.task_cache import TaskCache
-from ringback.console.users import MAX_PASSWORD, PRACTICE_RE, UserStore
+from ringback.console.users import MAX_PASSWORD, PRACTICE_RE, User, UserStore
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.kafka.producer import BrokerUnavailable
 
@@ -354,9 +354,19 @@ class Console:
                 "practice_id": user.practice_id,
                 "server_time": self.clock.now_ms(),
                 "version": version,
-                "tasks": [views.task_view(t, user) for t in tasks],
+                "tasks": [self._task_view(t, user) for t in tasks],
             }
         )
+
+    def _task_view(self, task: dict, user: User) -> dict:
+        """The task's view, linking the caller's conversation when this console has it."""
+        conversation_id = None
+        conversations, caller = self._conversations, task.get("caller")
+        if conversations is not None and caller:
+            candidate = conversations.conversation_id(user.practice_id, caller)
+            if conversations.caller(user.practice_id, candidate) is not None:
+                conversation_id = candidate
+        return views.task_view(task, user, conversation_id)
 
     @staticmethod
     def _task_id(request: web.Request) -> str:
@@ -369,7 +379,7 @@ class Console:
         task = self.service.get(session.user.practice_id, self._task_id(request))
         if task is None:
             return _error(404, "not_found", "no such task")
-        return web.json_response(views.task_view(task, session.user))
+        return web.json_response(self._task_view(task, session.user))
 
     def _task_update(self, action: str):
         async def handler(request: web.Request, session: Session) -> web.Response:
@@ -390,7 +400,7 @@ class Console:
                 allowed_roles=self._reassign_roles(user.practice_id),
             )
             UPDATES.labels(action.upper()).inc()
-            return web.json_response({"task": views.task_view(task, user), "server_time": self.clock.now_ms()})
+            return web.json_response({"task": self._task_view(task, user), "server_time": self.clock.now_ms()})
 
         return handler
 

@@ -19,6 +19,7 @@ from functools import lru_cache
 import phonenumbers
 
 from ringback.console.users import User
+from ringback.domain import tasks
 
 # Outcomes of a completed callback (TaskUpdate.outcome), in the order the page offers them.
 OUTCOMES: dict[str, str] = {
@@ -40,7 +41,9 @@ MANAGER_ROLES = frozenset({"department_manager", "manager"})
 
 # Task details (set from the CREATE_TASK action's params) and who may see them.
 DETAILS_FOR_ALL = ("todo", "call_time")
-DETAILS_FOR_CALLBACK_ROLE = ("patient_name", "urgency_reason", "appointment_time", "replies")
+DETAILS_FOR_CALLBACK_ROLE = ("patient_name", "urgency_reason", "appointment_time")
+# The patient's SMS replies a "patient replied" task carries: what the patient wrote, so
+# only for the task's role, like the patient details (as a list, `replies`, not in `details`).
 
 MASK = "•"
 
@@ -96,8 +99,25 @@ def reassign_roles(routing_roles: Iterable[str], user_roles: Iterable[str]) -> l
     return [*STANDARD_ROLES, *extra]
 
 
-def task_view(task: dict, user: User) -> dict:
-    """The task as this user's page shows it (the API's `Task` object)."""
+def reply_list(task: dict) -> list[dict]:
+    """The patient's replies on a task, oldest first, as `{"at", "text"}`; [] for a task
+    without any or with a value that is not the list domain/tasks.py writes."""
+    try:
+        kept = tasks.replies(task)
+    except (TypeError, ValueError):  # json.JSONDecodeError is a ValueError
+        return []
+    if not isinstance(kept, list):
+        return []
+    return [
+        {"at": int(r.get("at") or 0), "text": str(r.get("text") or "")}
+        for r in kept
+        if isinstance(r, dict) and isinstance(r.get("at", 0), int | float)
+    ]
+
+
+def task_view(task: dict, user: User, conversation_id: str | None = None) -> dict:
+    """The task as this user's page shows it (the API's `Task` object). `conversation_id`:
+    the caller's conversation, when the console has one (a link on the task's card)."""
     own = holds_role(user, task)
     caller = task.get("caller") or ""
     details_raw = task.get("details") or {}
@@ -123,6 +143,8 @@ def task_view(task: dict, user: User) -> dict:
             else {"display": mask_phone(caller), "dial": None, "masked": True}
         ),
         "details": details,
+        "replies": reply_list(task) if own else [],
+        "conversation_id": conversation_id,
         "claimed_by": claimed_by,
         "claimed_by_me": bool(claimed_by) and claimed_by == user.username,
         "completed_at": task.get("completed_at"),

@@ -20,6 +20,8 @@ per-user data folder; the processes it starts run there too. docs/demo.md has th
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import functools
 import json
 import logging
@@ -92,6 +94,13 @@ class DemoOptions:
 
 
 # ---------------------------------------------------------------- local stand-ins
+def _mail_text(envelope) -> str:
+    """The text of an e-mail the SMTP stand-in received (decoded: a long line may be quoted-printable)."""
+    msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+    body = msg.get_body(preferencelist=("plain",))
+    return body.get_content() if body is not None else ""
+
+
 class SmtpStandIn:
     """An SMTP server in this process (aiosmtpd): staff e-mails stay on the machine."""
 
@@ -349,6 +358,7 @@ class Demo:
                 "RINGBACK_STORE": "memory://",
                 "RINGBACK_SINKS_STORE": "memory://",
                 "RINGBACK_PUBLIC_URL": self.gateway_url,
+                "RINGBACK_CONSOLE_URL": self.console_url,  # staff e-mails and Slack posts link to the demo's console
                 "TWILIO_ACCOUNT_SID": webhooks.ACCOUNT_SID,
                 "TWILIO_AUTH_TOKEN": self.secrets.twilio,
                 "TWILIO_API_BASE_URL": self.fake_apis.url,
@@ -835,6 +845,7 @@ class Demo:
             "sms_missing": sum((expected - sent_keys).values()),
             "sms_requests": len(self.fake_apis.messages()),
             "emails": len(self.smtp.messages),
+            "emails_linking_a_task": sum(f"{self.console_url}/#task=" in _mail_text(m) for m in self.smtp.messages),
             "slack_posts": len(
                 [r for r in self.fake_apis.requests if r.method == "POST" and r.path.startswith("/slack/")]
             ),

@@ -20,6 +20,9 @@
     threads: [],        // the practice's conversations
     open: null,         // the id of the conversation shown
     conversation: null,
+    target: null,         // the task id a link asks for (#task=<id>)
+    targetPending: false, // not yet shown, nor found missing
+    selected: null,       // the task shown selected (the link's)
   };
 
   // ------------------------------------------------------------------ API
@@ -92,6 +95,7 @@
     $("board-view").hidden = true;
     $("login-view").hidden = false;
     $("login-error").textContent = message || "";
+    $("login-target").hidden = !state.target;
     const practice = localStorage.getItem("ringback.practice");
     if (practice && !$("practice_id").value) $("practice_id").value = practice;
     ($("practice_id").value ? $("username") : $("practice_id")).focus();
@@ -99,6 +103,7 @@
 
   function showBoard() {
     const s = state.session;
+    state.targetPending = Boolean(state.target);  // a link opened before signing in shows its task now
     $("login-view").hidden = true;
     $("board-view").hidden = false;
     $("practice-name").textContent = s.practice_name;
@@ -139,13 +144,27 @@
     call_time: "Call time", todo: "To do",
   };
 
+  function taskItem(id) {
+    return [...$("tasks").children].find((li) => li.dataset.taskId === id) || null;
+  }
+
   function render() {
     const list = $("tasks");
     const tasks = visible(state.tasks);
     const tpl = $("task-template");
+    // Re-rendering replaces the cards: keep a keyboard user's focus on the same card and button.
+    const active = document.activeElement;
+    const activeLi = active && active.closest ? active.closest("#tasks > li.task") : null;
+    const focusId = activeLi ? activeLi.dataset.taskId : null;
+    const focusSel = activeLi && active !== activeLi ? [...active.classList].map((c) => `.${c}`).join("") : "";
     list.replaceChildren(...tasks.map((t) => {
       const li = tpl.content.firstElementChild.cloneNode(true);
       li.dataset.taskId = t.task_id;
+      li.tabIndex = -1;
+      if (t.task_id === state.selected) {
+        li.classList.add("selected");
+        li.setAttribute("aria-current", "true");
+      }
       li.dataset.due = t.due_at;
       li.dataset.missed = t.missed_at || "";
       li.classList.add(`priority-${t.priority.toLowerCase()}`);
@@ -183,6 +202,7 @@
         div.append(dt, dd);
         details.append(div);
       }
+      renderReplies(li, t.replies || []);
       const busy = state.busy.has(t.task_id);
       const claim = li.querySelector(".claim"), complete = li.querySelector(".complete");
       const reassign = li.querySelector(".reassign");
@@ -193,12 +213,99 @@
       claim.addEventListener("click", () => claimTask(t));
       complete.addEventListener("click", () => openComplete(t));
       reassign.addEventListener("click", () => openReassign(t));
-      if (!t.can_claim && !t.can_complete && !t.can_reassign) li.querySelector(".actions").hidden = true;
+      const conversation = li.querySelector(".open-conversation");
+      conversation.hidden = !t.conversation_id;
+      conversation.addEventListener("click", () => showConversation(t.conversation_id));
+      if (!t.can_claim && !t.can_complete && !t.can_reassign && !t.conversation_id) {
+        li.querySelector(".actions").hidden = true;
+      }
       return li;
     }));
     $("count").textContent = String(tasks.length);
     $("empty").hidden = tasks.length > 0;
+    if (focusId) {
+      const li = taskItem(focusId);
+      const el = li && focusSel ? li.querySelector(focusSel) : li;
+      const usable = el && !el.hidden && !el.disabled && !(el.closest(".actions") || {}).hidden;
+      if (li) (usable ? el : li).focus({ preventScroll: true });
+    }
     tick();
+  }
+
+  // A "patient replied" task: what the patient texted, with the times (text, never HTML).
+  function renderReplies(li, replies) {
+    if (!replies.length) return;
+    const tpl = $("reply-template");
+    li.querySelector(".reply-list").replaceChildren(...replies.map((r) => {
+      const item = tpl.content.firstElementChild.cloneNode(true);
+      item.querySelector(".reply-when").textContent = r.at ? when(r.at) : "—";
+      item.querySelector(".reply-text").textContent = r.text;
+      return item;
+    }));
+    li.querySelector(".replies").hidden = false;
+  }
+
+  // ------------------------------------------------------------------ task links (#task=<id>)
+  // Staff notifications link to <console>/#task=<id> (the fragment never reaches a server log).
+  function targetFromHash() {
+    const m = /^#task=(.+)$/.exec(window.location.hash);
+    if (!m) return null;
+    try { return decodeURIComponent(m[1]); } catch (err) { return m[1]; }
+  }
+
+  function linkNotice(text) {
+    const n = $("link-notice");
+    n.textContent = text || "";
+    n.hidden = !text;
+  }
+
+  function followLink() {
+    state.target = targetFromHash();
+    state.targetPending = Boolean(state.target);
+    state.selected = null;
+    linkNotice("");
+    if (!state.session) {
+      $("login-target").hidden = !state.target;
+      return;
+    }
+    render();
+    if (state.target) showTarget();
+  }
+
+  async function showTarget() {
+    const id = state.target;
+    if (!id || !state.session) return;
+    let task = state.tasks.find((t) => t.task_id === id);
+    if (!task) {
+      // Not in the open list: ask for it. Another practice's id gets the same 404 as one that never existed.
+      const r = await api("GET", `/api/tasks/${encodeURIComponent(id)}`);
+      if (state.target !== id || !state.session || r.status === 401) return;
+      if (r.ok && r.data.state !== "COMPLETED") {
+        task = r.data;  // open, but newer than the list: show it now, the next refresh lists it
+        state.tasks = [...state.tasks, task];
+      }
+    }
+    if (!task) {
+      // The target stays pending: a task this console has not read yet (a link opened the instant
+      // it was sent) is shown by a later refresh, which the task's arrival triggers.
+      const shown = !$("link-notice").hidden;
+      linkNotice("This task is not open (done, reassigned, or not yours).");
+      if (!shown) $("link-notice").focus();
+      return;
+    }
+    state.targetPending = false;
+    linkNotice("");
+    if (!visible([task]).length) {  // the role filter hides it: show every role
+      state.filter = "";
+      $("filter").value = "";
+    }
+    state.selected = id;
+    render();
+    const li = taskItem(id);
+    if (li) {
+      li.scrollIntoView({ block: "center" });
+      li.focus({ preventScroll: true });
+    }
   }
 
   function notice(text, kind) {
@@ -283,6 +390,14 @@
     loadConversation(id, true);
   }
 
+  // From a task's card: its caller's conversation, opened and in view.
+  function showConversation(id) {
+    if (state.open !== id) openConversation(id);
+    const section = $("conversation");
+    section.scrollIntoView({ block: "start" });
+    section.focus({ preventScroll: true });
+  }
+
   function closeConversation() {
     state.open = null;
     state.conversation = null;
@@ -338,6 +453,7 @@
     state.offset = r.data.server_time - Date.now();
     state.tasks = r.data.tasks;
     render();
+    if (state.targetPending) await showTarget();
     await refreshConversations();
   }
 
@@ -469,6 +585,10 @@
       const label = $("reassign-role").selectedOptions[0].textContent;
       update(task, "reassign", { role }, () => `Task handed to ${label}.`);
     });
+
+    window.addEventListener("hashchange", followLink);
+    state.target = targetFromHash();
+    state.targetPending = Boolean(state.target);
 
     setInterval(tick, 1000);
     const r = await api("GET", "/api/session");
