@@ -402,7 +402,7 @@ def run(
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port)
-    admin.ensure_topics(env)
+    admin.ensure_topics(env, topics.CDR)  # and its principal may read and write what it does
     directory = PracticeDirectory().followed_to_end(env)
     try:
         directory.require(practice_id)

@@ -38,7 +38,7 @@ import httpx
 from prometheus_client import Counter, Gauge
 
 from ringback.config.settings import Settings
-from ringback.kafka import admin
+from ringback.kafka import admin, topics
 from ringback.kafka.connection import client_config
 from ringback.kafka.producer import AckedProducer
 from ringback.sources.ehr.fhir import RESOURCE_TYPES, EhrSync, SyncReport, _practice_region, import_ndjson
@@ -362,7 +362,7 @@ def run_export(
     poll_max_s: float | None = None,
 ) -> ExportReport:
     """`ringback ehr export`: one export run on the real broker."""
-    admin.ensure_topics(env)
+    admin.ensure_topics(env, topics.EHR)  # and its principal may read and write what it does
     region = _practice_region(env, practice_id, region)
     producer = AckedProducer(client_config(env), timeout_s=10)
 

@@ -28,7 +28,7 @@ from ringback.clock import Clock
 from ringback.config.settings import Settings
 from ringback.domain.phones import PhoneRejected, normalize, region_of
 from ringback.domain.templates import primary_tag
-from ringback.kafka import admin
+from ringback.kafka import admin, topics
 from ringback.kafka.connection import client_config
 from ringback.kafka.practice_directory import configured_practice
 from ringback.kafka.producer import AckedProducer
@@ -623,7 +623,7 @@ def run_sync(
     deletions: bool = True,
     auth: httpx.Auth | None = None,
 ) -> SyncReport:
-    admin.ensure_topics(env)
+    admin.ensure_topics(env, topics.EHR)  # and its principal may read and write what it does
     region = _practice_region(env, practice_id, region)
     producer = AckedProducer(client_config(env), timeout_s=10)
 
@@ -645,7 +645,7 @@ def run_sync(
 
 
 def run_import(env: Settings, paths: list[Path], practice_id: str, region: str | None = None) -> SyncReport:
-    admin.ensure_topics(env)
+    admin.ensure_topics(env, topics.EHR)  # and its principal may read and write what it does
     region = _practice_region(env, practice_id, region)
     producer = AckedProducer(client_config(env), timeout_s=10)
 

@@ -251,7 +251,7 @@ def run_import(env: Settings, path: Path, practice_id: str, time_zone: str | Non
     """`ringback gvoice import FILE.csv --practice ID`."""
     from ringback.clock import Clock
 
-    admin.ensure_topics(env)
+    admin.ensure_topics(env, topics.GVOICE)  # and its principal may read and write what it does
     practice = configured_practice(env, practice_id)
     text = path.read_bytes().decode("utf-8-sig", errors="replace")  # exports may start with a BOM
     producer = AckedProducer(client_config(env), timeout_s=10)

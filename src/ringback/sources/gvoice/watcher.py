@@ -346,7 +346,7 @@ def run(
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port)
-    admin.ensure_topics(env)
+    admin.ensure_topics(env, topics.GVOICE)  # and its principal may read and write what it does
     directory = PracticeDirectory().followed_to_end(env)
     try:
         practice = directory.require(practice_id) if practice_id else None

@@ -214,7 +214,7 @@ def run(
 
         start_http_server(metrics_port)
     declare_series()
-    admin.ensure_topics(env)
+    admin.ensure_topics(env, topics.HL7)  # and its principal may read and write what it does
     practice = configured_practice(env, practice_id)
     region = region or region_of(practice.phone_numbers[0])
     clock = Clock()
