@@ -22,6 +22,7 @@ import asyncio
 import multiprocessing
 import random
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -219,6 +220,8 @@ def run(
             killed_at = time.time()
             if fault == "broker":
                 broker.kill()
+                # A SIGKILLed JVM's threads close its sockets after its main thread is reaped.
+                wait_until(lambda: not _port_open(broker.port), 30, "the killed broker's port to close", interval=0.1)
                 broker.start()
             else:
                 procs[fault].stop(signal.SIGKILL)
@@ -235,6 +238,7 @@ def run(
             next_s, gap = next_sms_after(ref, posts, killed_at)
             refused = [c for c in list(load.calls) if c[2] > killed_at and not 200 <= c[3] < 300]
             results[fault] = {
+                "killed_at": killed_at,  # wall time: to line up with the process logs
                 "next_sms_s": next_s,
                 "longest_silence_s": gap,
                 "ready_after_kill_s": ref - killed_at,
@@ -265,6 +269,12 @@ def _tally(load: Load, standin: Standin) -> dict:
     twice = [c for c, n in created.items() if n > 1]
     log(f"    {len(accepted)} calls accepted: {len(lost)} without an SMS, {len(twice)} callers texted twice")
     return {"accepted": len(accepted), "lost": len(lost), "twice": len(twice)}
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _s(x: float | None) -> str:
