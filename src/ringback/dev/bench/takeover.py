@@ -26,7 +26,9 @@ import socket
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from functools import partial
+from pathlib import Path
 from urllib.parse import urlencode
 
 from ringback.dev.bench import workload
@@ -246,6 +248,13 @@ def run(
                 "refused_until_s": max((c[2] for c in refused), default=ref) - ref if refused else 0.0,
             }
             extra = f", broker ready {ref - killed_at:.1f}s after the kill" if fault == "broker" else ""
+            if fault != "broker":  # where the restarted process's time went (its own log)
+                marks = {k: t - killed_at for k, t in _faust_marks(procs[fault].log_path, killed_at).items()}
+                spawned_s = procs[fault].started_at - killed_at
+                results[fault].update(marks, spawned_s=spawned_s)
+                if len(marks) == 2:
+                    spawned, faust, ready = spawned_s, marks["faust_start_s"], marks["faust_ready_s"]
+                    extra = f"; spawned {spawned:.1f}s, Faust started {faust:.1f}s, Ready {ready:.1f}s after the kill"
             log(
                 f"    {fault}: kill → next SMS {_s(next_s)}{' after the broker was ready' if fault == 'broker' else ''}"
                 f" (longest silence {_s(gap)}{extra}; {len(refused)} calls refused)"
@@ -269,6 +278,24 @@ def _tally(load: Load, standin: Standin) -> dict:
     twice = [c for c, n in created.items() if n > 1]
     log(f"    {len(accepted)} calls accepted: {len(lost)} without an SMS, {len(twice)} callers texted twice")
     return {"accepted": len(accepted), "lost": len(lost), "twice": len(twice)}
+
+
+def _faust_marks(log_path: Path, after: float) -> dict[str, float]:
+    """Wall times at which the process logged Faust's start (all imports done, the topics and
+    the practice directory read) and Ready (partitions assigned, tables recovered), first after
+    `after`; none when the log's format is not the text one."""
+    marks = {"faust_start_s": "[^Worker]: Starting...", "faust_ready_s": "[^Worker]: Ready"}
+    found: dict[str, float] = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        for name, text in marks.items():
+            if text in line and name not in found:
+                try:
+                    at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()  # logging's local asctime
+                except ValueError:
+                    continue
+                if at >= after:
+                    found[name] = at
+    return found
 
 
 def _port_open(port: int) -> bool:
