@@ -105,7 +105,16 @@ class HealingRecovery(Recovery):
 
 
 class HealingTableManager(TableManager):
-    """Faust's table manager with `HealingRecovery` (Faust's `TableManager` setting)."""
+    """Faust's table manager with `HealingRecovery` (Faust's `TableManager` setting), and
+    without Faust's one-second sleep before the tables are registered."""
+
+    async def on_start(self) -> None:
+        # faust-streaming sleeps 1 s first so that tables declared while the app starts can
+        # still join; ringback declares every table before the app starts (a later one fails
+        # loudly: "Too late to add tables"), and that second delayed every start and takeover.
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
 
     @property
     def recovery(self) -> Recovery:

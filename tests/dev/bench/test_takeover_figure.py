@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from ringback.dev.bench import report
-from ringback.dev.bench.takeover import next_sms_after
+from ringback.dev.bench.takeover import _faust_marks, next_sms_after
 
 
 def test_the_flow_resumes_with_the_sms_that_ends_the_longest_silence_after_the_kill():
@@ -17,6 +19,21 @@ def test_for_the_broker_the_figure_counts_from_it_being_ready_again():
     times = [9.5, 10.2, 31.0, 31.5]  # killed at 10.0, ready again at 29.0
     took, silence = next_sms_after(29.0, times, kill=10.0)
     assert round(took, 6) == 2.0 and round(silence, 6) == 20.8
+
+
+def test_the_restarted_process_s_own_log_says_when_faust_started_and_was_ready(tmp_path):
+    log = tmp_path / "sinks.log"
+    log.write_text(
+        "2026-12-05 00:35:17,139 INFO faust.worker [^Worker]: Starting...\n"  # the first run
+        "2026-12-05 00:35:21,294 INFO faust.worker [^Worker]: Ready\n"
+        "2026-12-05 00:35:49,523 INFO faust.worker [^Worker]: Starting...\n"  # after the kill
+        "2026-12-05 00:35:50,810 INFO aiokafka.consumer.consumer Subscribed to topic(s): ...\n"
+        "2026-12-05 00:35:53,121 INFO faust.worker [^Worker]: Ready\n"
+    )
+    killed = datetime(2026, 12, 5, 0, 35, 48).timestamp()  # the log's times are local, as logging writes them
+    marks = _faust_marks(log, killed)
+    assert {k: round(v - killed, 3) for k, v in marks.items()} == {"faust_start_s": 1.523, "faust_ready_s": 5.121}
+    assert _faust_marks(log, killed + 60) == {}
 
 
 def test_no_sms_after_the_reference_is_no_figure():

@@ -54,8 +54,9 @@ class Profile:
     c_background_rate: float
     # (d)
     d_entries: int
-    # (e): kill -9 → next SMS under a steady flow of new callers; each makes an SMS and a Slack post, and
-    # one sink process carries ~4 requests/s at 250 ms (BENCHMARKS.md): 1 caller/s leaves it half idle
+    # (e): kill -9 → next SMS under a steady flow of new callers; each makes an SMS and a Slack post. One
+    # sink process carries ~80 SMS/s at 250 ms (BENCHMARKS.md): 10 callers/s gives the figure a 0.1 s
+    # resolution and shows the worker's outage (at 1/s a queue in the sinks hid it)
     e_rate: float
     e_steady_s: float
     # scaling
@@ -87,7 +88,7 @@ FULL = Profile(
     c_followup_s=30,
     c_background_rate=200,
     d_entries=1_000_000,
-    e_rate=1,
+    e_rate=10,
     e_steady_s=10,
     s_partitions=12,
     s_workers=(1, 2, 3),
@@ -117,7 +118,7 @@ QUICK = Profile(
     c_followup_s=7,
     c_background_rate=40,
     d_entries=50_000,
-    e_rate=1,
+    e_rate=2,
     e_steady_s=3,
     s_partitions=12,
     s_workers=(1, 2),

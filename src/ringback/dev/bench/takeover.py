@@ -22,10 +22,13 @@ import asyncio
 import multiprocessing
 import random
 import signal
+import socket
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from functools import partial
+from pathlib import Path
 from urllib.parse import urlencode
 
 from ringback.dev.bench import workload
@@ -219,6 +222,8 @@ def run(
             killed_at = time.time()
             if fault == "broker":
                 broker.kill()
+                # A SIGKILLed JVM's threads close its sockets after its main thread is reaped.
+                wait_until(lambda: not _port_open(broker.port), 30, "the killed broker's port to close", interval=0.1)
                 broker.start()
             else:
                 procs[fault].stop(signal.SIGKILL)
@@ -235,6 +240,7 @@ def run(
             next_s, gap = next_sms_after(ref, posts, killed_at)
             refused = [c for c in list(load.calls) if c[2] > killed_at and not 200 <= c[3] < 300]
             results[fault] = {
+                "killed_at": killed_at,  # wall time: to line up with the process logs
                 "next_sms_s": next_s,
                 "longest_silence_s": gap,
                 "ready_after_kill_s": ref - killed_at,
@@ -242,6 +248,13 @@ def run(
                 "refused_until_s": max((c[2] for c in refused), default=ref) - ref if refused else 0.0,
             }
             extra = f", broker ready {ref - killed_at:.1f}s after the kill" if fault == "broker" else ""
+            if fault != "broker":  # where the restarted process's time went (its own log)
+                marks = {k: t - killed_at for k, t in _faust_marks(procs[fault].log_path, killed_at).items()}
+                spawned_s = procs[fault].started_at - killed_at
+                results[fault].update(marks, spawned_s=spawned_s)
+                if len(marks) == 2:
+                    spawned, faust, ready = spawned_s, marks["faust_start_s"], marks["faust_ready_s"]
+                    extra = f"; spawned {spawned:.1f}s, Faust started {faust:.1f}s, Ready {ready:.1f}s after the kill"
             log(
                 f"    {fault}: kill → next SMS {_s(next_s)}{' after the broker was ready' if fault == 'broker' else ''}"
                 f" (longest silence {_s(gap)}{extra}; {len(refused)} calls refused)"
@@ -265,6 +278,30 @@ def _tally(load: Load, standin: Standin) -> dict:
     twice = [c for c, n in created.items() if n > 1]
     log(f"    {len(accepted)} calls accepted: {len(lost)} without an SMS, {len(twice)} callers texted twice")
     return {"accepted": len(accepted), "lost": len(lost), "twice": len(twice)}
+
+
+def _faust_marks(log_path: Path, after: float) -> dict[str, float]:
+    """Wall times at which the process logged Faust's start (all imports done, the topics and
+    the practice directory read) and Ready (partitions assigned, tables recovered), first after
+    `after`; none when the log's format is not the text one."""
+    marks = {"faust_start_s": "[^Worker]: Starting...", "faust_ready_s": "[^Worker]: Ready"}
+    found: dict[str, float] = {}
+    for line in log_path.read_text(errors="replace").splitlines():
+        for name, text in marks.items():
+            if text in line and name not in found:
+                try:
+                    at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()  # logging's local asctime
+                except ValueError:
+                    continue
+                if at >= after:
+                    found[name] = at
+    return found
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _s(x: float | None) -> str:
