@@ -17,7 +17,7 @@ from faust.types import TP
 from ringback.clock import ManualClock
 from ringback.kafka.practice_directory import PracticeDirectory
 from ringback.worker.app import make_app
-from ringback.worker.topology import META_EVERY, Topology, _Pending, build_topology, encode_value
+from ringback.worker.topology import Topology, _Pending, build_topology, encode_value
 from ringback.workflow import timers
 from ringback.workflow.state import DELETE
 from tests.support.offline_apps import settings
@@ -72,10 +72,8 @@ def test_an_inputs_state_waits_for_its_acknowledgements_and_later_inputs_read_it
         ack(first, 7)
         t._apply_acknowledged(PARTITION)
         assert t._read("c|p|+1") == {"n": 2} and t._read("c|p|+2") == {"n": 1}
+        assert t._read(timers.meta_key(PARTITION)) == {"actions_offset": 7}
         assert not t._pending[PARTITION] and not t._unapplied[PARTITION]
-        assert t._read(timers.meta_key(PARTITION)) is None  # the offsets wait for a commit ...
-        await t.flush()
-        assert t._read(timers.meta_key(PARTITION)) == {"actions_offset": 7}  # ... which writes them
 
     asyncio.run(scenario())
 
@@ -128,22 +126,6 @@ def test_the_meta_keeps_the_highest_offsets_and_the_workflows_own_fields(topolog
         await t.flush()
         assert t._read(meta) == {"cursor": 11, "actions_offset": 9, "outcomes_offset": 4}
         assert orjson.loads(t.state.data[meta]) == t._read(meta)  # stored as JSON bytes
-
-    asyncio.run(scenario())
-
-
-def test_the_offsets_reach_the_meta_every_meta_every_inputs_without_a_commit(topology):
-    async def scenario():
-        t = topology
-        loop = asyncio.get_running_loop()
-        meta = timers.meta_key(PARTITION)
-        for i in range(META_EVERY):
-            fut = loop.create_future()
-            pending(t, {f"c|p|+{i}": {"n": i}}, [("actions", action(f"step_{i}"), fut)])
-            ack(fut, 100 + i)
-            t._apply_acknowledged(PARTITION)
-            expected = None if i < META_EVERY - 1 else {"actions_offset": 100 + i}
-            assert t._read(meta) == expected
 
     asyncio.run(scenario())
 

@@ -55,7 +55,6 @@ from ringback.observability import logs
 from ringback.observability import metrics as shared_metrics
 from ringback.observability.metrics import child
 from ringback.schemas import codec
-from ringback.worker.sender import RecordSender
 from ringback.workflow import timers
 from ringback.workflow.inputs import Workflow
 from ringback.workflow.state import DELETE, Tx
@@ -90,8 +89,6 @@ STATE_TABLE = "state"
 # Inputs of one partition whose records are not all acknowledged yet: past this many the agent
 # waits for the oldest. Bounds memory and how far past the meta's offsets a takeover scans.
 MAX_PENDING = 512
-# Inputs with records whose offsets may wait before the partition meta is written (`_write`).
-META_EVERY = 64
 OFFSET_FIELDS = ("actions_offset", "outcomes_offset")  # in the partition meta: where a takeover scan starts
 
 
@@ -219,12 +216,6 @@ class Topology:
         # exactly_once commits offsets in the producer's transaction, which a write-behind
         # would not be part of: there each input waits for its acknowledgements, as before.
         self.write_behind = app.conf.processing_guarantee.value == "at_least_once"
-        # The offsets of the records of applied inputs not in the partition meta yet (`_write`);
-        # exactly_once has no commit hook to write them at, so there the meta follows each input.
-        self.meta_every = META_EVERY if self.write_behind else 1
-        self._offsets_unwritten: dict[int, dict[str, int]] = {}
-        self._inputs_since_meta: dict[int, int] = {}
-        self._meta_event: dict[int, Any] = {}
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}".encode()
         # Fault injection for the crash tests only: die like SIGKILL right after the records of
         # this step were acknowledged and before the state that knows of them is written.
@@ -232,9 +223,6 @@ class Topology:
         # Takeover: per partition, the ids already in the log (see `_scan`).
         self._already_sent: dict[int, tuple[set[str], set[str]]] = {}
         self._scan_consumer: Consumer | None = None
-        # Actions and outcomes through librdkafka (worker/sender.py), made in the running loop.
-        # exactly_once sends them through Faust's transactional producer instead.
-        self._sender: RecordSender | None = None
         self.gap_guard: gap_guard_module.GapGuard | None = None  # build_topology attaches it
 
     @property
@@ -348,19 +336,6 @@ class Topology:
             # left was handled after that commit: not committed, the next owner handles it again.
             self._pending.pop(tp.partition, None)
             self._unapplied.pop(tp.partition, None)
-            self._offsets_unwritten.pop(tp.partition, None)
-            self._inputs_since_meta.pop(tp.partition, None)
-            self._meta_event.pop(tp.partition, None)
-
-    def _start_sender(self) -> RecordSender:
-        self._sender = RecordSender(self.settings, asyncio.get_running_loop())
-        return self._sender
-
-    async def close_sender(self, *args: Any, **kwargs: Any) -> None:
-        """on_before_shutdown (after the consumer's last commit): flush and stop the sender."""
-        sender, self._sender = self._sender, None
-        if sender is not None:
-            await asyncio.get_running_loop().run_in_executor(None, sender.close)
 
     # -------------------------------------------------------------- the agent's body
     async def _dead_letter(self, input_name: str, reason: str, raw: bytes | None) -> None:
@@ -406,29 +381,20 @@ class Topology:
 
         # 2. Send, without waiting for the acknowledgements.
         sent: list[tuple[str, dict, Any]] = []
-        fut: Any
         headers = {"ringback-worker": self.worker_id}
-        sender = self._sender if self._sender is not None or not self.write_behind else self._start_sender()
         for key_bytes, command in tx.actions:
             if command["action_id"] in sent_actions:
                 child(NOT_REEMITTED, "actions").inc()
                 continue
-            if sender is not None:
-                value_bytes = codec.encode("action_command", command)  # what the Faust codec wrote
-                fut = sender.send(self.actions_topic_name, partition, key_bytes, value_bytes, headers)
-            else:
-                fut = await self.actions.send(key=key_bytes, value=command, partition=partition, headers=headers)
+            fut = await self.actions.send(key=key_bytes, value=command, partition=partition, headers=headers)
             sent.append(("actions", command, fut))
         for record in tx.outcomes:
             if record["outcome_id"] in sent_outcomes:
                 child(NOT_REEMITTED, "outcomes").inc()
                 continue
-            key_bytes = record["case_id"].encode()
-            if sender is not None:
-                value_bytes = codec.encode("outcome", record)
-                fut = sender.send(self.outcomes_topic_name, partition, key_bytes, value_bytes, headers)
-            else:
-                fut = await self.outcomes.send(key=key_bytes, value=record, partition=partition, headers=headers)
+            fut = await self.outcomes.send(
+                key=record["case_id"].encode(), value=record, partition=partition, headers=headers
+            )
             sent.append(("outcomes", record, fut))
 
         # 3. The state, once every record is acknowledged, after the inputs before it.
@@ -496,7 +462,6 @@ class Topology:
         for partition, queue in list(self._pending.items()):
             if queue:
                 await self._apply_through(partition, queue[-1])
-        self._write_deferred_metas()
 
     def _apply(self, partition: int, entry: _Pending) -> None:
         offsets: dict[str, int] = {}
@@ -518,8 +483,6 @@ class Topology:
         token = _current_event.set(weakref.ref(entry.event)) if entry.event is not None else None
         try:
             self._write(partition, entry.writes, offsets)
-            if entry.event is not None:
-                self._meta_event[partition] = entry.event  # where a deferred meta write goes
         finally:
             if token is not None:
                 _current_event.reset(token)
@@ -537,9 +500,7 @@ class Topology:
 
     def _write(self, partition: int, writes: dict[str, Any], offsets: dict[str, int]) -> None:
         """The writes of one input in the order the workflow left them, the partition meta
-        last: when the workflow wrote it, else with the offsets of the records sent only every
-        `META_EVERY` inputs (and at each commit, `flush`): a meta behind the log only makes a
-        takeover scan read further back, and it saves a changelog record per emitting input."""
+        (with the offsets of its records) last."""
         state = self.state
         meta_key = timers.meta_key(partition)
         for k, v in writes.items():
@@ -551,38 +512,16 @@ class Topology:
             else:
                 state[k] = v
         meta_write = writes.get(meta_key)
-        if offsets:
-            unwritten = self._offsets_unwritten.setdefault(partition, {})
-            for name, offset in offsets.items():
-                unwritten[name] = max(unwritten.get(name, -1), offset)
-            self._inputs_since_meta[partition] = self._inputs_since_meta.get(partition, 0) + 1
-        if isinstance(meta_write, bytes) or self._inputs_since_meta.get(partition, 0) >= self.meta_every:
-            self._write_meta(partition, meta_write if isinstance(meta_write, bytes) else None)
-
-    def _write_meta(self, partition: int, meta_write: bytes | None) -> None:
-        """The partition meta: the workflow's own fields (timer cursor) as it left them; the
-        offsets the highest so far (its value was decided before earlier inputs' offsets)."""
-        meta_key = timers.meta_key(partition)
-        offsets = self._offsets_unwritten.pop(partition, {})
-        self._inputs_since_meta.pop(partition, None)
-        current = self._read(meta_key) or {}
-        meta = orjson.loads(meta_write) if meta_write is not None else dict(current)
-        for name in OFFSET_FIELDS:
-            found = [o for o in (current.get(name), meta.get(name), offsets.get(name)) if o is not None]
-            if found:
-                meta[name] = max(found)
-        self.state[meta_key] = encode_value(meta)
-
-    def _write_deferred_metas(self) -> None:
-        """Before a commit: the offsets not written to a partition meta yet."""
-        for partition in list(self._offsets_unwritten):
-            event = self._meta_event.get(partition)
-            token = _current_event.set(weakref.ref(event)) if event is not None else None
-            try:
-                self._write_meta(partition, None)
-            finally:
-                if token is not None:
-                    _current_event.reset(token)
+        if offsets or isinstance(meta_write, bytes):
+            # The workflow's own fields (timer cursor) as it left them; the offsets the highest
+            # so far: its value was decided before earlier inputs' offsets were written.
+            current = self._read(meta_key) or {}
+            meta = orjson.loads(meta_write) if isinstance(meta_write, bytes) else dict(current)
+            for name in OFFSET_FIELDS:
+                found = [o for o in (current.get(name), meta.get(name), offsets.get(name)) if o is not None]
+                if found:
+                    meta[name] = max(found)
+            state[meta_key] = encode_value(meta)
 
     # -------------------------------------------------------------- metrics
     def overdue_ms(self, partitions, now_ms: int) -> int:
@@ -648,7 +587,6 @@ def build_topology(app: faust.App, settings: Settings, directory: PracticeDirect
     shared_metrics.declare_dead_letter_sources(f"streams.{name}" for name in t.input_names.values())
     app.on_partitions_revoked.connect(t.forget_revoked)  # type: ignore[arg-type]  # mode's handler type admits no function
     app.on_partitions_assigned.connect(t.on_partitions_assigned)  # type: ignore[arg-type]  # as above
-    app.on_before_shutdown.connect(t.close_sender)  # after the consumer's last commit
     gap_guard = t.gap_guard = gap_guard_module.for_app(
         app,
         "streams",
