@@ -365,7 +365,9 @@ def test_second_stream_worker_joining_loses_no_patient_record(processes, service
         assert set(scenarios) == set(phones), "a missed call without its first response"
         assert set(scenarios.values()) == {"GENERAL_INQUIRY"}
         assert {i: n for i, n in counts.items() if n > 1} == {}, "an action emitted twice"
-        assert set(counts) == {recipes.action_id(c, recipes.ADMIN_TASK) for c in cases}
+        # each admin task and its notice to the admin team (recipes.task_notice)
+        tasks = {recipes.ADMIN_TASK, recipes.ADMIN_TASK + recipes.NOTICE}
+        assert set(counts) == {recipes.action_id(c, step) for c in cases for step in tasks}
         assert all(processes.procs[name].poll() is None for name in ("worker-a", "worker-b"))
     finally:
         out.close()
