@@ -9,20 +9,17 @@ Screenshots: test-artifacts/test_console_browser/."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from tests.conftest import ARTIFACTS, wait_for
 from tests.support.console_stack import PASSWORD, ConsoleStack
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = os.environ.get("RINGBACK_CHROMIUM", "/usr/bin/chromium")
 ESCALATION_S = 40
 URGENT = "+14155550191"  # completed in the browser
 URGENT_LEFT = "+14155550192"  # left open: its gate must fire (the check above can fail)
@@ -43,20 +40,6 @@ def stack(kafka_bootstrap, tmp_path_factory):
         yield s
     finally:
         s.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert shutil.which(CHROMIUM) or os.path.exists(CHROMIUM), (
-        f"{CHROMIUM} missing: apt-get install -y chromium (as .ci/run does)"
-    )
-    with sync_playwright() as p:
-        args = ["--no-sandbox"] if os.geteuid() == 0 else []  # chromium refuses root without it
-        b = p.chromium.launch(executable_path=CHROMIUM, args=args)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def clinical_task(stack: ConsoleStack, caller: str) -> dict | None:

@@ -13,13 +13,11 @@ Screenshots: test-artifacts/test_conversations_browser/."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import uuid
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 from twilio.request_validator import RequestValidator
 
 from ringback.kafka import topics
@@ -30,7 +28,6 @@ from tests.support.prism import PrismMock
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = os.environ.get("RINGBACK_CHROMIUM", "/usr/bin/chromium")
 PATIENT = "+14155550181"
 PATIENT_TEXT = "Yes please — can I come Tuesday after 3?"
 REPLY_TEXT = "Tuesday 3:30 pm works. See you then! Maple Family Practice"
@@ -67,20 +64,6 @@ def stack(kafka_bootstrap, tmp_path_factory, prism):
         yield s
     finally:
         s.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert shutil.which(CHROMIUM) or os.path.exists(CHROMIUM), (
-        f"{CHROMIUM} missing: apt-get install -y chromium (as .ci/run does)"
-    )
-    with sync_playwright() as p:
-        args = ["--no-sandbox"] if os.geteuid() == 0 else []  # chromium refuses root without it
-        b = p.chromium.launch(executable_path=CHROMIUM, args=args)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def inbound_sms(stack: ConsoleStack, caller: str, body: str) -> None:

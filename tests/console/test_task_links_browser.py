@@ -14,15 +14,13 @@ Screenshots: test-artifacts/test_task_links_browser/."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import uuid
 from urllib.parse import unquote
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 from twilio.request_validator import RequestValidator
 
 from ringback.sinks.records import task_link
@@ -31,7 +29,6 @@ from tests.support.console_stack import ACCOUNT_SID, AUTH_TOKEN, MAPLE_DID, PASS
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = os.environ.get("RINGBACK_CHROMIUM", "/usr/bin/chromium")
 PATIENT = "+14155550171"
 PATIENT_NAME = "Ulla Linked"
 # Markup in a patient's text must show as the characters typed.
@@ -59,20 +56,6 @@ def stack(kafka_bootstrap, tmp_path_factory):
         yield s
     finally:
         s.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    assert shutil.which(CHROMIUM) or os.path.exists(CHROMIUM), (
-        f"{CHROMIUM} missing: apt-get install -y chromium (as .ci/run does)"
-    )
-    with sync_playwright() as p:
-        args = ["--no-sandbox"] if os.geteuid() == 0 else []  # chromium refuses root without it
-        b = p.chromium.launch(executable_path=CHROMIUM, args=args)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def notified_links(stack: ConsoleStack) -> dict[str, str]:
