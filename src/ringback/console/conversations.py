@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import logging
 import threading
-import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,8 +35,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from ringback.config.settings import Settings
 from ringback.console.views import mask_phone, role_label
 from ringback.kafka import topics
-from ringback.kafka.connection import client_config
-from ringback.kafka.topic_cache import FollowedTopic, TopicCacheReader, from_start_consumer
+from ringback.kafka.topic_cache import FollowedTopic, TopicCacheReader
 from ringback.schemas import codec
 
 log = logging.getLogger(__name__)
@@ -72,6 +70,8 @@ class _Conversation:
 
 class Conversations(FollowedTopic):
     """Every caller's conversation, kept current from four topics."""
+
+    group = "conversations"
 
     def __init__(self, env: Settings, key: bytes, on_change: Callable[[str], None] = lambda practice_id: None) -> None:
         self.env = env
@@ -304,11 +304,6 @@ class Conversations(FollowedTopic):
             log.error("conversations: unreadable %s record skipped: %s", schema, exc)
             return
         apply(key, record)
-
-    def _new_consumer(self) -> Consumer:
-        return from_start_consumer(
-            client_config(self.env), f"{self.env.ringback_namespace}.conversations.{uuid.uuid4().hex[:8]}"
-        )
 
     def _read(self, consumer: Consumer) -> None:
         """Read the four topics from the start (applying the records again is idempotent)."""

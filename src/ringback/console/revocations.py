@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import uuid
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -29,9 +28,8 @@ from ringback.clock import Clock
 from ringback.config.settings import Settings
 from ringback.console.sessions import Session
 from ringback.kafka import topics
-from ringback.kafka.connection import client_config
 from ringback.kafka.producer import AckedProducer
-from ringback.kafka.topic_cache import FollowedTopic, TopicCacheReader, from_start_consumer
+from ringback.kafka.topic_cache import FollowedTopic, TopicCacheReader
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +38,8 @@ PRUNE_EVERY = 1000  # revocations applied between two sweeps of the expired ones
 
 class SessionRevocations(FollowedTopic):
     """The session ids signed out and not expired yet, kept current from the topic."""
+
+    group = "console-sessions"
 
     def __init__(
         self,
@@ -104,11 +104,6 @@ class SessionRevocations(FollowedTopic):
         self.on_revoke(practice_id)
 
     # -- following the topic
-    def _new_consumer(self) -> Consumer:
-        return from_start_consumer(
-            client_config(self.env), f"{self.env.ringback_namespace}.console-sessions.{uuid.uuid4().hex[:8]}"
-        )
-
     def _read(self, consumer: Consumer) -> None:
         ready, stop = self._reader.ready, self._reader.stop
         part = TopicPartition(self.topic, 0, 0)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -24,8 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from ringback.config.settings import Settings
 from ringback.domain.tasks import PENDING, open_tasks, urgency_key
 from ringback.kafka import topics
-from ringback.kafka.connection import client_config
-from ringback.kafka.topic_cache import FollowedTopic, TopicCacheReader, from_start_consumer
+from ringback.kafka.topic_cache import FollowedTopic, TopicCacheReader
 from ringback.schemas import codec
 
 log = logging.getLogger(__name__)
@@ -33,6 +31,8 @@ log = logging.getLogger(__name__)
 
 class TaskCache(FollowedTopic):
     """Every task by id, kept current from the tasks topic."""
+
+    group = "task-cache"
 
     def __init__(self, env: Settings, on_change: Callable[[str], None] = lambda practice_id: None) -> None:
         self.env = env
@@ -85,11 +85,6 @@ class TaskCache(FollowedTopic):
             practice = task["practice_id"]
         if practice:
             self.on_change(practice)
-
-    def _new_consumer(self) -> Consumer:
-        return from_start_consumer(
-            client_config(self.env), f"{self.env.ringback_namespace}.task-cache.{uuid.uuid4().hex[:8]}"
-        )
 
     def _read(self, consumer: Consumer) -> None:
         """Read the topic from the start (applying the records again is idempotent)."""

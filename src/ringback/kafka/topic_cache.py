@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any, Self
 
 from confluent_kafka import Consumer
 
-from ringback.kafka.connection import Connection, librdkafka
+from ringback.config.settings import Settings
+from ringback.kafka.connection import Connection, client_config, librdkafka
 from ringback.observability import logs
 
 log = logging.getLogger(__name__)
@@ -91,12 +93,16 @@ class TopicCacheReader:
 
 class FollowedTopic:
     """A cache kept by a TopicCacheReader (`self._reader`), each read with a new consumer
-    from `_new_consumer()`: the console's task cache, conversations and session revocations."""
+    that never commits, in a group of its own named `<ns>.<group>.<random>`: the console's
+    task cache, conversations and session revocations."""
 
     _reader: TopicCacheReader
+    env: Settings
+    group: str  # e.g. "task-cache"
 
     def _new_consumer(self) -> Consumer:
-        raise NotImplementedError
+        group_id = f"{self.env.ringback_namespace}.{self.group}.{uuid.uuid4().hex[:8]}"
+        return from_start_consumer(client_config(self.env), group_id)
 
     def follow(self) -> Self:
         self._reader.start(self._new_consumer)
