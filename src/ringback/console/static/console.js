@@ -281,8 +281,10 @@
       const r = await api("GET", `/api/tasks/${encodeURIComponent(id)}`);
       if (state.target !== id || !state.session || r.status === 401) return;
       if (r.ok && r.data.state !== "COMPLETED") {
-        task = r.data;  // open, but newer than the list: show it now, the next refresh lists it
-        state.tasks = [...state.tasks, task];
+        // Open, but newer than the list: show it now, the next refresh lists it. A refresh or
+        // another link may have added it while this request was out: never list it twice.
+        task = r.data;
+        state.tasks = [...state.tasks.filter((t) => t.task_id !== id), task];
       }
     }
     if (!task) {
