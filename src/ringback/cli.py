@@ -252,6 +252,9 @@ def _run_faust(app, directory, env: Settings, process: str) -> None:
 
     # Faust replaces the root handlers at start: hand it ours (format, redaction filter).
     worker = faust.Worker(app, loglevel=logging.getLevelName(logging.getLogger().level), **logs.faust_worker_options())
+    # At WARNING and above Faust keeps its terminal spinner and lowers the root logger to
+    # DEBUG to feed it: every send and fetch would build a debug record for nothing.
+    worker.spinner = None
     # Faust runs gc.collect() per table at every assignment (its RocksDB store); over the
     # objects of every import that blocked a restarted process for about 0.1 s each. They
     # live as long as the process: out of the collector's sight.

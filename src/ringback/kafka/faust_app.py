@@ -26,8 +26,24 @@ from typing import Any
 import faust
 
 from ringback.config.settings import Settings
+from ringback.kafka import inline_handover
 from ringback.kafka.connection import faust_broker
 from ringback.kafka.state_healing import HealingTableManager
+
+# At most this many records per fetch are handed to the stream buffers (4,096 each): a
+# partition's fetching pauses at 80 % of a buffer, so a poll never overfills one and the
+# hand-over stays inline (kafka/inline_handover.py). Faust's default (no limit) hands over a
+# whole fetch, up to 1 MiB per partition, and every record past a full buffer waits in tasks.
+MAX_POLL_RECORDS = 500
+
+
+class App(faust.App):
+    """A Faust app whose consumer hands fetched records over inline (kafka/inline_handover.py)."""
+
+    def _new_consumer(self) -> Any:
+        consumer = super()._new_consumer()
+        inline_handover.install(consumer)
+        return consumer
 
 
 def faust_app(env: Settings, role: str, **settings: Any) -> faust.App:
@@ -38,7 +54,8 @@ def faust_app(env: Settings, role: str, **settings: Any) -> faust.App:
         # port gets its old assignment back and fails that check at every restart: name the
         # member by its instance id (unique in the group, stable across restarts) instead.
         settings.setdefault("canonical_url", f"http://{instance}")
-    return faust.App(
+    settings.setdefault("broker_max_poll_records", MAX_POLL_RECORDS)
+    return App(
         f"{env.ringback_namespace}-{role}",
         **faust_broker(env),  # the brokers, TLS and SASL (kafka/connection.py)
         datadir=str(env.ringback_state_dir / role),

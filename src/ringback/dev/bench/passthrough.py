@@ -3,7 +3,8 @@
 Run by the benchmark as its own process (`python -m ringback.dev.bench.passthrough`),
 with the same Faust settings that matter for speed as the stream worker
 (worker/app.py: at_least_once, commit every 1,000 records or 1 s, raw bytes, the
-same partition count), reading the same call-event topic with its own group.
+same partition count; kafka/faust_app.py: at most 500 records a poll, records handed to
+the agent inline, WARNING logs), reading the same call-event topic with its own group.
 
 Environment: KAFKA_BOOTSTRAP_SERVERS, BENCH_APP_ID, BENCH_SOURCE, BENCH_SINK, BENCH_PARTITIONS.
 """
@@ -15,7 +16,9 @@ import tempfile
 
 import faust
 
-app = faust.App(
+from ringback.kafka.faust_app import MAX_POLL_RECORDS, App
+
+app = App(
     os.environ.get("BENCH_APP_ID", "bench-passthrough"),
     broker=f"kafka://{os.environ.get('KAFKA_BOOTSTRAP_SERVERS', '127.0.0.1:9092')}",
     store="memory://",
@@ -26,6 +29,7 @@ app = faust.App(
     web_enabled=False,
     broker_commit_every=1000,
     broker_commit_interval=1.0,
+    broker_max_poll_records=MAX_POLL_RECORDS,
     consumer_auto_offset_reset="earliest",
     key_serializer="raw",
 )
@@ -53,4 +57,6 @@ async def passthrough(stream):
 
 if __name__ == "__main__":
     worker = faust.Worker(app, loglevel="WARNING")
+    # As the worker (cli.py): no terminal spinner, which would lower the root logger to DEBUG.
+    worker.spinner = None
     worker.execute_from_commandline()
