@@ -139,3 +139,52 @@ def test_a_revoked_partition_forgets_what_it_had_not_applied(topology):
         assert t._reader(PARTITION)("c|p|+1") is None
 
     asyncio.run(scenario())
+
+
+def written_keys(t: Topology) -> list[str]:
+    """The keys the table writes from now on, in order (each one a changelog record)."""
+    keys: list[str] = []
+    write = t.state.on_key_set
+
+    def spy(key, value):
+        keys.append(key)
+        return write(key, value)
+
+    t.state.on_key_set = spy  # type: ignore[method-assign]
+    return keys
+
+
+def test_a_run_of_inputs_writes_the_meta_once_after_their_other_writes(topology):
+    async def scenario():
+        t = topology
+        loop = asyncio.get_running_loop()
+        meta = timers.meta_key(PARTITION)
+        keys = written_keys(t)
+        futures = [loop.create_future() for _ in range(3)]
+        for i, fut in enumerate(futures):
+            pending(t, {f"c|p|+{i}": {"n": i}, meta: {"cursor": 20 + i}}, [("actions", action(f"s{i}"), fut)])
+        for i, fut in enumerate(futures):
+            ack(fut, 30 - i)  # offsets need not grow in input order: the highest is kept
+        t._apply_acknowledged(PARTITION)
+        assert keys == ["c|p|+0", "c|p|+1", "c|p|+2", meta]
+        assert t._read(meta) == {"cursor": 22, "actions_offset": 30}
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_send_still_gets_the_meta_of_the_inputs_applied_before_it(topology):
+    async def scenario():
+        t = topology
+        loop = asyncio.get_running_loop()
+        meta = timers.meta_key(PARTITION)
+        good, failed = loop.create_future(), loop.create_future()
+        pending(t, {"c|p|+1": {"n": 1}}, [("actions", action("first_sms"), good)])
+        pending(t, {"c|p|+2": {"n": 1}}, [("actions", action("second_sms"), failed)])
+        ack(good, 12)
+        failed.set_exception(RuntimeError("delivery timed out"))
+        with pytest.raises(RuntimeError):
+            t._apply_acknowledged(PARTITION)
+        assert t._read("c|p|+1") == {"n": 1} and t._read("c|p|+2") is None
+        assert t._read(meta) == {"actions_offset": 12}
+
+    asyncio.run(scenario())

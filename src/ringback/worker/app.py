@@ -33,4 +33,5 @@ def make_app(settings: Settings) -> faust.App:
         web_port=settings.ringback_worker_web_port,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
+        producer_linger=0.01,
     )

@@ -16,8 +16,9 @@ For each input (write-behind, `_Pending`):
   2. actions and outcomes are sent to the partition of the input, without waiting for
      their acknowledgements: the agent goes on with the next input;
   3. once every record of an input is acknowledged, its state writes are applied to the
-     table (changelog), in input order per partition, the last one being the partition
-     meta with the offsets of the records just sent; before any input offset is
+     table (changelog), in input order per partition; the partition meta, with the
+     offsets of the records just sent, is written once after each run of inputs applied
+     together (their other writes first); before any input offset is
      committed, every input handled so far is applied and the changelog flushed.
 A crash between 2 and 3 leaves records in the log that the state does not know of;
 the worker that takes the partition over reads the actions/outcomes partition after
@@ -152,6 +153,15 @@ class _Pending:
 
     def acknowledged(self) -> bool:
         return all(fut.done() for _, _, fut in self.sent)
+
+
+@dataclass(eq=False)
+class _MetaRun:
+    """What the partition meta takes from a run of inputs applied together."""
+
+    event: Any = None  # the last input's Faust event: the meta goes to its partition
+    offsets: dict[str, int] = field(default_factory=dict)  # the highest offsets of their records
+    meta: bytes | None = None  # the last meta the workflow wrote (encoded), if any
 
 
 class Topology:
@@ -419,11 +429,19 @@ class Topology:
     # -------------------------------------------------------------- write-behind
     def _apply_acknowledged(self, partition: int) -> None:
         """Apply the inputs of `partition` whose records are all acknowledged, in order, up to
-        the first that is not. Synchronous: nothing else runs between the check and the writes."""
+        the first that is not, and the partition meta once after the last of them: one
+        changelog record for the run, not one per input (until it is written, the older meta
+        only makes a takeover scan start earlier). Synchronous: nothing else runs between the
+        check and the writes."""
         queue = self._pending.get(partition)
-        while queue and queue[0].acknowledged():
-            self._apply(partition, queue[0])  # a failed send raises: it and all after it stay unapplied
-            queue.popleft()
+        run = _MetaRun()
+        try:
+            while queue and queue[0].acknowledged():
+                self._apply(partition, queue[0], run)  # a failed send raises: it and all after it stay unapplied
+                queue.popleft()
+        finally:
+            if run.event is not None:
+                self._write_meta(partition, run)
 
     async def _apply_through(self, partition: int, last: _Pending) -> None:
         """Wait for the acknowledgements of the inputs of `partition` up to `last` and apply them."""
@@ -463,8 +481,9 @@ class Topology:
             if queue:
                 await self._apply_through(partition, queue[-1])
 
-    def _apply(self, partition: int, entry: _Pending) -> None:
-        offsets: dict[str, int] = {}
+    def _apply(self, partition: int, entry: _Pending, run: _MetaRun) -> None:
+        """Write `entry`'s state but the partition meta, which `run` collects."""
+        offsets = run.offsets
         for kind, record, fut in entry.sent:
             metadata = fut.result()  # a failed send raises here: nothing of it or after it is applied
             offsets[f"{kind}_offset"] = max(offsets.get(f"{kind}_offset", -1), metadata.offset)
@@ -480,12 +499,17 @@ class Topology:
 
         # Table writes go to the partition of the current event: the input's, not the one
         # being handled now (faust-streaming keeps it in this context variable).
+        meta_key = timers.meta_key(partition)
         token = _current_event.set(weakref.ref(entry.event)) if entry.event is not None else None
         try:
-            self._write(partition, entry.writes, offsets)
+            self._write_keys(entry.writes, meta_key)
         finally:
             if token is not None:
                 _current_event.reset(token)
+        meta_write = entry.writes.get(meta_key)
+        if isinstance(meta_write, bytes):
+            run.meta = meta_write  # the workflow's latest (it read the earlier inputs' writes)
+        run.event = entry.event
         entry.applied = True
         unapplied = self._unapplied.get(partition)
         if unapplied:
@@ -498,30 +522,36 @@ class Topology:
         for name in entry.cancelled:
             child(TIMERS_CANCELLED, name).inc()
 
-    def _write(self, partition: int, writes: dict[str, Any], offsets: dict[str, int]) -> None:
-        """The writes of one input in the order the workflow left them, the partition meta
-        (with the offsets of its records) last."""
+    def _write_keys(self, writes: dict[str, Any], meta_key: str) -> None:
+        """The writes of one input but the partition meta, in the order the workflow left them."""
         state = self.state
-        meta_key = timers.meta_key(partition)
         for k, v in writes.items():
             if k == meta_key:
-                continue  # written last, below
+                continue  # once per run: `_write_meta`
             if v is DELETE:
                 if k in state.data:
                     del state[k]
             else:
                 state[k] = v
-        meta_write = writes.get(meta_key)
-        if offsets or isinstance(meta_write, bytes):
-            # The workflow's own fields (timer cursor) as it left them; the offsets the highest
-            # so far: its value was decided before earlier inputs' offsets were written.
+
+    def _write_meta(self, partition: int, run: _MetaRun) -> None:
+        """The partition meta after a run of inputs: the workflow's own fields (timer cursor) as
+        the last of them left them, the offsets the highest so far."""
+        if not run.offsets and run.meta is None:
+            return
+        meta_key = timers.meta_key(partition)
+        token = _current_event.set(weakref.ref(run.event)) if run.event is not None else None
+        try:
             current = self._read(meta_key) or {}
-            meta = orjson.loads(meta_write) if isinstance(meta_write, bytes) else dict(current)
+            meta = orjson.loads(run.meta) if run.meta is not None else dict(current)
             for name in OFFSET_FIELDS:
-                found = [o for o in (current.get(name), meta.get(name), offsets.get(name)) if o is not None]
+                found = [o for o in (current.get(name), meta.get(name), run.offsets.get(name)) if o is not None]
                 if found:
                     meta[name] = max(found)
-            state[meta_key] = encode_value(meta)
+            self.state[meta_key] = encode_value(meta)
+        finally:
+            if token is not None:
+                _current_event.reset(token)
 
     # -------------------------------------------------------------- metrics
     def overdue_ms(self, partitions, now_ms: int) -> int:
