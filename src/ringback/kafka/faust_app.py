@@ -26,14 +26,15 @@ from typing import Any
 import faust
 
 from ringback.config.settings import Settings
-from ringback.kafka import inline_handover
 from ringback.kafka.connection import faust_broker
+from ringback.kafka.inline_handover import install as install_inline_handover
 from ringback.kafka.state_healing import HealingTableManager
 
-# At most this many records per fetch are handed to the stream buffers (4,096 each): a
-# partition's fetching pauses at 80 % of a buffer, so a poll never overfills one and the
-# hand-over stays inline (kafka/inline_handover.py). Faust's default (no limit) hands over a
-# whole fetch, up to 1 MiB per partition, and every record past a full buffer waits in tasks.
+# At most this many records per fetch are handed to the stream buffers (4,096 each) by an app
+# with the inline hand-over: a partition's fetching pauses at 80 % of a buffer, so a poll
+# never overfills one and the hand-over stays inline (kafka/inline_handover.py). Faust's
+# default (no limit) hands over a whole fetch, up to 1 MiB per partition, and every record
+# past a full buffer waits in tasks.
 MAX_POLL_RECORDS = 500
 
 
@@ -42,11 +43,11 @@ class App(faust.App):
 
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()
-        inline_handover.install(consumer)
+        install_inline_handover(consumer)
         return consumer
 
 
-def faust_app(env: Settings, role: str, **settings: Any) -> faust.App:
+def faust_app(env: Settings, role: str, *, inline_handover: bool = False, **settings: Any) -> faust.App:
     instance = env.ringback_instance_id
     if instance:
         # Faust's assignor checks the URL in the assignment the broker hands back against its
@@ -54,8 +55,11 @@ def faust_app(env: Settings, role: str, **settings: Any) -> faust.App:
         # port gets its old assignment back and fails that check at every restart: name the
         # member by its instance id (unique in the group, stable across restarts) instead.
         settings.setdefault("canonical_url", f"http://{instance}")
-    settings.setdefault("broker_max_poll_records", MAX_POLL_RECORDS)
-    return App(
+    app_class = faust.App
+    if inline_handover:
+        app_class = App
+        settings.setdefault("broker_max_poll_records", MAX_POLL_RECORDS)
+    return app_class(
         f"{env.ringback_namespace}-{role}",
         **faust_broker(env),  # the brokers, TLS and SASL (kafka/connection.py)
         datadir=str(env.ringback_state_dir / role),

@@ -9,7 +9,8 @@ goes into the buffer and the callback returns. `install` runs the callback's fir
 inline; only a callback that has to wait goes on as a task under the original `wait_first`,
 so a rebalance interrupts it exactly as before. With `broker_max_poll_records`
 (kafka/faust_app.py) the buffers rarely fill, so nearly every record takes the inline path.
-Measured in BENCHMARKS.md ("Figure (a): records handed over inline").
+The stream worker uses it (throughput); the sinks do not (it raised their latency under
+load). Measured in BENCHMARKS.md ("Figure (a): Faust's fetch loop made cheaper").
 """
 
 from __future__ import annotations
