@@ -39,11 +39,15 @@ MAX_POLL_RECORDS = 500
 
 
 class App(faust.App):
-    """A Faust app whose consumer hands fetched records over inline (kafka/inline_handover.py)."""
+    """A Faust app whose consumer hands fetched records over inline when `inline_handover`
+    is set before it starts (kafka/inline_handover.py)."""
+
+    inline_handover = False
 
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()
-        install_inline_handover(consumer)
+        if self.inline_handover:
+            install_inline_handover(consumer)
         return consumer
 
 
@@ -55,11 +59,9 @@ def faust_app(env: Settings, role: str, *, inline_handover: bool = False, **sett
         # port gets its old assignment back and fails that check at every restart: name the
         # member by its instance id (unique in the group, stable across restarts) instead.
         settings.setdefault("canonical_url", f"http://{instance}")
-    app_class = faust.App
     if inline_handover:
-        app_class = App
         settings.setdefault("broker_max_poll_records", MAX_POLL_RECORDS)
-    return app_class(
+    app = App(
         f"{env.ringback_namespace}-{role}",
         **faust_broker(env),  # the brokers, TLS and SASL (kafka/connection.py)
         datadir=str(env.ringback_state_dir / role),
@@ -74,3 +76,5 @@ def faust_app(env: Settings, role: str, *, inline_handover: bool = False, **sett
         consumer_group_instance_id=instance,
         **settings,
     )
+    app.inline_handover = inline_handover
+    return app

@@ -33,6 +33,7 @@ app = App(
     consumer_auto_offset_reset="earliest",
     key_serializer="raw",
 )
+app.inline_handover = True  # as the worker's (kafka/faust_app.py)
 source = app.topic(
     os.environ.get("BENCH_SOURCE", "bench-in"),
     key_type=bytes,
