@@ -254,12 +254,11 @@ class Sinks:
             generation = guard.generation
             if guard.begin(tp, offset):
                 # The records Faust skipped come after every record of this partition already
-                # in a lane and before this one: let those finish, then handle them in order.
-                await lanes.idle(tp)
+                # in a lane and before this one: into their lanes in that order, like any other.
                 await guard.resolve(
                     tp,
                     offset,
-                    lambda r: self._handle_one(schema, source, handler, r.key, r.value, partition),  # noqa: B023 - awaited in this iteration
+                    lambda r: self._submit_recovered(schema, source, handler, r, tp, partition),  # noqa: B023 - awaited in this iteration
                     generation,
                 )
             # The guard's next expected offset moves on when the record is handed to its lane
@@ -273,6 +272,24 @@ class Sinks:
 
             run = functools.partial(self._handle_one, schema, source, handler, event.key, event.value, partition)
             await lanes.submit(event.key, tp, offset, run, finish)
+
+    async def _submit_recovered(
+        self, schema: str, source: str, handler, record: gap_guard_module.GapRecord, tp: Any, partition: int
+    ) -> None:
+        """A record Faust skipped, read back by the gap guard: handed to its key's lane, so a
+        slow one (an SMS whose request was in flight at a crash waits out that request's
+        timeout before its lookup) holds back its caller only, not the agent. The guard
+        acknowledges it at once; the lanes hold the partition's commits below it until it is
+        finished."""
+        guard = self.gap_guard
+        assert guard is not None, "build_sinks attaches the gap guard"
+        guard.busy += 1
+
+        def finish() -> None:
+            guard.busy -= 1
+
+        run = functools.partial(self._handle_one, schema, source, handler, record.key, record.value, partition)
+        await self.lanes.submit(record.key, tp, record.offset, run, finish)
 
     async def on_partitions_assigned(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         self.lanes.reset()
