@@ -156,6 +156,27 @@ async def test_slack_contract():
         server.close()
 
 
+async def test_slack_unreachable_is_retryable_and_a_silent_slack_is_ambiguous():
+    """A refused connection sent nothing (retry freely); a post with no answer may have
+    been delivered (retried as ambiguous, at least once)."""
+    import socket
+
+    slack = SlackWebhook(timeout_s=0.3)
+    with socket.socket() as bound, socket.socket() as silent:
+        bound.bind(("127.0.0.1", 0))  # bound, not listening: the connection is refused
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # accepts into the backlog and never answers
+        try:
+            with pytest.raises(Transient, match="cannot connect") as refused:
+                await slack.post(f"http://127.0.0.1:{bound.getsockname()[1]}/services/T/B/x", "hello")
+            assert refused.value.ambiguous is False
+            with pytest.raises(Transient, match="broke off") as unanswered:
+                await slack.post(f"http://127.0.0.1:{silent.getsockname()[1]}/services/T/B/x", "hello")
+            assert unanswered.value.ambiguous is True
+        finally:
+            await slack.close()
+
+
 # ------------------------------------------------------------------ e-mail
 async def test_email_through_a_real_smtp_server():
     got = []

@@ -73,6 +73,9 @@ def test_quick_bench_runs_every_figure_and_writes_the_results(kafka_bootstrap, t
     assert low["sms_arrived"] > 0 and low["latency_s"]["p50"] is not None
     assert {100, 1000} <= {s["offered"] for s in b["steps"]}
     assert b["api_latency_s"] == 0.25  # the stand-in answers at Twilio's pace
+    parts = low["cpu"]["ms_per_event"]
+    assert {"gateway", "worker", "sinks", "stand-in", "load generator"} <= set(parts)
+    assert parts["worker"] > 0 and parts["sinks"] > 0 and parts["gateway"] > 0
 
     sink = figures["sink"]
     assert sink["sms_arrived"] > 0 and sink["rate"] > 0 and sink["sms_in_window"] >= 2

@@ -224,6 +224,41 @@ def test_markdown_table_has_every_row_and_the_latency_ladder():
     assert "246 MiB" in md  # per 100,000 open cases
 
 
+def test_cpu_per_event_divides_each_parts_cpu_by_the_accepted_events():
+    from ringback.dev.bench.latency import cpu_per_event
+
+    before = {"gateway": 10.0, "worker": 20.0, "sinks": 5.0}
+    after = {"gateway": 10.6, "worker": 21.2, "sinks": 5.9, "broker": 3.0}  # broker: not sampled before
+    cpu = cpu_per_event(before, after, events=600, wall_s=3.0)
+    assert cpu["ms_per_event"] == pytest.approx({"gateway": 1.0, "worker": 2.0, "sinks": 1.5})
+    assert cpu["total_ms_per_event"] == pytest.approx(4.5)
+    assert cpu["cpus_busy"] == pytest.approx(0.9)  # 2.7 CPU-seconds in 3 s
+    assert cpu_per_event(before, after, events=0, wall_s=3.0)["total_ms_per_event"] is None
+
+
+def test_cpu_seconds_reads_this_process_and_leaves_out_unknown_pids():
+    import os
+
+    from ringback.dev.bench.latency import cpu_seconds
+
+    used = cpu_seconds({"load generator": None, "me": os.getpid(), "gone": 2**22 + 7})  # above pid_max
+    assert used["load generator"] > 0 and used["me"] >= used["load generator"] - 0.05
+    assert "gone" not in used
+
+
+def test_markdown_has_the_cpu_per_event_table_of_b():
+    results = _results()
+    results["b"]["steps"][0]["cpu"] = {
+        "ms_per_event": {"gateway": 0.9, "worker": 1.2, "sinks": 1.8},
+        "total_ms_per_event": 3.9,
+        "cpus_busy": 0.39,
+    }
+    md = report.markdown(results)
+    assert "| offered | gateway | worker | sinks | all | CPUs busy |" in md
+    assert "| 100/s | 0.90 | 1.20 | 1.80 | 3.90 | 0.39 |" in md
+    assert "CPU per accepted call event" not in report.markdown(_results())  # no CPU measured: no table
+
+
 def test_markdown_of_an_empty_run_is_just_the_header():
     assert report.markdown({}).count("\n") == 2
 

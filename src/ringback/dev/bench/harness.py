@@ -157,6 +157,7 @@ class Namespace:
     work_dir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
+    broker_pid: int | None = None  # the bench's own local broker (for its CPU), else unknown
 
     def __post_init__(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)

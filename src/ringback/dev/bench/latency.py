@@ -12,6 +12,9 @@ First-response hold 0, as the target has it (docs/benchmarks.md). The latency of
 (stand-in received the Messages POST for that caller) − (the generator received the
 gateway's 2xx), both `time.time()` on this machine. The actions topic's record
 timestamps split it into worker (accepted → action produced) and sinks (action → SMS).
+Each step also reports the CPU every part used for it, per accepted call event (the
+gateway, the worker, the sinks, the broker when the bench started it, the stand-in, the load
+generator): what a deployment of that rate needs in CPUs, and which part needs the most.
 
 Ladder: rates in ascending order from the lowest until one does not keep up (each step then
 starts with empty queues), then the low fixed rate (100/s) and 1,000/s in any case, last
@@ -35,6 +38,7 @@ from ringback.dev.bench.harness import (
     free_port,
     loadavg,
     log,
+    proc_cpu_s,
     read_records,
     wait_until,
 )
@@ -74,6 +78,10 @@ class StandinProcess:
         self._proc = ctx.Process(target=_serve_standin, args=(child, latency_s), daemon=True)
         self._proc.start()
         self.url = self._conn.recv()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
 
     def messages_count(self) -> int:
         self._conn.send("count")
@@ -217,6 +225,29 @@ def run_step(
     }
 
 
+def cpu_seconds(parts: dict[str, int | None]) -> dict[str, float]:
+    """CPU seconds used so far by each part (a pid; None for this process: the load
+    generator); parts whose pid is unknown or gone are left out."""
+    out = {}
+    for name, pid in parts.items():
+        used = time.process_time() if pid is None else proc_cpu_s(pid)
+        if used is not None:
+            out[name] = used
+    return out
+
+
+def cpu_per_event(before: dict[str, float], after: dict[str, float], events: int, wall_s: float) -> dict:
+    """Milliseconds of CPU per accepted call event, each part and in all, and the CPUs the
+    parts kept busy on average over the step."""
+    used = {k: after[k] - before[k] for k in before if k in after}
+    per_event = {k: v * 1000 / events for k, v in used.items()} if events else {}
+    return {
+        "ms_per_event": per_event,
+        "total_ms_per_event": sum(per_event.values()) if events else None,
+        "cpus_busy": sum(used.values()) / wall_s if wall_s > 0 else None,
+    }
+
+
 def _split(ns: Namespace, steps: list[dict]) -> None:
     """Attach the worker/sinks split of each step's latency (from the action records)."""
     produced: dict[str, float] = {}
@@ -285,14 +316,27 @@ def run(
         time.sleep(3.0)  # let the first start settle (sinks' other agents, the first commits)
         steps: list[dict] = []
 
+        parts = {
+            "gateway": gateway.pid,
+            "worker": worker.pid,
+            "sinks": sinks.pid,
+            "broker": ns.broker_pid,
+            "stand-in": standin.pid,
+            "load generator": None,
+        }
+
         def step(rate: float) -> dict:
+            cpu0, wall0 = cpu_seconds(parts), time.monotonic()
             s = run_step(base_url, standin, rate, duration, practices, rng, next_caller, drain_s)
+            s["cpu"] = cpu_per_event(cpu0, cpu_seconds(parts), s["accepted"], time.monotonic() - wall0)
             steps.append(s)
             lat = s["latency_s"]
             log(
                 f"    {rate:>6,.0f}/s offered, {s['achieved_rate']:>6,.0f}/s accepted: SMS p50 "
                 f"{_ms(lat['p50'])} p99 {_ms(lat['p99'])} max {_ms(lat['max'])} ({s['sms_arrived']} SMS) "
-                f"{'keeps up' if s['keeps_up'] else 'does not keep up: ' + s['why']}"
+                f"{'keeps up' if s['keeps_up'] else 'does not keep up: ' + s['why']}; CPU per call event "
+                + ", ".join(f"{k} {v:.2f}" for k, v in s["cpu"]["ms_per_event"].items())
+                + f" ms ({s['cpu']['cpus_busy']:.2f} CPUs busy)"
             )
             if not s["keeps_up"]:
                 wait_drained(ns, DRAIN_CAP_S)

@@ -226,6 +226,33 @@ def memory(results: dict[str, Any]) -> dict:
     return {"peak_rss_kb": max(peaks) if peaks else None}
 
 
+def cpu_table(steps: list[dict]) -> list[str]:
+    """The CPU each part used per accepted call event at each step of (b)."""
+    steps = [st for st in steps if (st.get("cpu") or {}).get("ms_per_event")]
+    if not steps:
+        return []
+    names = list(dict.fromkeys(k for st in steps for k in st["cpu"]["ms_per_event"]))
+    lines = [
+        "",
+        "CPU per accepted call event (ms) at each step of (b), and the CPUs kept busy",
+        "",
+        "| offered | " + " | ".join(names) + " | all | CPUs busy |",
+        "|---|" + "---|" * (len(names) + 2),
+    ]
+    for st in steps:
+        cpu = st["cpu"]
+        cells = [_float(cpu["ms_per_event"].get(n)) for n in names]
+        lines.append(
+            f"| {_num(st['offered'])}/s | " + " | ".join(cells) + f" | {_float(cpu['total_ms_per_event'])} | "
+            f"{_float(cpu['cpus_busy'])} |"
+        )
+    return lines
+
+
+def _float(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = ["| figure | measured | target (docs/benchmarks.md) | met |", "|---|---|---|---|"]
     for figure, measured, target, met in rows(results):
@@ -248,4 +275,5 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{_ms(w.get('p50'))} / {_ms(w.get('p99'))} | {_ms(sk.get('p50'))} / {_ms(sk.get('p99'))} | "
                 f"{'yes' if st['keeps_up'] else 'no: ' + st['why']} |"
             )
+        lines += cpu_table(b["steps"])
     return "\n".join(lines) + "\n"

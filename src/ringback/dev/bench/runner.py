@@ -221,7 +221,13 @@ def run(
         bootstrap = broker.start()
 
         def ns(tag: str, partitions: int | None = None) -> Namespace:
-            return Namespace(bootstrap, new_namespace(tag), partitions or profile.partitions, out_dir / tag)
+            return Namespace(
+                bootstrap,
+                new_namespace(tag),
+                partitions or profile.partitions,
+                out_dir / tag,
+                broker_pid=broker.local.pid() if broker.local else None,
+            )
 
         for figure in only:
             t0 = time.monotonic()
