@@ -220,3 +220,26 @@ async def test_an_ambiguous_send_is_settled_by_the_sinks_lookup(practices):
     finally:
         await sms.close()
         server.close()
+
+
+def test_a_client_that_drops_its_connection_prints_no_traceback_and_the_server_serves_on(capfd):
+    """A killed sink process resets its kept-alive connections (figure e): the stand-in
+    takes that as the real APIs do, without a traceback, and answers the next client."""
+    import socket
+    import struct
+    import threading
+    from urllib.parse import urlsplit
+
+    server = FakeApiServer(latency_s=0)
+    threads = threading.active_count()
+    try:
+        address = urlsplit(server.url)
+        client = socket.create_connection((address.hostname, address.port))
+        client.sendall(b"POST /services/T/B/x HTTP/1.1\r\nHost: x\r\n")  # half a request
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # RST: the server's read fails with ConnectionResetError
+        wait_for(lambda: httpx.post(server.url + "/services/T/B/x", json={"text": "hi"}).status_code == 200, 10)
+        wait_for(lambda: threading.active_count() <= threads, 10)  # both connections' handlers are done
+        assert "Traceback" not in capfd.readouterr().err
+    finally:
+        server.close()

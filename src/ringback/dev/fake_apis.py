@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import sys
 import threading
 import time
 import uuid
@@ -167,6 +168,16 @@ class Latency:
             return self.latency_s * (1 + self.jitter * (2 * self._rng.random() - 1))
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A client that drops its connection (a killed sink process) is what the real APIs
+    see too: not an error worth a traceback. Anything else is still printed."""
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 @dataclass
 class FakeApiServer:
     requests: list[Captured] = field(default_factory=list)
@@ -291,7 +302,7 @@ class FakeApiServer:
                     message.update(status="sent", date_sent=now, date_updated=now)
                 self._json(201, answer)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
