@@ -879,6 +879,10 @@ class Demo:
     # ------------------------------------------------------------ the whole run
     def run(self) -> int:
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        # Ctrl-C raises where the demo is, as SIGTERM does. Left to asyncio.run, it only
+        # cancels the running task, and a cancellation that some await swallows lets the
+        # day play on (seen once: the demo finished its day and exited 0 after a Ctrl-C).
+        signal.signal(signal.SIGINT, _raise_interrupt)
         try:
             self.prepare()
             bootstrap = self.start_broker()
