@@ -39,10 +39,14 @@ MAX_POLL_RECORDS = 500
 
 
 class App(faust.App):
-    """A Faust app whose consumer hands fetched records over inline when `inline_handover`
-    is set before it starts (kafka/inline_handover.py)."""
+    """A Faust app whose consumer, with `inline_handover=True`, hands fetched records over
+    inline and polls at most MAX_POLL_RECORDS at a time (kafka/inline_handover.py)."""
 
-    inline_handover = False
+    def __init__(self, *args: Any, inline_handover: bool = False, **options: Any) -> None:
+        self.inline_handover = inline_handover
+        if inline_handover:
+            options.setdefault("broker_max_poll_records", MAX_POLL_RECORDS)
+        super().__init__(*args, **options)
 
     def _new_consumer(self) -> Any:
         consumer = super()._new_consumer()
@@ -59,9 +63,7 @@ def faust_app(env: Settings, role: str, *, inline_handover: bool = False, **sett
         # port gets its old assignment back and fails that check at every restart: name the
         # member by its instance id (unique in the group, stable across restarts) instead.
         settings.setdefault("canonical_url", f"http://{instance}")
-    if inline_handover:
-        settings.setdefault("broker_max_poll_records", MAX_POLL_RECORDS)
-    app = App(
+    return App(
         f"{env.ringback_namespace}-{role}",
         **faust_broker(env),  # the brokers, TLS and SASL (kafka/connection.py)
         datadir=str(env.ringback_state_dir / role),
@@ -74,7 +76,6 @@ def faust_app(env: Settings, role: str, *, inline_handover: bool = False, **sett
         # A store ahead of a changelog created anew is wiped and restored, not a crash loop.
         TableManager=HealingTableManager,
         consumer_group_instance_id=instance,
+        inline_handover=inline_handover,
         **settings,
     )
-    app.inline_handover = inline_handover
-    return app

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -245,7 +246,7 @@ class Sinks:
         return consume
 
     async def _consume_in_lanes(self, stream, schema: str, source: str, handler) -> None:
-        guard, lanes = self.gap_guard, self.lanes
+        guard = self.gap_guard
         assert guard is not None, "build_sinks attaches the gap guard"
         manual = stream.noack()  # acknowledged by the lanes, in offset order per partition
         async for event in manual.events():
@@ -258,38 +259,43 @@ class Sinks:
                 await guard.resolve(
                     tp,
                     offset,
-                    lambda r: self._submit_recovered(schema, source, handler, r, tp, partition),  # noqa: B023 - awaited in this iteration
+                    lambda r: self._to_lane(schema, source, handler, r.key, r.value, tp, r.offset, partition),  # noqa: B023 - awaited in this iteration
                     generation,
                 )
             # The guard's next expected offset moves on when the record is handed to its lane
             # (the lanes cap the commits at what is finished); it counts as busy until finished.
             guard.done(tp, offset, generation)
-            guard.busy += 1
+            await self._to_lane(schema, source, handler, event.key, event.value, tp, offset, partition, event.ack)
 
-            def finish(event=event) -> None:
-                guard.busy -= 1
-                event.ack()
-
-            run = functools.partial(self._handle_one, schema, source, handler, event.key, event.value, partition)
-            await lanes.submit(event.key, tp, offset, run, finish)
-
-    async def _submit_recovered(
-        self, schema: str, source: str, handler, record: gap_guard_module.GapRecord, tp: Any, partition: int
+    async def _to_lane(
+        self,
+        schema: str,
+        source: str,
+        handler,
+        key: bytes | None,
+        raw: bytes | None,
+        tp: Any,
+        offset: int,
+        partition: int,
+        ack: Callable[[], None] | None = None,
     ) -> None:
-        """A record Faust skipped, read back by the gap guard: handed to its key's lane, so a
-        slow one (an SMS whose request was in flight at a crash waits out that request's
-        timeout before its lookup) holds back its caller only, not the agent. The guard
-        acknowledges it at once; the lanes hold the partition's commits below it until it is
-        finished."""
+        """Hand a record to its key's lane; the gap guard counts it busy until it is finished,
+        then `ack` (the stream's records; None: a record the guard read back after Faust
+        skipped it, which the guard acknowledges itself, while the lanes hold the partition's
+        commits below it). A slow record, such as an SMS whose request was in flight at a
+        crash and waits out that request's timeout before its lookup, holds back its caller
+        only, not the agent."""
         guard = self.gap_guard
         assert guard is not None, "build_sinks attaches the gap guard"
         guard.busy += 1
 
         def finish() -> None:
             guard.busy -= 1
+            if ack is not None:
+                ack()
 
-        run = functools.partial(self._handle_one, schema, source, handler, record.key, record.value, partition)
-        await self.lanes.submit(record.key, tp, record.offset, run, finish)
+        run = functools.partial(self._handle_one, schema, source, handler, key, raw, partition)
+        await self.lanes.submit(key, tp, offset, run, finish)
 
     async def on_partitions_assigned(self, sender: Any, *args: Any, **kwargs: Any) -> None:
         self.lanes.reset()

@@ -37,6 +37,8 @@ import socket
 import time
 import weakref
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,10 +157,23 @@ class _Pending:
         return all(fut.done() for _, _, fut in self.sent)
 
 
+@contextmanager
+def _as_current(event: Any) -> Iterator[None]:
+    """Table writes go to the partition of Faust's current event (a context variable): make
+    it the input's, not the one being handled now."""
+    token = _current_event.set(weakref.ref(event)) if event is not None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _current_event.reset(token)
+
+
 @dataclass(eq=False)
 class _MetaRun:
     """What the partition meta takes from a run of inputs applied together."""
 
+    key: str  # the partition meta's key
     event: Any = None  # the last input's Faust event: the meta goes to its partition
     offsets: dict[str, int] = field(default_factory=dict)  # the highest offsets of their records
     meta: bytes | None = None  # the last meta the workflow wrote (encoded), if any
@@ -434,14 +449,14 @@ class Topology:
         only makes a takeover scan start earlier). Synchronous: nothing else runs between the
         check and the writes."""
         queue = self._pending.get(partition)
-        run = _MetaRun()
+        run = _MetaRun(timers.meta_key(partition))
         try:
             while queue and queue[0].acknowledged():
                 self._apply(partition, queue[0], run)  # a failed send raises: it and all after it stay unapplied
                 queue.popleft()
         finally:
             if run.event is not None:
-                self._write_meta(partition, run)
+                self._write_meta(run)
 
     async def _apply_through(self, partition: int, last: _Pending) -> None:
         """Wait for the acknowledgements of the inputs of `partition` up to `last` and apply them."""
@@ -497,16 +512,9 @@ class Topology:
             log.warning("fault injection: exiting after sending %s, before writing the state", exit_after)
             os._exit(137)
 
-        # Table writes go to the partition of the current event: the input's, not the one
-        # being handled now (faust-streaming keeps it in this context variable).
-        meta_key = timers.meta_key(partition)
-        token = _current_event.set(weakref.ref(entry.event)) if entry.event is not None else None
-        try:
-            self._write_keys(entry.writes, meta_key)
-        finally:
-            if token is not None:
-                _current_event.reset(token)
-        meta_write = entry.writes.get(meta_key)
+        with _as_current(entry.event):
+            self._write_keys(entry.writes, run.key)
+        meta_write = entry.writes.get(run.key)
         if isinstance(meta_write, bytes):
             run.meta = meta_write  # the workflow's latest (it read the earlier inputs' writes)
         run.event = entry.event
@@ -534,24 +542,19 @@ class Topology:
             else:
                 state[k] = v
 
-    def _write_meta(self, partition: int, run: _MetaRun) -> None:
+    def _write_meta(self, run: _MetaRun) -> None:
         """The partition meta after a run of inputs: the workflow's own fields (timer cursor) as
         the last of them left them, the offsets the highest so far."""
         if not run.offsets and run.meta is None:
             return
-        meta_key = timers.meta_key(partition)
-        token = _current_event.set(weakref.ref(run.event)) if run.event is not None else None
-        try:
-            current = self._read(meta_key) or {}
+        with _as_current(run.event):
+            current = self._read(run.key) or {}
             meta = orjson.loads(run.meta) if run.meta is not None else dict(current)
             for name in OFFSET_FIELDS:
                 found = [o for o in (current.get(name), meta.get(name), run.offsets.get(name)) if o is not None]
                 if found:
                     meta[name] = max(found)
-            self.state[meta_key] = encode_value(meta)
-        finally:
-            if token is not None:
-                _current_event.reset(token)
+            self.state[run.key] = encode_value(meta)
 
     # -------------------------------------------------------------- metrics
     def overdue_ms(self, partitions, now_ms: int) -> int:

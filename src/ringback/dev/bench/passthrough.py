@@ -16,7 +16,7 @@ import tempfile
 
 import faust
 
-from ringback.kafka.faust_app import MAX_POLL_RECORDS, App
+from ringback.kafka.faust_app import App
 
 app = App(
     os.environ.get("BENCH_APP_ID", "bench-passthrough"),
@@ -29,11 +29,10 @@ app = App(
     web_enabled=False,
     broker_commit_every=1000,
     broker_commit_interval=1.0,
-    broker_max_poll_records=MAX_POLL_RECORDS,
     consumer_auto_offset_reset="earliest",
     key_serializer="raw",
+    inline_handover=True,  # as the worker's (kafka/faust_app.py)
 )
-app.inline_handover = True  # as the worker's (kafka/faust_app.py)
 source = app.topic(
     os.environ.get("BENCH_SOURCE", "bench-in"),
     key_type=bytes,
