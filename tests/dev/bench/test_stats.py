@@ -236,14 +236,14 @@ def test_cpu_per_event_divides_each_parts_cpu_by_the_accepted_events():
     assert cpu_per_event(before, after, events=0, wall_s=3.0)["total_ms_per_event"] is None
 
 
-def test_cpu_seconds_reads_this_process_and_leaves_out_unknown_pids():
+def test_cpu_seconds_reads_a_process_and_leaves_out_unknown_pids():
     import os
 
     from ringback.dev.bench.latency import cpu_seconds
 
-    used = cpu_seconds({"load generator": None, "me": os.getpid(), "gone": 2**22 + 7})  # above pid_max
-    assert used["load generator"] > 0 and used["me"] >= used["load generator"] - 0.05
-    assert "gone" not in used
+    used = cpu_seconds({"load generator": os.getpid(), "broker": None, "gone": 2**22 + 7})  # above pid_max
+    assert used["load generator"] > 0
+    assert "broker" not in used and "gone" not in used
 
 
 def test_markdown_has_the_cpu_per_event_table_of_b():

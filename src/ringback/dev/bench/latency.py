@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import random
 import time
 from urllib.parse import urlencode
@@ -226,14 +227,10 @@ def run_step(
 
 
 def cpu_seconds(parts: dict[str, int | None]) -> dict[str, float]:
-    """CPU seconds used so far by each part (a pid; None for this process: the load
-    generator); parts whose pid is unknown or gone are left out."""
-    out = {}
-    for name, pid in parts.items():
-        used = time.process_time() if pid is None else proc_cpu_s(pid)
-        if used is not None:
-            out[name] = used
-    return out
+    """CPU seconds used so far by each part (by pid); parts whose pid is unknown (None) or
+    gone are left out."""
+    used = {name: proc_cpu_s(pid) if pid is not None else None for name, pid in parts.items()}
+    return {name: seconds for name, seconds in used.items() if seconds is not None}
 
 
 def cpu_per_event(before: dict[str, float], after: dict[str, float], events: int, wall_s: float) -> dict:
@@ -322,7 +319,7 @@ def run(
             "sinks": sinks.pid,
             "broker": ns.broker_pid,
             "stand-in": standin.pid,
-            "load generator": None,
+            "load generator": os.getpid(),  # this process
         }
 
         def step(rate: float) -> dict:
