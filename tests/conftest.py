@@ -57,9 +57,13 @@ class Processes:
         self.log_dir = log_dir
         self.base_env = base_env
         self.procs: dict[str, subprocess.Popen] = {}
+        self._logged: set[str] = set()  # names whose log this test has started
 
     def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "ab")
+        # A restart within the test appends to its log; an earlier run's log is replaced
+        # (tests read these logs back, and a rerun must not count the last run's lines).
+        log = open(self.log_dir / f"{name}.log", "ab" if name in self._logged else "wb")
+        self._logged.add(name)
         proc = subprocess.Popen(
             [sys.executable, "-m", "ringback.cli", *args],
             env={**self.base_env, **(env or {})},
