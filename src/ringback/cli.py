@@ -46,6 +46,9 @@ def main(ctx: click.Context, log_level: str | None, log_format: str | None) -> N
         settings = ctx.obj = load_settings()
     except SettingsError as exc:
         raise click.ClickException(f"environment: {exc}") from None
+    if settings.kafka_client_id is None and ctx.invoked_subcommand:
+        # Brokers' logs, request metrics and quotas tell the process kinds apart.
+        settings.kafka_client_id = f"ringback-{ctx.invoked_subcommand}"
     hash_key = read_secret(LOG_HASH_KEY, settings)
     # Root handler on stderr with the chosen formatter and the phone-number redaction filter.
     logs.configure(

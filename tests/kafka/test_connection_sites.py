@@ -86,8 +86,15 @@ def test_plaintext_is_the_default_and_adds_nothing():
     assert connection.client_config(settings()) == {
         "bootstrap.servers": "kafka-1:9093",
         "security.protocol": "PLAINTEXT",
+        "client.id": "ringback",
     }
     assert connection.faust_broker(settings())["broker_credentials"] is None
+
+
+def test_the_client_id_reaches_both_libraries():
+    env = settings(kafka_client_id="ringback-worker")
+    assert connection.client_config(env)["client.id"] == "ringback-worker"
+    assert connection.faust_broker(env)["broker_client_id"] == "ringback-worker"
 
 
 def test_sasl_ssl_with_scram_for_both_libraries(secrets_dir, tmp_path):
@@ -102,6 +109,7 @@ def test_sasl_ssl_with_scram_for_both_libraries(secrets_dir, tmp_path):
     assert connection.client_config(env) == {
         "bootstrap.servers": "kafka-1:9093",
         "security.protocol": "SASL_SSL",
+        "client.id": "ringback",
         "ssl.endpoint.identification.algorithm": "https",
         "ssl.ca.location": str(ca),
         "sasl.mechanism": "SCRAM-SHA-512",

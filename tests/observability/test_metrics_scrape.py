@@ -113,7 +113,7 @@ def stack(kafka_bootstrap, tmp_path_factory):
     twilio.script.append((429, {}))  # the first SMS request is refused once: one retry
     smtp = SmtpCapture().start()
     ports = {name: free_port() for name in ("gateway", "worker", "sinks", "console")}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "RINGBACK_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TWILIO_", "RINGBACK_", "KAFKA_CLIENT_ID"))}
     env.update(
         {
             "PYTHONUNBUFFERED": "1",
@@ -355,6 +355,17 @@ def test_faust_workers_serve_faust_metrics_and_consumer_lag(stack):
 
 
 PHONE_LIKE = re.compile(r"\d{7}")
+
+
+def test_the_broker_tells_the_process_kinds_apart(stack, kafka_bootstrap):
+    """An SRE reading the broker's logs, request metrics or quotas sees which kind of
+    process a client belongs to (KAFKA_CLIENT_ID, by default ringback-<command>)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    for group, client_id in ((f"{stack.ns}-streams", "ringback-worker"), (f"{stack.ns}-sinks", "ringback-sinks")):
+        members = admin.describe_consumer_groups([group], request_timeout=10)[group].result().members
+        assert members and {m.client_id for m in members} == {client_id}, group
 
 
 def test_no_label_value_looks_like_a_phone_number(stack):

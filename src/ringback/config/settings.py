@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     )
     kafka_sasl_oauthbearer_client_id: str | None = Field(None, description="OAUTHBEARER: the OAuth client id")
     kafka_sasl_oauthbearer_scope: str | None = Field(None, description="OAUTHBEARER: scopes asked for, if any")
+    kafka_client_id: str | None = Field(
+        None,
+        description="The client id of this process's Kafka clients, which brokers show in their logs and "
+        "request metrics and key client quotas on; unset: ringback-<command> (ringback-ingest, "
+        "ringback-worker, ringback-sinks, ...)",
+    )
     ringback_namespace: str = Field(
         "ringback", description="Prefix of every topic and consumer group; test runs and environments each have one"
     )

@@ -60,11 +60,18 @@ def _required_secret(name: str, env: Settings) -> str:
     return value
 
 
+def client_id(env: Settings) -> str:
+    """KAFKA_CLIENT_ID; the `ringback` command sets ringback-<command> (cli.py), code run
+    without it (tests, tools) says ringback."""
+    return env.kafka_client_id or "ringback"
+
+
 def client_config(env: Settings) -> dict[str, Any]:
-    """librdkafka properties: the brokers and, per the settings, TLS and SASL."""
+    """librdkafka properties: the brokers, the client id and, per the settings, TLS and SASL."""
     config: dict[str, Any] = {
         "bootstrap.servers": env.kafka_bootstrap_servers,
         "security.protocol": env.kafka_security_protocol,
+        "client.id": client_id(env),
     }
     if _uses_tls(env):
         config["ssl.endpoint.identification.algorithm"] = "https"
@@ -113,7 +120,8 @@ def ssl_context(env: Settings) -> ssl.SSLContext:
 
 
 def faust_broker(env: Settings) -> dict[str, Any]:
-    """`broker` and `broker_credentials` of a Faust app (its aiokafka consumer, producer and admin)."""
+    """`broker`, `broker_credentials` and `broker_client_id` of a Faust app (its aiokafka
+    consumer, producer and admin)."""
     import faust
 
     tls = ssl_context(env) if _uses_tls(env) else None
@@ -137,7 +145,11 @@ def faust_broker(env: Settings) -> dict[str, Any]:
         )
     elif tls is not None:
         credentials = faust.SSLCredentials(tls)
-    return {"broker": f"kafka://{env.kafka_bootstrap_servers}", "broker_credentials": credentials}
+    return {
+        "broker": f"kafka://{env.kafka_bootstrap_servers}",
+        "broker_credentials": credentials,
+        "broker_client_id": client_id(env),
+    }
 
 
 def _explain(env: Settings, error: Any) -> str | None:
