@@ -99,7 +99,7 @@ def test_quick_bench_runs_every_figure_and_writes_the_results(kafka_bootstrap, t
     for r in figures["scaling"]["runs"]:
         # Measured, or the Faust rebalance stall (BENCHMARKS.md, "Stalls") caught and reported
         # with the partitions behind, instead of the benchmark hanging.
-        assert (r["rate"] or 0) > 0 or r["stalled"]["committed_of_end_by_partition"], r
+        assert (r["drain_rate"] or 0) > 0 or r["stalled"]["committed_of_end_by_partition"], r
 
     table = (out / "bench.md").read_text()
     assert "| (a) one worker, full pipeline" in table and "| (d) warm restart" in table

@@ -178,7 +178,10 @@ def _results() -> dict:
         "scaling": {
             "partitions": 12,
             "cpus": 2,
-            "runs": [{"workers": 1, "rate": 500.0, "speedup": 1.0}, {"workers": 2, "rate": 600.0, "speedup": 1.2}],
+            "runs": [
+                {"workers": 1, "drain_rate": 500.0, "speedup": 1.0},
+                {"workers": 2, "drain_rate": 600.0, "speedup": 1.2},
+            ],
         },
     }
 

@@ -196,7 +196,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     s = results.get("scaling")
     if s:
         parts = ", ".join(
-            f"{r['workers']}: {_num(r['rate'])}/s (×{r['speedup'] or 0:.2f})" + (" stalled" if r.get("stalled") else "")
+            f"{r['workers']}: {_num(r['drain_rate'])}/s (×{r['speedup'] or 0:.2f})"
+            + (" stalled" if r.get("stalled") else "")
             for r in s["runs"]
         )
         out.append(

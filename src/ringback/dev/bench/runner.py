@@ -93,7 +93,7 @@ FULL = Profile(
     e_steady_s=10,
     s_partitions=12,
     s_workers=(1, 2, 3),
-    s_events=15_000,
+    s_events=45_000,  # 20-30 s per worker count: the first and last commit matter little
     timeout_s=900,
 )
 # CI-sized: every code path of the full run, on small numbers (a few minutes, most of it

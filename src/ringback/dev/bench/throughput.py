@@ -151,9 +151,13 @@ def measure_workers(ns: Namespace, events: list, workers: int, timeout: float, p
             "workers": workers,
             "events": len(events),
             "rate": rate,
+            # The whole backlog over the time to commit it (start-up and last commit included).
+            "drain_rate": None if stalled else stats.ratio(reached, samples[-1][0] - produced_at),
             "stalled": stalled,
             "profile": profiled,
             "wall_s": samples[-1][0] - produced_at,
+            # what the rate was taken from: (s after the produce started, records committed)
+            "committed_samples": [[round(t - produced_at, 3), n] for t, n in samples],
             "produce_s": produce_s,
             "ready_s": ready_s,
             "cpu_s": cpu,
