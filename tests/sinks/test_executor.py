@@ -39,9 +39,54 @@ async def test_sms_is_sent_once_and_redelivery_is_skipped(practices):
     assert [o["action_result"] for o in ex.fx.outcomes] == ["SENT"]
     o = ex.fx.outcomes[0]
     assert o["missed_at"] == a["created_at"] and o["state"] == "RESPONDED" and o["channel"] == "sms"
-    # Durable order: ATTEMPTING before the call, SENT before the outcome (and the ack).
-    states = [e[3] for e in ex.fx.log if e[:2] == ("persist", "sent_log")]
-    assert states == [rec.ATTEMPTING, rec.SENT]
+    # Durable order: ATTEMPTING before the call; the outcome acknowledged before SENT (a
+    # final entry makes a redelivery skip the action, outcome and all).
+    order = [e[3] if e[0] == "persist" else e[0] for e in ex.fx.log if e[0] == "outcome" or e[1] == "sent_log"]
+    assert order == [rec.ATTEMPTING, "outcome", rec.SENT]
+
+
+def crash_at_final_write(ex) -> None:
+    """The process dies once, as the first write of a final sent-log entry starts."""
+    persist_all = ex.fx.persist_all
+
+    async def dying(writes):
+        if any(table == "sent_log" and (value or {}).get("state") in rec.FINAL for table, _, value in writes):
+            ex.fx.persist_all = persist_all
+            raise SystemExit("kill -9")
+        await persist_all(writes)
+
+    ex.fx.persist_all = dying
+
+
+@pytest.mark.parametrize(
+    ("kind", "recipient", "result"),
+    [
+        ("SEND_SMS", CALLER, rec.SENT),
+        ("NOTIFY_STAFF", "email:x@maple.example.org", rec.SENT),
+        ("CREATE_TASK", "scheduling_coordinator", rec.SENT),
+        ("NOTIFY_STAFF", "pager:x", rec.FAILED),
+    ],
+)
+async def test_a_crash_before_the_final_entry_repeats_the_outcome_and_never_loses_it(
+    practices, kind, recipient, result
+):
+    ex = make(practices)
+    a = action(kind=kind, recipient=recipient)
+    crash_at_final_write(ex)
+    with pytest.raises(SystemExit):
+        await ex.handle_action(key(), a, 0)
+    assert [o["action_result"] for o in ex.fx.outcomes] == [result]  # out before the entry
+    assert len(ex.fx.dead) == (result == rec.FAILED)
+    assert (ex.t.sent_log.get(a["action_id"]) or {}).get("state") not in rec.FINAL
+
+    # Redelivered after the restart: carried out again where no look-up exists, the outcome
+    # (and dead letter) once more under the same id, and a text that went out not sent again.
+    assert await ex.handle_action(key(), a, 0) == result
+    assert ex.t.sent_log[a["action_id"]]["state"] == result
+    assert [o["outcome_id"] for o in ex.fx.outcomes] == [f"{a['action_id']}:{result}"] * 2
+    assert len(ex.fx.dead) == 2 * (result == rec.FAILED)
+    if kind == "SEND_SMS":
+        assert len(ex.sms.sent) == 1 and ex.sms.lookups == 1
 
 
 async def test_ambiguous_timeout_is_resolved_by_lookup_not_resend(practices):

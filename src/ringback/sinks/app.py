@@ -131,10 +131,17 @@ class FaustEffects:
         await asyncio.gather(*(self.tables[table].persist(key, value) for table, key, value in writes))
 
     async def outcome(self, key: bytes, record: dict) -> None:
-        await self.outcomes.send(key=key, value=record)
+        await self._acknowledged(self.outcomes, key, record)
 
     async def dead_letter(self, key: bytes, record: dict) -> None:
-        await self.dead_letters.send(key=key, value=record)
+        await self._acknowledged(self.dead_letters, key, record)
+
+    @staticmethod
+    async def _acknowledged(topic: faust.TopicT, key: bytes, record: dict) -> None:
+        """Faust's `send` returns once the record is buffered; the executor writes an action's
+        final entry only after its outcome and dead letter are in the log (executor._finish)."""
+        sent = await topic.send(key=key, value=record)
+        await asyncio.wait_for(asyncio.shield(sent), DurableTable.persist_timeout_s)
 
 
 class Sinks:

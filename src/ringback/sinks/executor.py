@@ -10,7 +10,10 @@ Idempotency (sent-log keyed by action_id, see docs/sinks.md):
      persisted: durably, *before* the request leaves.
   2. The result is persisted (`SENT` with the SID, `RETRY` after a refusal that
      created nothing, `SUPPRESSED`, `FAILED`, `DEAD_LETTERED`) before the event is
-     acknowledged, so the offset commit always follows the sent-log.
+     acknowledged, so the offset commit always follows the sent-log. A final result's
+     outcome record (and dead letter) is acknowledged by the broker *before* the final
+     entry is written (`_finish`): a crash in between repeats the outcome, under the
+     same `outcome_id`, instead of losing it behind an entry that says "done".
   3. A redelivered action whose entry is final is skipped. One found `ATTEMPTING`
      (crash, rebalance, timeout, 5xx) may have gone out: the SMS sink first waits for
      any request still in flight elsewhere to finish, then looks the message up in
@@ -110,8 +113,11 @@ class Effects(Protocol):
     async def persist_all(self, writes: list[Write]) -> None:
         """Several writes at once, returning when the broker acknowledged all of them."""
 
-    async def outcome(self, key: bytes, record: dict) -> None: ...
-    async def dead_letter(self, key: bytes, record: dict) -> None: ...
+    async def outcome(self, key: bytes, record: dict) -> None:
+        """Returns once the broker acknowledged the record."""
+
+    async def dead_letter(self, key: bytes, record: dict) -> None:
+        """Returns once the broker acknowledged the record."""
 
 
 @dataclass
@@ -371,11 +377,12 @@ class ActionExecutor:
             return None
         if entry.get("delivery") in ("DELIVERED", "UNDELIVERED", "FAILED"):
             return None  # one delivery outcome per action (receipts repeat and arrive out of order)
-        await self.fx.persist("sent_log", aid, {**entry, "delivery": result, "delivery_at": status["received_at"]})
         reason = f"Twilio error {status['error_code']}" if status.get("error_code") else None
+        # The outcome first, as in `_finish`: a receipt redelivered after a crash repeats it.
         await self.fx.outcome(
             entry["case_id"].encode(), rec.outcome_record(entry, result, self.clock.now_ms(), reason, "sms")
         )
+        await self.fx.persist("sent_log", aid, {**entry, "delivery": result, "delivery_at": status["received_at"]})
         child(ACTIONS_DONE, "SEND_SMS", result.lower(), practice_label(status.get("practice_id"))).inc()
         return result
 
@@ -442,11 +449,13 @@ class ActionExecutor:
         await self.fx.persist(
             "deferred", aid, {"action": action, "caller": caller, "due_at": due_at, "partition": partition}
         )
-        await self.fx.persist("sent_log", aid, {**rec.entry_base(action), "state": rec.DEFERRED, "due_at": due_at})
-        if not fired:
+        entry = {**rec.entry_base(action), "state": rec.DEFERRED, "due_at": due_at}
+        if fired:
+            await self.fx.persist("sent_log", aid, entry)
+        else:
             child(SMS_DEFERRED, action["scenario"], practice_label(action["practice_id"])).inc()
             reason = f"quiet hours: deferred to {rec.local_time(due_at, practice.time_zone)}"
-            await self._outcome(action, "DEFERRED", reason)
+            await self._finish(action, "DEFERRED", [("sent_log", aid, entry)], reason)
         return rec.DEFERRED
 
     async def _deliver(self, action: dict, practice: Practice, entry: dict | None, fired: bool = False) -> str:
@@ -567,8 +576,7 @@ class ActionExecutor:
         if (action.get("params") or {}).get("consent_confirmation") == "1":
             state = self.t.consent.get(hkey) or {"state": "IN", "at": 0, "source": None}
             writes.append(("consent", hkey, {**state, "confirmed_at": now}))
-        await self.fx.persist_all(writes)
-        await self._outcome(action, rec.SENT)
+        await self._finish(action, rec.SENT, writes)
         log.debug("action %s sent (partition key hash %s)", aid, body_digest(hkey)[:8])
         return rec.SENT
 
@@ -625,10 +633,8 @@ class ActionExecutor:
             return await self._dead(
                 action, f"retry budget spent after {state['sends']} attempts: {exc}", entry, channel
             )
-        await self.fx.persist(
-            "sent_log", aid, {**base, "state": rec.SENT, "at": self.clock.now_ms(), "channel": channel}
-        )
-        await self._outcome(action, rec.SENT, channel=channel)
+        entry = {**base, "state": rec.SENT, "at": self.clock.now_ms(), "channel": channel}
+        await self._finish(action, rec.SENT, [("sent_log", aid, entry)], channel=channel)
         return rec.SENT
 
     async def _create_task(
@@ -655,10 +661,8 @@ class ActionExecutor:
             for update in (existing or {}).get("pending_updates", []):
                 task, _ = apply_update(task, update)
             await self.fx.persist("tasks", aid, task)
-        await self.fx.persist(
-            "sent_log", aid, {**rec.entry_base(action), "state": rec.SENT, "at": self.clock.now_ms(), "channel": "task"}
-        )
-        await self._outcome(action, rec.SENT, channel="task")
+        entry = {**rec.entry_base(action), "state": rec.SENT, "at": self.clock.now_ms(), "channel": "task"}
+        await self._finish(action, rec.SENT, [("sent_log", aid, entry)], channel="task")
         return rec.SENT
 
     # ================================================================== results
@@ -685,12 +689,8 @@ class ActionExecutor:
 
     async def _suppress(self, action: dict, practice: Practice, caller: str | None, why: str, fallback: bool) -> str:
         aid = action["action_id"]
-        await self.fx.persist(
-            "sent_log",
-            aid,
-            {**rec.entry_base(action), "state": rec.SUPPRESSED, "reason": why, "at": self.clock.now_ms()},
-        )
-        await self._outcome(action, rec.SUPPRESSED, why)
+        entry = {**rec.entry_base(action), "state": rec.SUPPRESSED, "reason": why, "at": self.clock.now_ms()}
+        await self._finish(action, rec.SUPPRESSED, [("sent_log", aid, entry)], why)
         log.debug("SMS %s suppressed: %s", aid, why)
         if fallback and action["kind"] == "SEND_SMS":
             # The last line of defence held the SMS back: staff call back instead.
@@ -720,39 +720,43 @@ class ActionExecutor:
 
     async def _fail(self, action: dict, why: str, channel: str | None = None) -> str:
         aid = action["action_id"]
-        await self.fx.persist(
-            "sent_log", aid, {**rec.entry_base(action), "state": rec.FAILED, "reason": why, "at": self.clock.now_ms()}
-        )
-        await self.fx.dead_letter(
-            f"sinks.{action['kind'].lower()}".encode(), rec.dead_letter_record(action, why, self.clock.now_ms())
-        )
-        child(DEAD_LETTERS, action["kind"]).inc()
-        child(ALL_DEAD_LETTERS, f"sinks.{action['kind'].lower()}").inc()
-        await self._outcome(action, rec.FAILED, why, channel)
+        await self._dead_letter(action, why)
+        entry = {**rec.entry_base(action), "state": rec.FAILED, "reason": why, "at": self.clock.now_ms()}
+        await self._finish(action, rec.FAILED, [("sent_log", aid, entry)], why, channel)
         log.error("action %s failed for good: %s", aid, why)
         return rec.FAILED
 
     async def _dead(self, action: dict, why: str, entry: dict | None, channel: str | None = None) -> str:
         aid = action["action_id"]
-        await self.fx.persist(
-            "sent_log",
-            aid,
-            {
-                **rec.entry_base(action),
-                "state": rec.DEAD_LETTERED,
-                "reason": why,
-                "at": self.clock.now_ms(),
-                "attempts": (entry or {}).get("attempts", 0),
-            },
-        )
+        await self._dead_letter(action, why)
+        final = {
+            **rec.entry_base(action),
+            "state": rec.DEAD_LETTERED,
+            "reason": why,
+            "at": self.clock.now_ms(),
+            "attempts": (entry or {}).get("attempts", 0),
+        }
+        await self._finish(action, rec.DEAD_LETTERED, [("sent_log", aid, final)], why, channel)
+        log.error("action %s dead-lettered: %s", aid, why)
+        return rec.DEAD_LETTERED
+
+    async def _finish(
+        self, action: dict, result: str, writes: list[Write], reason: str | None = None, channel: str | None = None
+    ) -> None:
+        """The action's outcome record, acknowledged, then its final writes. Never the other
+        way round: a redelivered action whose entry is final is skipped, so an outcome still
+        unsent when the entry was written would be lost for good by a crash; in this order a
+        crash repeats it (same `outcome_id`: readers deduplicate) with the action."""
+        await self._outcome(action, result, reason, channel)
+        await self.fx.persist_all(writes)
+
+    async def _dead_letter(self, action: dict, why: str) -> None:
+        """Acknowledged before the final entry, like the outcome (`_finish`)."""
         await self.fx.dead_letter(
             f"sinks.{action['kind'].lower()}".encode(), rec.dead_letter_record(action, why, self.clock.now_ms())
         )
         child(DEAD_LETTERS, action["kind"]).inc()
         child(ALL_DEAD_LETTERS, f"sinks.{action['kind'].lower()}").inc()
-        await self._outcome(action, rec.DEAD_LETTERED, why, channel)
-        log.error("action %s dead-lettered: %s", aid, why)
-        return rec.DEAD_LETTERED
 
     async def _outcome(self, action: dict, result: str, reason: str | None = None, channel: str | None = None) -> None:
         child(ACTIONS_DONE, action["kind"], result.lower(), practice_label(action.get("practice_id"))).inc()
