@@ -109,7 +109,7 @@ def while_producing(produce, second_worker_joins) -> None:
 
 
 # ------------------------------------------------------------------ the side reader
-def test_reader_reads_a_range_and_the_group_start(kafka_bootstrap):
+def test_reader_reads_a_range_the_group_start_and_the_ends(kafka_bootstrap):
     topic, group = f"t{uuid.uuid4().hex[:10]}.actions", f"g{uuid.uuid4().hex[:8]}"
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     admin.create_topics([NewTopic(topic, 2, 1)])[topic].result(timeout=30)
@@ -131,6 +131,8 @@ def test_reader_reads_a_range_and_the_group_start(kafka_bootstrap):
         # TimeoutError waiting for records never written).
         assert [r.offset for r in reader.read(topic, 1, 8, 10_000, 500)] == [8, 9]
         assert reader.read(topic, 1, 10, 10_000, 500) == []
+        assert reader.end_offsets([(topic, 0), (topic, 1)]) == {(topic, 0): 0, (topic, 1): 10}
+        assert reader.end_offsets([]) == {}
         member = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group})
         member.commit(offsets=[TopicPartition(topic, 1, 6)], asynchronous=False)
         member.close()

@@ -486,8 +486,11 @@ class KafkaGapReader:
             "enable.partition.eof": False,
         }
         self.auto_offset_reset = auto_offset_reset
+        self.isolation_level = isolation_level
         self.timeout_s = timeout_s
         self._consumer: Any = None  # a confluent_kafka Consumer, made at the first read
+        self._admin: Any = None  # an AdminClient, made at the first `end_offsets`
+        self._admin_config = {**librdkafka(bootstrap), "logger": self.config["logger"]}
         self._lock = threading.Lock()
 
     def _get(self):
@@ -563,20 +566,32 @@ class KafkaGapReader:
         return out
 
     def end_offsets(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        from confluent_kafka import TopicPartition
+        """One ListOffsets request per partition leader for all of `partitions` (the watch
+        asks every few seconds: a consumer's watermark query takes two requests per
+        partition, 96 every 5 s for the worker's 6 guarded topics of 8 partitions)."""
+        from confluent_kafka import IsolationLevel, TopicPartition
+        from confluent_kafka.admin import AdminClient, OffsetSpec
 
+        if not partitions:
+            return {}
         with self._lock:
-            consumer = self._get()
-            return {
-                (t, p): consumer.get_watermark_offsets(TopicPartition(t, p), timeout=self.timeout_s, cached=False)[1]
-                for t, p in partitions
-            }
+            if self._admin is None:
+                self._admin = AdminClient(self._admin_config)
+            isolation = (
+                IsolationLevel.READ_COMMITTED
+                if self.isolation_level == "read_committed"
+                else IsolationLevel.READ_UNCOMMITTED
+            )
+            asked = {TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions}
+            futures = self._admin.list_offsets(asked, isolation_level=isolation, request_timeout=self.timeout_s)
+            return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
 
     def close(self) -> None:
         with self._lock:
             if self._consumer is not None:
                 self._consumer.close()
                 self._consumer = None
+            self._admin = None  # an AdminClient has no close(); dropping it stops its threads
 
 
 def for_app(
