@@ -486,7 +486,6 @@ class KafkaGapReader:
             "enable.partition.eof": False,
         }
         self.auto_offset_reset = auto_offset_reset
-        self.isolation_level = isolation_level
         self.timeout_s = timeout_s
         self._consumer: Any = None  # a confluent_kafka Consumer, made at the first read
         self._admin: Any = None  # an AdminClient, made at the first `end_offsets`
@@ -579,7 +578,7 @@ class KafkaGapReader:
                 self._admin = AdminClient(self._admin_config)
             isolation = (
                 IsolationLevel.READ_COMMITTED
-                if self.isolation_level == "read_committed"
+                if self.config["isolation.level"] == "read_committed"
                 else IsolationLevel.READ_UNCOMMITTED
             )
             asked = {TopicPartition(t, p): OffsetSpec.latest() for t, p in partitions}
