@@ -7,8 +7,8 @@ Slack's contract (tests/vendor/slack): 200 `ok` on success; 400 invalid_payload,
 
 aiohttp rather than httpx: httpcore's connection pool walks every pooled connection,
 polling each idle socket, on every request and every release (encode/httpx#3215). With
-64 posts in flight a post cost 2.6 ms of CPU against aiohttp's 0.8 ms (BENCHMARKS.md, "Issue
-14's third run"); Twilio sends go through aiohttp too, in the twilio library.
+64 posts in flight a post cost 2.6 ms of CPU against aiohttp's 0.8 ms (BENCHMARKS.md, "Third
+run at 250 ms"); Twilio sends go through aiohttp too, in the twilio library.
 """
 
 from __future__ import annotations
